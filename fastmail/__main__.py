@@ -1,0 +1,3 @@
+from fastmail.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+# Shared core of the client session machines: action bits, the machine base
+# class with its receive buffer and output, and nginx's SASL decoding helpers.
+
+cdef extern from "_debug.h":
+    bint FASTMAIL_DEBUG
+
+cpdef enum Action:
+    ACT_SEND = 1        # take_output() has bytes for the client
+    ACT_AUTH = 2        # .auth holds a complete AuthRequest: call auth_http
+    ACT_STARTTLS = 4    # reply sent; start the TLS handshake, then on_tls_done()
+    ACT_CLOSE = 8       # close after the pending output is written
+    ACT_TIMER = 16      # call on_timer() after .timer_ms milliseconds
+    ACT_BACKEND = 32    # login machines: take_backend_output() has bytes for the backend
+    ACT_DONE = 64       # login machines: backend logged in, start relaying
+
+
+cdef class AuthRequest:
+    cdef public bytes method       # b"plain", b"login", b"apop", b"cram-md5", b"external", b"none", ...
+    cdef public bytes user
+    cdef public bytes passwd
+    cdef public bytes salt         # with its trailing CRLF, as nginx keeps it; b"" when none
+    cdef public bytes protocol     # b"imap", b"pop3", b"smtp"
+    cdef public int login_attempt
+    cdef public bytes smtp_helo
+    cdef public bytes smtp_from
+    cdef public bytes smtp_to
+    cdef public bytes tag          # IMAP tag with its trailing space (b"" for others)
+    cdef public bint esmtp         # SMTP: client said EHLO (backend login replays it)
+
+
+cdef class Machine:
+    cdef bytearray _out
+    cdef bytearray buf             # unparsed client input
+    cdef Py_ssize_t limit          # client buffer size (nginx's *_client_buffer)
+    cdef public int errors
+    cdef public int max_errors
+    cdef public int commands
+    cdef public int max_commands
+    cdef public AuthRequest auth
+    cdef public str phase          # what the session is doing, for log lines ("in auth state")
+    cdef public str close_reason   # log text when the machine chose to close
+    cdef public int timer_ms
+    cdef public int login_attempt
+
+    cdef inline void send(self, bytes data):
+        self._out += data
+
+    cpdef bytes take_output(self)
+    cpdef bytes take_input(self)
+
+
+cpdef object decode_base64(bytes data)
+cpdef object sasl_plain(bytes data)
+cpdef object sasl_cram_md5(bytes data)
+cpdef bytes make_salt(bytes server_name)
+cpdef bytes encode_base64(bytes data)
+cpdef bint has_ctl(bytes data)

@@ -1,0 +1,139 @@
+# cython: language_level=3
+"""Core of the sans-IO client session machines.
+
+Owns: the action bits a machine returns, the Machine base (receive buffer,
+pending output, error counters), AuthRequest (what auth_http needs), and the
+SASL helpers nginx shares between IMAP, POP3 and SMTP (ngx_mail_handler.c).
+Must not touch sockets, clocks or DNS: the drivers in session.py do that.
+"""
+
+import binascii
+import os
+import time
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+
+cdef class AuthRequest:
+    def __init__(self, bytes protocol=b"", bytes method=b"plain", bytes user=b"",
+                 bytes passwd=b"", bytes salt=b"", int login_attempt=1):
+        self.protocol = protocol
+        self.method = method
+        self.user = user
+        self.passwd = passwd
+        self.salt = salt
+        self.login_attempt = login_attempt
+        self.smtp_helo = b""
+        self.smtp_from = b""
+        self.smtp_to = b""
+        self.tag = b""
+        self.esmtp = False
+
+    def __repr__(self):
+        return (f"AuthRequest({self.protocol!r}, {self.method!r}, user={self.user!r}, "
+                f"attempt={self.login_attempt})")
+
+
+cdef class Machine:
+    """Base of the client machines. Subclasses implement start/feed/on_* ."""
+
+    def __cinit__(self, *args, **kwargs):
+        self._out = bytearray()
+        self.buf = bytearray()
+        self.limit = 4096
+        self.max_errors = 5
+        self.max_commands = 0
+        self.phase = "in auth state"
+        self.close_reason = None
+        self.auth = None
+
+    cpdef bytes take_output(self):
+        """Bytes to write to the client, in order; empties the output."""
+        cdef bytes out = bytes(self._out)
+        del self._out[:]
+        return out
+
+    cpdef bytes take_input(self):
+        """Client bytes received but not consumed (pipelined after the login)."""
+        cdef bytes rest = bytes(self.buf)
+        del self.buf[:]
+        return rest
+
+
+# --- SASL helpers (ngx_mail_handler.c) ----------------------------------------
+
+cdef signed char _B64[256]
+cdef int _i
+for _i in range(256):
+    _B64[_i] = -1
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+for _i in range(64):
+    _B64[_ALPHABET[_i]] = _i
+
+
+cpdef object decode_base64(bytes data):
+    """nginx's ngx_decode_base64: input up to the first '=' only, padding
+    optional, length % 4 == 1 or a byte outside the alphabet is an error.
+    Returns the decoded bytes, or None on error."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i, end = n
+    cdef unsigned int acc = 0
+    cdef int bits = 0
+    cdef signed char v
+    for i in range(n):
+        if p[i] == b"=":
+            end = i
+            break
+        if _B64[p[i]] < 0:
+            return None
+    if end % 4 == 1:
+        return None
+    out = bytearray()
+    for i in range(end):
+        v = _B64[p[i]]
+        acc = ((acc << 6) | <unsigned int>v) & 0xFFFFFF
+        bits += 6
+        if bits >= 8:
+            bits -= 8
+            out.append((acc >> bits) & 0xFF)
+    return bytes(out)
+
+
+cpdef bytes encode_base64(bytes data):
+    return binascii.b2a_base64(data, newline=False)
+
+
+cpdef object sasl_plain(bytes data):
+    """Decoded PLAIN message -> (login, password) or None (nginx: authzid ignored)."""
+    cdef Py_ssize_t first = data.find(b"\0"), second
+    if first < 0 or first == len(data) - 1:
+        return None
+    second = data.find(b"\0", first + 1)
+    if second < 0:
+        return None
+    return data[first + 1:second], data[second + 1:]
+
+
+cpdef object sasl_cram_md5(bytes data):
+    """Decoded CRAM-MD5 response -> (login, digest), digest None when there is
+    no space; the caller checks the 32-byte digest length."""
+    cdef Py_ssize_t sp = data.find(b" ")
+    if sp < 0:
+        return data, None
+    return data[:sp], data[sp + 1:]
+
+
+cpdef bytes make_salt(bytes server_name):
+    """nginx's ngx_mail_salt: <random.time@server_name> plus CRLF."""
+    cdef unsigned long r = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    return b"<%d.%d@%s>\r\n" % (r, int(time.time()), server_name)
+
+
+cpdef bint has_ctl(bytes data):
+    """True when data holds CR, LF or NUL: such bytes never reach a header or a
+    backend command (fastmail's rule beyond nginx)."""
+    return b"\r" in data or b"\n" in data or b"\0" in data
+
+
+# Python-level names for the drivers (cdef code uses the enum directly).
+globals().update({a.name: int(a) for a in Action})

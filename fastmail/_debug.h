@@ -1,0 +1,3 @@
+#ifndef FASTMAIL_DEBUG
+#define FASTMAIL_DEBUG 0
+#endif

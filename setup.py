@@ -1,0 +1,40 @@
+"""Build the Cython core: one extension per fastmail/_*.pyx.
+
+FASTMAIL_DEBUG=1 gives the debug build: bounds checks, line tracing and the
+FASTMAIL_DEBUG macro (see fastmail/_debug.h), as uvloop and asyncpg do.
+"""
+
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTMAIL_DEBUG", "") not in ("", "0")
+
+macros = [("FASTMAIL_DEBUG", "1" if DEBUG else "0")]
+directives = {"language_level": "3", "embedsignature": True}
+if DEBUG:
+    macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+    directives.update(boundscheck=True, wraparound=True, initializedcheck=True, linetrace=True)
+else:
+    directives.update(boundscheck=False, wraparound=False, initializedcheck=False)
+
+extensions = [
+    Extension(
+        "fastmail." + os.path.basename(path)[:-4],
+        [path],
+        define_macros=macros,
+        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
+    )
+    for path in sorted(glob.glob("fastmail/_*.pyx"))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        annotate=DEBUG,
+        compile_time_env={"DEBUG": DEBUG},
+    )
+)
