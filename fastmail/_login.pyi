@@ -1,0 +1,56 @@
+from fastmail._core import AuthRequest
+
+IMAP_INTERNAL_ERROR: bytes
+POP3_INTERNAL_ERROR: bytes
+SMTP_INTERNAL_ERROR: bytes
+SMTP_AUTH_OK: bytes
+
+def xtext(value: bytes) -> bytes: ...
+
+class BackendLogin:
+    auth: AuthRequest
+    phase: str
+    close_reason: str | None
+    log_level: str
+    @property
+    def done(self) -> bool: ...
+    def start(self) -> int: ...
+    def feed(self, data: bytes) -> int: ...
+    def on_error(self, reason: str | None = None) -> int: ...
+    def take_output(self) -> bytes: ...
+    def take_backend_output(self) -> bytes: ...
+
+class ImapLogin(BackendLogin):
+    def __init__(
+        self,
+        auth: AuthRequest,
+        *,
+        proxy_buffer: int = 4096,
+        pass_error_message: bool = False,
+        proxy_header: bytes = b"",
+    ) -> None: ...
+
+class Pop3Login(BackendLogin):
+    def __init__(
+        self,
+        auth: AuthRequest,
+        *,
+        proxy_buffer: int = 4096,
+        pass_error_message: bool = False,
+        proxy_header: bytes = b"",
+    ) -> None: ...
+
+class SmtpLogin(BackendLogin):
+    def __init__(
+        self,
+        auth: AuthRequest,
+        *,
+        server_name: bytes | str,
+        client_addr: bytes | str,
+        client_host: bytes | str = b"[UNAVAILABLE]",
+        xclient: bool = True,
+        proxy_smtp_auth: bool = False,
+        proxy_buffer: int = 4096,
+        pass_error_message: bool = False,
+        proxy_header: bytes = b"",
+    ) -> None: ...

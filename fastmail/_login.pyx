@@ -1,0 +1,379 @@
+# cython: language_level=3
+"""Backend login machines: log in to the backend nginx's way, then hand over to the relay.
+
+Owns: the bytes sent to the backend between connect and relay (IMAP LOGIN with literals,
+POP3 USER/PASS, SMTP EHLO/HELO + XCLIENT or the smtp_auth none replay + proxy_smtp_auth),
+the reply checks, and what the client sees when the login ends. Sans-IO: never touches a
+socket, a clock or DNS; session.py owns connect, timeouts and the PROXY header write.
+Mirrors nginx src/mail/ngx_mail_proxy_module.c (mainline: one untagged line tolerated before
+the IMAP LOGIN reply, XCLIENT xtext). Beyond nginx: no CR, LF or NUL from the credentials
+or the client's SMTP lines reaches a backend command line (spec README), XCLIENT values
+are all xtext-encoded.
+"""
+
+from fastmail._core cimport AuthRequest, ACT_SEND, ACT_CLOSE, ACT_BACKEND, ACT_DONE
+
+import binascii
+
+IMAP_INTERNAL_ERROR = b"* BAD internal server error\r\n"
+POP3_INTERNAL_ERROR = b"-ERR internal server error\r\n"
+SMTP_INTERNAL_ERROR = b"451 4.3.2 Internal server error\r\n"
+SMTP_AUTH_OK = b"235 2.0.0 OK\r\n"
+
+READING = "reading response from upstream"
+CTL_REASON = "fastmail: CR, LF or NUL in a value for a backend command"
+
+# nginx's ngx_mail_proxy states, named for what was last sent (the reply check follows it).
+cdef enum:
+    IMAP_START = 0
+    IMAP_LOGIN
+    IMAP_USER
+    IMAP_PASSWD
+    POP3_START
+    POP3_USER
+    POP3_PASSWD
+    SMTP_START
+    SMTP_HELO
+    SMTP_HELO_XCLIENT
+    SMTP_HELO_AUTH
+    SMTP_HELO_FROM
+    SMTP_XCLIENT
+    SMTP_XCLIENT_HELO
+    SMTP_XCLIENT_AUTH
+    SMTP_XCLIENT_FROM
+    SMTP_FROM
+    SMTP_TO
+    SMTP_AUTH_PLAIN
+    FINISHED
+
+
+cdef bytes _HEX = b"0123456789ABCDEF"
+
+
+cpdef bytes xtext(bytes value):
+    """RFC 3461 xtext as mainline nginx writes it (NGX_ESCAPE_MAIL_XTEXT): bytes 0x00-0x20,
+    '+', '=' and 0x7F-0xFF become '+' and two upper-case hex digits."""
+    cdef bytearray out = bytearray()
+    cdef unsigned char c
+    for c in value:
+        if c <= 0x20 or c >= 0x7F or c == 0x2B or c == 0x3D:
+            out.append(0x2B)
+            out.append(_HEX[c >> 4])
+            out.append(_HEX[c & 15])
+        else:
+            out.append(c)
+    return bytes(out)
+
+
+cdef inline bint _ctl(bytes data):
+    return b"\r" in data or b"\n" in data or b"\0" in data
+
+
+cdef class BackendLogin:
+    """Shared reply reading (ngx_mail_proxy_read_response) and endings. Use a subclass."""
+
+    cdef bytearray rbuf
+    cdef bytearray _out
+    cdef bytearray _bout
+    cdef Py_ssize_t limit
+    cdef bint pass_error
+    cdef int state
+    cdef bytes proxy_header
+    cdef bytes internal_error
+    cdef readonly AuthRequest auth
+    cdef public str phase          # nginx's log action ("reading response from upstream")
+    cdef public str close_reason   # log text after ACT_CLOSE (no " while ..." part)
+    cdef public str log_level      # "error" or "info" for close_reason
+
+    def __cinit__(self, *args, **kwargs):
+        self.rbuf = bytearray()
+        self._out = bytearray()
+        self._bout = bytearray()
+        self.phase = "connecting to upstream"
+        self.close_reason = None
+        self.log_level = "error"
+
+    cdef void _setup(self, AuthRequest auth, Py_ssize_t proxy_buffer, bint pass_error_message,
+                     bytes proxy_header):
+        if auth is None:
+            raise TypeError("auth must be an AuthRequest")
+        self.auth = auth
+        self.limit = proxy_buffer if proxy_buffer >= 4 else 4
+        self.pass_error = pass_error_message
+        self.proxy_header = proxy_header or b""
+
+    cpdef bytes take_output(self):
+        """Bytes for the client (the login reply, or the failure reply), in order."""
+        cdef bytes out = bytes(self._out)
+        del self._out[:]
+        return out
+
+    cpdef bytes take_backend_output(self):
+        """Bytes for the backend; the PROXY header from start() must go in one write."""
+        cdef bytes out = bytes(self._bout)
+        del self._bout[:]
+        return out
+
+    @property
+    def done(self):
+        return self.state == FINISHED
+
+    cpdef int start(self):
+        """Call once the backend connect completed: queues the PROXY header, if any."""
+        cdef int act = 0
+        if self.proxy_header:
+            self._bout += self.proxy_header
+            act = ACT_BACKEND
+        if self._unsafe():
+            return act | self._internal(CTL_REASON, "error")
+        self.phase = READING
+        return act
+
+    cpdef int feed(self, bytes data):
+        """Backend bytes arrived: returns ACT_BACKEND / ACT_SEND / ACT_DONE / ACT_CLOSE bits."""
+        cdef Py_ssize_t n
+        if self.state == FINISHED:
+            return 0
+        self.rbuf += data
+        n = len(self.rbuf)
+        if n > self.limit or (n == self.limit and self.rbuf[n - 2:] != b"\r\n"):
+            # nginx NUL-terminates over the last byte of the full buffer before logging it.
+            return self._internal(
+                'upstream sent too long response line: "%s"'
+                % self.rbuf[:self.limit - 1].decode("latin-1"), "error")
+        if n < 4 or self.rbuf[n - 2] != 13 or self.rbuf[n - 1] != 10:
+            return 0
+        return self._on_reply()
+
+    def on_error(self, str reason=None):
+        """The backend failed outside a reply (connect refused, EOF, timeout, write error):
+        the protocol's internal-error reply whatever proxy_pass_error_message says."""
+        if self.state == FINISHED:
+            return 0
+        return self._internal(reason, "error")
+
+    cdef bint _unsafe(self):
+        return False
+
+    cdef int _on_reply(self) except -1:
+        return 0
+
+    cdef int _send(self, bytes line, int state):
+        del self.rbuf[:]  # nginx empties the reply buffer after each line it sends
+        self._bout += line
+        self.state = state
+        return ACT_BACKEND
+
+    cdef int _internal(self, str reason, str level):
+        self.state = FINISHED
+        self.close_reason = reason
+        self.log_level = level
+        del self._out[:]
+        self._out += self.internal_error
+        return ACT_SEND | ACT_CLOSE
+
+    cdef int _invalid(self):
+        # proxy_pass_error_message on: the backend's whole reply goes to the client, logged at
+        # info; off: logged at error and the client gets the internal-error reply.
+        cdef bytes reply = bytes(self.rbuf)
+        cdef str text = 'upstream sent invalid response: "%s"' % reply[:-2].decode("latin-1")
+        if not self.pass_error:
+            return self._internal(text, "error")
+        self.state = FINISHED
+        self.close_reason = text
+        self.log_level = "info"
+        self._out += reply
+        return ACT_SEND | ACT_CLOSE
+
+    cdef int _done(self, bytes client_bytes):
+        self.state = FINISHED
+        self.phase = "proxying"
+        self._out += client_bytes
+        del self.rbuf[:]
+        return ACT_SEND | ACT_DONE
+
+
+cdef class ImapLogin(BackendLogin):
+    """IMAP: `T LOGIN {n}` / `user {n}` / `pass` with synchronizing literals (imap.md §15)."""
+
+    def __init__(self, AuthRequest auth, *, Py_ssize_t proxy_buffer=4096,
+                 bint pass_error_message=False, bytes proxy_header=b""):
+        self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
+        self.internal_error = IMAP_INTERNAL_ERROR
+        self.state = IMAP_START
+
+    cdef bint _unsafe(self):
+        # Login and password travel inside literals, where CR/LF are data; the tag does not.
+        return _ctl(self.auth.tag)
+
+    cdef int _on_reply(self) except -1:
+        cdef bytes r = bytes(self.rbuf)
+        cdef bytes tag = self.auth.tag
+        cdef Py_ssize_t p = 0, n = len(r)
+        if self.state == IMAP_START:
+            if r[:4] != b"* OK":
+                return self._invalid()
+            return self._send(b"%sLOGIN {%d}\r\n" % (tag, len(self.auth.user)), IMAP_LOGIN)
+        if self.state == IMAP_LOGIN:
+            if r[0] != 43:  # '+'
+                return self._invalid()
+            return self._send(b"%s {%d}\r\n" % (self.auth.user, len(self.auth.passwd)), IMAP_USER)
+        if self.state == IMAP_USER:
+            if r[0] != 43:
+                return self._invalid()
+            return self._send(self.auth.passwd + b"\r\n", IMAP_PASSWD)
+        # IMAP_PASSWD. mainline 1.27.3: one untagged line (e.g. CAPABILITY) may come first.
+        if r[0] == 42 and r[1] == 32:  # "* "
+            p = r.find(b"\r\n", 2) + 2
+            if n - p < 4:
+                return 0
+        if r[p:p + len(tag)] == tag and r[p + len(tag):p + len(tag) + 2] == b"OK":
+            return self._done(r)  # relayed verbatim, the untagged line included
+        return self._invalid()
+
+
+cdef class Pop3Login(BackendLogin):
+    """POP3: `USER login` / `PASS password`, each answered by `+OK` (pop3.md §15)."""
+
+    def __init__(self, AuthRequest auth, *, Py_ssize_t proxy_buffer=4096,
+                 bint pass_error_message=False, bytes proxy_header=b""):
+        self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
+        self.internal_error = POP3_INTERNAL_ERROR
+        self.state = POP3_START
+
+    cdef bint _unsafe(self):
+        # nginx sends them raw, so a CR/LF would split the line (pop3.md P12): refuse.
+        return _ctl(self.auth.user) or _ctl(self.auth.passwd)
+
+    cdef int _on_reply(self) except -1:
+        if self.rbuf[:3] != b"+OK":
+            return self._invalid()
+        if self.state == POP3_START:
+            return self._send(b"USER " + self.auth.user + b"\r\n", POP3_USER)
+        if self.state == POP3_USER:
+            return self._send(b"PASS " + self.auth.passwd + b"\r\n", POP3_PASSWD)
+        return self._done(bytes(self.rbuf))
+
+
+cdef class SmtpLogin(BackendLogin):
+    """SMTP: EHLO/HELO, XCLIENT, client HELO, then AUTH PLAIN or the MAIL/RCPT replay
+    (smtp.md §10). `client_addr` is the client address text after realip (no port),
+    `client_host` the resolver result (`[UNAVAILABLE]` without a resolver)."""
+
+    cdef bytes server_name
+    cdef bytes client_addr
+    cdef bytes client_host
+    cdef bint xclient
+    cdef bint pauth
+    cdef bint none
+
+    def __init__(self, AuthRequest auth, *, server_name, client_addr,
+                 client_host=b"[UNAVAILABLE]", bint xclient=True, bint proxy_smtp_auth=False,
+                 Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
+                 bytes proxy_header=b""):
+        self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
+        self.internal_error = SMTP_INTERNAL_ERROR
+        self.state = SMTP_START
+        self.server_name = _b(server_name)
+        self.client_addr = _b(client_addr)
+        self.client_host = _b(client_host)
+        self.xclient = xclient
+        self.pauth = proxy_smtp_auth
+        self.none = auth.method == b"none"
+
+    cdef bint _unsafe(self):
+        cdef AuthRequest a = self.auth
+        if _ctl(self.server_name) or _ctl(a.smtp_helo):
+            return True
+        if self.none and (_ctl(a.smtp_from) or _ctl(a.smtp_to)):
+            return True
+        # NUL would shift the fields of the AUTH PLAIN message.
+        return self.pauth and (b"\0" in a.user or b"\0" in a.passwd)
+
+    cdef int _after_helo(self, int helo_none, int helo_auth, int helo_plain):
+        if self.none:
+            return helo_none
+        return helo_auth if self.pauth else helo_plain
+
+    cdef int _on_reply(self) except -1:
+        cdef bytes r = bytes(self.rbuf)
+        cdef Py_ssize_t n = len(r), m
+        cdef int st = self.state
+        cdef AuthRequest a = self.auth
+        if r[3] == 45:  # '-': multi-line, wait for the last line (nginx checks its 4th byte)
+            m = n - 7
+            while m > 0 and not (r[m] == 13 and r[m + 1] == 10):
+                m -= 1
+            if m <= 0 or r[m + 5] == 45:
+                return 0
+        code = r[:3]
+        if st == SMTP_START:
+            ok = code == b"220"
+        elif st in (SMTP_XCLIENT, SMTP_XCLIENT_HELO, SMTP_XCLIENT_AUTH, SMTP_XCLIENT_FROM):
+            ok = code == b"220" or code == b"250"
+        elif st == SMTP_AUTH_PLAIN:
+            ok = code == b"235"
+        elif st == SMTP_TO:
+            ok = True  # the client gets the backend's RCPT reply, whatever it is
+        else:
+            ok = code == b"250"
+        if not ok:
+            return self._invalid()
+
+        if st == SMTP_START:
+            self.phase = "sending HELO/EHLO to upstream"
+            line = b"%s %s\r\n" % (b"EHLO" if a.esmtp or self.xclient else b"HELO",
+                                   self.server_name)
+            if self.xclient:
+                nxt = SMTP_HELO_XCLIENT
+            else:
+                nxt = self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO)
+            return self._send(line, nxt)
+        if st == SMTP_HELO_XCLIENT:
+            self.phase = "sending XCLIENT to upstream"
+            return self._send(self._xclient_line(), self._after_xclient())
+        if st == SMTP_XCLIENT_HELO:
+            self.phase = "sending client HELO/EHLO to upstream"
+            line = b"%s %s\r\n" % (b"EHLO" if a.esmtp else b"HELO", a.smtp_helo)
+            return self._send(line, self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO))
+        if st == SMTP_HELO_AUTH or st == SMTP_XCLIENT_AUTH:
+            self.phase = "sending AUTH to upstream"
+            if not a.passwd:
+                return self._internal("no password available", "error")
+            plain = binascii.b2a_base64(b"\0" + a.user + b"\0" + a.passwd, newline=False)
+            return self._send(b"AUTH PLAIN " + plain + b"\r\n", SMTP_AUTH_PLAIN)
+        if st == SMTP_HELO_FROM or st == SMTP_XCLIENT_FROM:
+            self.phase = "sending MAIL FROM to upstream"
+            return self._send(a.smtp_from + b"\r\n", SMTP_FROM)
+        if st == SMTP_FROM:
+            self.phase = "sending RCPT TO to upstream"
+            return self._send(a.smtp_to + b"\r\n", SMTP_TO)
+        # SMTP_HELO, SMTP_XCLIENT, SMTP_AUTH_PLAIN, SMTP_TO: logged in.
+        return self._done(r if self.none else SMTP_AUTH_OK)
+
+    cdef int _after_xclient(self):
+        if self.auth.smtp_helo:
+            return SMTP_XCLIENT_HELO
+        return self._after_helo(SMTP_XCLIENT_FROM, SMTP_XCLIENT_AUTH, SMTP_XCLIENT)
+
+    cdef bytes _xclient_line(self):
+        cdef bytes addr = self.client_addr
+        cdef bytearray line = bytearray(b"XCLIENT ADDR=")
+        if b":" in addr and not addr.startswith(b"unix:"):
+            addr = b"IPV6:" + addr
+        line += xtext(addr)
+        if self.auth.user and not self.pauth:
+            line += b" LOGIN="
+            line += xtext(self.auth.user)
+        line += b" NAME="
+        line += xtext(self.client_host)
+        line += b"\r\n"
+        return bytes(line)
+
+
+cdef bytes _b(value):
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return (<str>value).encode("latin-1")
+    return bytes(value)

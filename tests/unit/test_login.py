@@ -1,0 +1,427 @@
+"""Backend login machines (fastmail/_login.pyx) against the spec's transcripts:
+imap.md §15, pop3.md §15, smtp.md §10."""
+
+from __future__ import annotations
+
+import pytest
+from fastmail._core import ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, AuthRequest
+from fastmail._login import (
+    IMAP_INTERNAL_ERROR,
+    POP3_INTERNAL_ERROR,
+    SMTP_INTERNAL_ERROR,
+    ImapLogin,
+    Pop3Login,
+    SmtpLogin,
+    xtext,
+)
+
+
+def req(
+    protocol: bytes, user: bytes = b"user", passwd: bytes = b"pass", **kw: object
+) -> AuthRequest:
+    a = AuthRequest(protocol, kw.pop("method", b"plain"), user, passwd)
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+class Backend:
+    """Plays the backend: each reply goes in (optionally split byte by byte); records what
+    the machine sent to the backend and to the client."""
+
+    def __init__(self, m: object, split: bool = False) -> None:
+        self.m = m
+        self.split = split
+        self.sent: list[bytes] = []
+        act = m.start()  # type: ignore[attr-defined]
+        if act & ACT_BACKEND:
+            self.sent.append(m.take_backend_output())  # type: ignore[attr-defined]
+        self.client = b""
+        self.act = act
+
+    def reply(self, data: bytes) -> int:
+        chunks = [data[i : i + 1] for i in range(len(data))] if self.split else [data]
+        act = 0
+        for c in chunks:
+            assert not act & (ACT_DONE | ACT_CLOSE), "fed after the end"
+            act = self.m.feed(c)  # type: ignore[attr-defined]
+            if act & ACT_BACKEND:
+                self.sent.append(self.m.take_backend_output())  # type: ignore[attr-defined]
+            if act & ACT_SEND:
+                self.client += self.m.take_output()  # type: ignore[attr-defined]
+        self.act = act
+        return act
+
+
+# --- IMAP ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_imap_login_with_literals_and_verbatim_ok(split: bool) -> None:
+    b = Backend(ImapLogin(req(b"imap", tag=b"a1 ")), split)
+    b.reply(b"* OK fake imap ready\r\n")
+    assert b.sent == [b"a1 LOGIN {4}\r\n"]
+    b.reply(b"+ go ahead\r\n")
+    b.reply(b"+ go ahead\r\n")
+    assert b.sent[1:] == [b"user {4}\r\n", b"pass\r\n"]
+    act = b.reply(b"a1 OK LOGIN completed\r\n")
+    assert act == ACT_SEND | ACT_DONE
+    assert b.client == b"a1 OK LOGIN completed\r\n"  # nothing of our own added
+    assert b.m.done
+
+
+def test_imap_raw_credentials_inside_literals_empty_password_and_tag() -> None:
+    b = Backend(ImapLogin(req(b"imap", b'u "x"\r\n', b"", tag=b" ")))
+    b.reply(b"* OK hi\r\n")
+    b.reply(b"+ \r\n")
+    b.reply(b"+ \r\n")
+    assert b.sent == [b" LOGIN {7}\r\n", b'u "x"\r\n {0}\r\n', b"\r\n"]
+
+
+def test_imap_one_untagged_line_tolerated_and_relayed() -> None:
+    b = Backend(ImapLogin(req(b"imap", tag=b"a1 ")))
+    for line in (b"* OK hi\r\n", b"+ \r\n", b"+ \r\n"):
+        b.reply(line)
+    assert b.reply(b"* CAPABILITY IMAP4rev1 BACKEND\r\n") == 0  # waits for the tagged line
+    act = b.reply(b"a1 OK [CAPABILITY IMAP4rev1] logged in\r\n")
+    assert act & ACT_DONE
+    assert (
+        b.client == b"* CAPABILITY IMAP4rev1 BACKEND\r\na1 OK [CAPABILITY IMAP4rev1] logged in\r\n"
+    )
+
+
+def test_imap_second_untagged_line_fails() -> None:
+    b = Backend(ImapLogin(req(b"imap", tag=b"a1 "), pass_error_message=True))
+    for line in (b"* OK hi\r\n", b"+ \r\n", b"+ \r\n"):
+        b.reply(line)
+    act = b.reply(b"* ONE\r\n* TWO\r\na1 OK x\r\n")
+    assert act == ACT_SEND | ACT_CLOSE
+
+
+def test_imap_split_tagged_reply() -> None:
+    b = Backend(ImapLogin(req(b"imap", tag=b"a1 ")))
+    for line in (b"* OK hi\r\n", b"+ \r\n", b"+ \r\n"):
+        b.reply(line)
+    assert b.reply(b"a1 O") == 0
+    assert b.reply(b"K split reply\r\n") & ACT_DONE
+    assert b.client == b"a1 OK split reply\r\n"
+
+
+@pytest.mark.parametrize(
+    "pass_error,expected",
+    [(False, IMAP_INTERNAL_ERROR), (True, b"a1 NO [AUTHENTICATIONFAILED] backend rejects\r\n")],
+)
+def test_imap_refused_login(pass_error: bool, expected: bytes) -> None:
+    m = ImapLogin(req(b"imap", tag=b"a1 "), pass_error_message=pass_error)
+    b = Backend(m)
+    for line in (b"* OK hi\r\n", b"+ \r\n", b"+ \r\n"):
+        b.reply(line)
+    assert b.reply(b"a1 NO [AUTHENTICATIONFAILED] backend rejects\r\n") == ACT_SEND | ACT_CLOSE
+    assert b.client == expected
+    assert m.close_reason == (
+        'upstream sent invalid response: "a1 NO [AUTHENTICATIONFAILED] backend rejects"'
+    )
+    assert m.log_level == ("info" if pass_error else "error")
+
+
+@pytest.mark.parametrize(
+    "pass_error,expected", [(False, IMAP_INTERNAL_ERROR), (True, b"* BYE backend overloaded\r\n")]
+)
+def test_imap_bad_greeting(pass_error: bool, expected: bytes) -> None:
+    b = Backend(ImapLogin(req(b"imap", tag=b"a1 "), pass_error_message=pass_error))
+    assert b.reply(b"* BYE backend overloaded\r\n") == ACT_SEND | ACT_CLOSE
+    assert b.client == expected and b.sent == []
+
+
+def test_imap_overlong_backend_line_is_internal_error_even_with_pass_error() -> None:
+    m = ImapLogin(req(b"imap", tag=b"a1 "), proxy_buffer=64, pass_error_message=True)
+    b = Backend(m)
+    assert b.reply(b"* OK " + b"x" * 40) == 0
+    assert b.reply(b"y" * 19) == ACT_SEND | ACT_CLOSE  # exactly 64 bytes, no CRLF
+    assert b.client == IMAP_INTERNAL_ERROR
+    assert (
+        m.close_reason == 'upstream sent too long response line: "* OK ' + "x" * 40 + "y" * 18 + '"'
+    )
+
+
+def test_imap_bare_lf_never_completes_and_backend_error_gives_internal_error() -> None:
+    m = ImapLogin(req(b"imap", tag=b"a1 "), pass_error_message=True)
+    b = Backend(m)
+    assert b.reply(b"* OK hi\n") == 0
+    assert m.on_error("upstream timed out") == ACT_SEND | ACT_CLOSE
+    assert m.take_output() == IMAP_INTERNAL_ERROR
+
+
+def test_imap_proxy_header_goes_first_and_ctl_in_tag_refused() -> None:
+    b = Backend(ImapLogin(req(b"imap", tag=b"a1 "), proxy_header=b"PROXY UNKNOWN\r\n"))
+    assert b.sent == [b"PROXY UNKNOWN\r\n"]
+    m = ImapLogin(req(b"imap", tag=b"a\r\n1 "))
+    assert m.start() == ACT_SEND | ACT_CLOSE
+    assert m.take_output() == IMAP_INTERNAL_ERROR and m.take_backend_output() == b""
+
+
+# --- POP3 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_pop3_user_pass(split: bool) -> None:
+    b = Backend(Pop3Login(req(b"pop3", b"user", b"backendsecret")), split)
+    b.reply(b"+OK fake pop3 ready <1.2@x>\r\n")
+    b.reply(b"+OK user accepted\r\n")
+    assert b.sent == [b"USER user\r\n", b"PASS backendsecret\r\n"]
+    assert b.reply(b"+OK maildrop locked\r\n") == ACT_SEND | ACT_DONE
+    assert b.client == b"+OK maildrop locked\r\n"
+
+
+@pytest.mark.parametrize(
+    "replies,pass_error,expected,sent",
+    [
+        (
+            [b"+OK hi\r\n", b"-ERR [AUTH] unknown user\r\n"],
+            True,
+            b"-ERR [AUTH] unknown user\r\n",
+            1,
+        ),
+        ([b"+OK hi\r\n", b"-ERR [AUTH] unknown user\r\n"], False, POP3_INTERNAL_ERROR, 1),
+        (
+            [b"+OK hi\r\n", b"+OK\r\n", b"-ERR [AUTH] invalid password\r\n"],
+            True,
+            b"-ERR [AUTH] invalid password\r\n",
+            2,
+        ),
+        ([b"-ERR backend overloaded\r\n"], True, b"-ERR backend overloaded\r\n", 0),
+        ([b"+ok lowercase\r\n"], False, POP3_INTERNAL_ERROR, 0),
+    ],
+)
+def test_pop3_failures(replies: list[bytes], pass_error: bool, expected: bytes, sent: int) -> None:
+    b = Backend(Pop3Login(req(b"pop3"), pass_error_message=pass_error))
+    for r in replies:
+        b.reply(r)
+    assert b.act == ACT_SEND | ACT_CLOSE
+    assert b.client == expected
+    assert len(b.sent) == sent
+
+
+@pytest.mark.parametrize("user,passwd", [(b"us\r\ner", b"p"), (b"u", b"p\nQUIT"), (b"u\0", b"p")])
+def test_pop3_refuses_ctl_in_credentials(user: bytes, passwd: bytes) -> None:
+    m = Pop3Login(req(b"pop3", user, passwd))
+    assert m.start() == ACT_SEND | ACT_CLOSE
+    assert m.take_output() == POP3_INTERNAL_ERROR
+    assert m.feed(b"+OK hi\r\n") == 0 and m.take_backend_output() == b""
+
+
+# --- SMTP ----------------------------------------------------------------------------------
+
+
+def smtp(
+    user: bytes = b"test",
+    passwd: bytes = b"secret",
+    helo: bytes = b"",
+    esmtp: bool = False,
+    method: bytes = b"plain",
+    mail: bytes = b"",
+    rcpt: bytes = b"",
+    addr: str = "127.0.0.1",
+    **kw: object,
+) -> SmtpLogin:
+    a = req(
+        b"smtp",
+        user,
+        passwd,
+        method=method,
+        smtp_helo=helo,
+        esmtp=esmtp,
+        smtp_from=mail,
+        smtp_to=rcpt,
+    )
+    return SmtpLogin(a, server_name=b"mx.test", client_addr=addr, **kw)  # type: ignore[arg-type]
+
+
+def run_smtp(m: SmtpLogin, last: bytes = b"250 ok\r\n", split: bool = False) -> Backend:
+    """Greets, then answers each command by its expected code until the machine ends."""
+    b = Backend(m, split)
+    b.reply(b"220 backend ESMTP\r\n")
+    for _ in range(10):
+        if b.act & (ACT_DONE | ACT_CLOSE):
+            break
+        cmd = b.sent[-1]
+        if cmd.startswith(b"AUTH"):
+            b.reply(b"235 2.7.0 ok\r\n")
+        elif cmd.startswith(b"XCLIENT"):
+            b.reply(b"220 new greeting\r\n")
+        elif cmd.upper().startswith(b"RCPT"):
+            b.reply(last)
+        else:
+            b.reply(b"250-backend\r\n250 8BITMIME\r\n")
+    return b
+
+
+XC = b"XCLIENT ADDR=127.0.0.1 LOGIN=test NAME=[UNAVAILABLE]\r\n"
+XC_NOLOGIN = b"XCLIENT ADDR=127.0.0.1 NAME=[UNAVAILABLE]\r\n"
+PLAIN = b"AUTH PLAIN AHRlc3QAc2VjcmV0\r\n"
+
+
+@pytest.mark.parametrize(
+    "kw,sent",
+    [
+        ({}, [b"EHLO mx.test\r\n", XC]),
+        ({"helo": b"cl.example", "esmtp": True}, [b"EHLO mx.test\r\n", XC, b"EHLO cl.example\r\n"]),
+        ({"helo": b"cl.example"}, [b"EHLO mx.test\r\n", XC, b"HELO cl.example\r\n"]),
+        ({"helo": b"x", "esmtp": True, "xclient": False}, [b"EHLO mx.test\r\n"]),
+        ({"helo": b"x", "xclient": False}, [b"HELO mx.test\r\n"]),
+        ({"esmtp": True, "xclient": False, "proxy_smtp_auth": True}, [b"EHLO mx.test\r\n", PLAIN]),
+        ({"xclient": False, "proxy_smtp_auth": True}, [b"HELO mx.test\r\n", PLAIN]),
+        (
+            {"helo": b"cl.example", "esmtp": True, "proxy_smtp_auth": True},
+            [b"EHLO mx.test\r\n", XC_NOLOGIN, b"EHLO cl.example\r\n", PLAIN],
+        ),
+    ],
+)
+@pytest.mark.parametrize("split", [False, True])
+def test_smtp_auth_sequences(kw: dict, sent: list[bytes], split: bool) -> None:
+    b = run_smtp(smtp(**kw), split=split)
+    assert b.sent == sent
+    assert b.act == ACT_SEND | ACT_DONE
+    assert b.client == b"235 2.0.0 OK\r\n"  # no backend reply from the login is shown
+
+
+@pytest.mark.parametrize(
+    "kw,sent",
+    [
+        (
+            {
+                "helo": b"cl.example",
+                "esmtp": True,
+                "mail": b"mail from:<a@b>  SIZE=10",
+                "rcpt": b"RCPT  TO:<x@y>  NOTIFY=NEVER",
+            },
+            [
+                b"EHLO mx.test\r\n",
+                XC_NOLOGIN,
+                b"EHLO cl.example\r\n",
+                b"mail from:<a@b>  SIZE=10\r\n",
+                b"RCPT  TO:<x@y>  NOTIFY=NEVER\r\n",
+            ],
+        ),
+        (
+            {"mail": b"MAIL FROM:<a@b>", "rcpt": b"RCPT TO:<x@y>"},
+            [b"EHLO mx.test\r\n", XC_NOLOGIN, b"MAIL FROM:<a@b>\r\n", b"RCPT TO:<x@y>\r\n"],
+        ),
+        (
+            {"helo": b"cl", "xclient": False, "mail": b"MAIL FROM:<c@d>", "rcpt": b"RCPT TO:<x@y>"},
+            [b"HELO mx.test\r\n", b"MAIL FROM:<c@d>\r\n", b"RCPT TO:<x@y>\r\n"],
+        ),
+    ],
+)
+def test_smtp_auth_none_replays_mail_and_rcpt(kw: dict, sent: list[bytes]) -> None:
+    b = run_smtp(smtp(user=b"", passwd=b"", method=b"none", **kw), last=b"250 2.1.5 rcpt ok\r\n")
+    assert b.sent == sent
+    assert b.act == ACT_SEND | ACT_DONE
+    assert b.client == b"250 2.1.5 rcpt ok\r\n"
+
+
+def test_smtp_none_rcpt_refusal_is_relayed_and_relay_still_starts() -> None:
+    m = smtp(user=b"", passwd=b"", method=b"none", mail=b"MAIL FROM:<a@b>", rcpt=b"RCPT TO:<x@y>")
+    b = run_smtp(m, last=b"550 5.1.1 no such user\r\n")
+    assert b.act == ACT_SEND | ACT_DONE and b.client == b"550 5.1.1 no such user\r\n"
+
+
+def test_smtp_xclient_ipv6_and_hostile_values_are_xtext() -> None:
+    b = Backend(
+        SmtpLogin(
+            req(b"smtp", b"we ir+d=%\r\nX\xc3\xa9", b"x"),
+            server_name=b"mx.test",
+            client_addr="::1",
+            client_host=b"evil\r\nQUIT",
+        )
+    )
+    b.reply(b"220 hi\r\n")
+    b.reply(b"250 ok\r\n")
+    assert b.sent[1] == (
+        b"XCLIENT ADDR=IPV6:::1 LOGIN=we+20ir+2Bd+3D%+0D+0AX+C3+A9 NAME=evil+0D+0AQUIT\r\n"
+    )
+
+
+def test_xtext_encodes_exactly_the_rfc3461_set() -> None:
+    everything = bytes(range(256))
+    out = xtext(everything)
+    assert b"\r" not in out and b"\n" not in out and b"\0" not in out and b" " not in out
+    plain = bytes(c for c in range(0x21, 0x7F) if c not in (0x2B, 0x3D))
+    assert xtext(plain) == plain
+    assert xtext(b"+= \x7f\xff") == b"+2B+3D+20+7F+FF"
+
+
+@pytest.mark.parametrize(
+    "pass_error,expected",
+    [(False, SMTP_INTERNAL_ERROR), (True, b"550-5.7.0 xclient denied\r\n550 5.7.0 really\r\n")],
+)
+def test_smtp_multiline_refusal(pass_error: bool, expected: bytes) -> None:
+    m = smtp(pass_error_message=pass_error)
+    b = Backend(m)
+    b.reply(b"220-multi\r\n220 line greeting\r\n")
+    b.reply(b"250 ok\r\n")
+    assert b.reply(b"550-5.7.0 xclient denied\r\n") == 0  # waits for the last line
+    assert b.reply(b"550 5.7.0 really\r\n") == ACT_SEND | ACT_CLOSE
+    assert b.client == expected
+    assert (
+        m.close_reason
+        == 'upstream sent invalid response: "550-5.7.0 xclient denied\r\n550 5.7.0 really"'
+    )
+
+
+@pytest.mark.parametrize("greeting", [b"250 wrong greeting code\r\n", b"554 5.3.2 go away\r\n"])
+def test_smtp_rejected_greeting(greeting: bytes) -> None:
+    b = Backend(smtp(pass_error_message=True))
+    assert b.reply(greeting) == ACT_SEND | ACT_CLOSE
+    assert b.client == greeting
+
+
+def test_smtp_auth_plain_refused() -> None:
+    b = Backend(smtp(xclient=False, proxy_smtp_auth=True, pass_error_message=True))
+    b.reply(b"220 hi\r\n")
+    b.reply(b"250 hi\r\n")
+    assert b.reply(b"535 5.7.8 backend says no\r\n") == ACT_SEND | ACT_CLOSE
+    assert b.client == b"535 5.7.8 backend says no\r\n"
+
+
+def test_smtp_no_password_available() -> None:
+    m = smtp(
+        passwd=b"", method=b"external", xclient=False, proxy_smtp_auth=True, pass_error_message=True
+    )
+    b = Backend(m)
+    b.reply(b"220 hi\r\n")
+    assert b.reply(b"250 hi\r\n") == ACT_SEND | ACT_CLOSE
+    assert b.client == SMTP_INTERNAL_ERROR
+    assert m.close_reason == "no password available"
+
+
+def test_smtp_overlong_and_bare_lf() -> None:
+    m = smtp(proxy_buffer=32, pass_error_message=True)
+    b = Backend(m)
+    assert b.reply(b"220 ok\n") == 0  # never complete: the driver's timeout ends it
+    assert b.reply(b"x" * 30) == ACT_SEND | ACT_CLOSE
+    assert b.client == SMTP_INTERNAL_ERROR
+    assert m.close_reason.startswith("upstream sent too long response line")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"helo": b"cl\0x"},
+        {"method": b"none", "mail": b"MAIL FROM:<a@b>\r\nRSET", "rcpt": b"RCPT TO:<x@y>"},
+        {"user": b"a\0b", "xclient": False, "proxy_smtp_auth": True},
+    ],
+)
+def test_smtp_refuses_ctl_reaching_backend_commands(kw: dict) -> None:
+    m = smtp(**kw)
+    assert m.start() == ACT_SEND | ACT_CLOSE
+    assert m.take_output() == SMTP_INTERNAL_ERROR
+
+
+def test_smtp_xclient_reply_250_accepted_and_stale_login_not_sent_for_none() -> None:
+    b = Backend(smtp(user=b"", method=b"none", mail=b"MAIL FROM:<a@b>", rcpt=b"RCPT TO:<c@d>"))
+    b.reply(b"220 hi\r\n")
+    b.reply(b"250 hi\r\n")
+    assert b.sent[-1] == XC_NOLOGIN
+    b.reply(b"250 xclient ok\r\n")
+    assert b.sent[-1] == b"MAIL FROM:<a@b>\r\n"
