@@ -1,0 +1,665 @@
+"""auth_http: request bytes as nginx writes them, answers read as nginx reads them, and the
+client against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from fastmail._core import AuthRequest
+
+from fastmail.auth_http import (
+    MAX_HEADER_BLOCK,
+    AuthHttpClient,
+    AuthResult,
+    build_request,
+    escape,
+    parse_response,
+    parse_server_addr,
+)
+
+PEER = "127.0.0.1:9000"
+
+
+def req(protocol: bytes = b"smtp", method: bytes = b"plain", user: bytes = b"test",
+        passwd: bytes = b"secret", salt: bytes = b"", attempt: int = 1) -> AuthRequest:  # fmt: skip
+    return AuthRequest(protocol, method, user, passwd, salt, attempt)
+
+
+def build(auth: AuthRequest, uri: bytes = b"/auth/path?x=1", **kw: object) -> bytes:
+    args: dict[str, object] = dict(
+        uri_path=uri,
+        host_header=b"127.0.0.1",
+        client_ip=b"127.0.0.1",
+        client_host=b"[UNAVAILABLE]" if auth.protocol == b"smtp" else None,
+        extra_headers=[],
+        keepalive=False,
+    )
+    args.update(kw)
+    return build_request(auth, **args)  # type: ignore[arg-type]
+
+
+# --- request bytes (spec §3.1, §3.6) -----------------------------------------------------------
+
+
+def test_smtp_plain_matches_verified_example() -> None:
+    assert build(req()) == (
+        b"GET /auth/path?x=1 HTTP/1.0\r\nHost: 127.0.0.1\r\nAuth-Method: plain\r\n"
+        b"Auth-User: test\r\nAuth-Pass: secret\r\nAuth-Protocol: smtp\r\n"
+        b"Auth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\nClient-Host: [UNAVAILABLE]\r\n\r\n"
+    )
+
+
+def test_cram_md5_sends_salt_with_its_own_crlf() -> None:
+    auth = req(method=b"cram-md5", passwd=b"0" * 32, salt=b"<192932268.1795744097@mx.test>\r\n")
+    assert build(auth) == (
+        b"GET /auth/path?x=1 HTTP/1.0\r\nHost: 127.0.0.1\r\nAuth-Method: cram-md5\r\n"
+        b"Auth-User: test\r\nAuth-Pass: 00000000000000000000000000000000\r\n"
+        b"Auth-Salt: <192932268.1795744097@mx.test>\r\nAuth-Protocol: smtp\r\n"
+        b"Auth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\nClient-Host: [UNAVAILABLE]\r\n\r\n"
+    )
+
+
+def test_smtp_auth_none_sends_helo_from_to_raw() -> None:
+    auth = req(method=b"none", user=b"", passwd=b"")
+    auth.smtp_helo = b"cl.example"
+    auth.smtp_from = b"mail from:<a@b>  SIZE=10"
+    auth.smtp_to = b"RCPT  TO:<x@y>  NOTIFY=NEVER"
+    assert build(auth) == (
+        b"GET /auth/path?x=1 HTTP/1.0\r\nHost: 127.0.0.1\r\nAuth-Method: none\r\nAuth-User: \r\n"
+        b"Auth-Pass: \r\nAuth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\n"
+        b"Client-Host: [UNAVAILABLE]\r\nAuth-SMTP-Helo: cl.example\r\n"
+        b"Auth-SMTP-From: mail from:<a@b>  SIZE=10\r\nAuth-SMTP-To: RCPT  TO:<x@y>  NOTIFY=NEVER\r\n"
+        b"\r\n"
+    )
+
+
+def test_imap_login_has_no_client_host() -> None:
+    auth = req(protocol=b"imap", user=b"bad", passwd=b"pw")
+    assert build(auth, uri=b"/a") == (
+        b"GET /a HTTP/1.0\r\nHost: 127.0.0.1\r\nAuth-Method: plain\r\nAuth-User: bad\r\n"
+        b"Auth-Pass: pw\r\nAuth-Protocol: imap\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\n"
+        b"\r\n"
+    )
+
+
+def test_imap_cram_md5_example() -> None:
+    salt = b"<1345679681.1795744130@mail.example.com>\r\n"
+    auth = req(protocol=b"imap", method=b"cram-md5", user=b"user", passwd=b"0" * 32, salt=salt)
+    assert build(auth, uri=b"/auth") == (
+        b"GET /auth HTTP/1.0\r\nHost: 127.0.0.1\r\nAuth-Method: cram-md5\r\nAuth-User: user\r\n"
+        b"Auth-Pass: 00000000000000000000000000000000\r\n"
+        b"Auth-Salt: <1345679681.1795744130@mail.example.com>\r\nAuth-Protocol: imap\r\n"
+        b"Auth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\n\r\n"
+    )
+
+
+def test_pop3_apop_sends_salt_and_external_does_not() -> None:
+    salt = b"<1.2@mx>\r\n"
+    apop = build(req(protocol=b"pop3", method=b"apop", passwd=b"d" * 32, salt=salt))
+    assert b"Auth-Method: apop\r\n" in apop and b"Auth-Salt: <1.2@mx>\r\nAuth-Protocol" in apop
+    # mainline 1.29.1: Auth-Salt only for apop/cram-md5, not EXTERNAL or none
+    ext = build(req(protocol=b"pop3", method=b"external", passwd=b"", salt=salt))
+    assert b"Auth-Salt" not in ext and b"Auth-Pass: \r\n" in ext
+    none = build(req(method=b"none", salt=salt))
+    assert b"Auth-Salt" not in none
+
+
+def test_escaping_of_user_and_password() -> None:
+    auth = req(user="we ir+d=%\r\nXé".encode(), passwd=b"p a%ss\r\n")
+    out = build(auth)
+    assert b"Auth-User: we%20ir+d=%25%0D%0AX\xc3\xa9\r\n" in out
+    assert b"Auth-Pass: p%20a%25ss%0D%0A\r\n" in out
+    assert escape(bytes(range(0x30))) == (
+        b"".join(b"%%%02X" % i for i in range(0x21)) + b"!\"#$%25&'()*+,-./"
+    )
+    assert escape(b"\x7f\xff+=/") == b"\x7f\xff+=/"
+
+
+def test_proxy_protocol_lines_follow_client_host() -> None:
+    out = build(
+        req(), client_ip=b"192.0.2.1", proxy_protocol=(b"192.0.2.1", 1234, b"192.0.2.2", 25)
+    )
+    assert out.endswith(
+        b"Client-IP: 192.0.2.1\r\nClient-Host: [UNAVAILABLE]\r\n"
+        b"Proxy-Protocol-Addr: 192.0.2.1\r\nProxy-Protocol-Port: 1234\r\n"
+        b"Proxy-Protocol-Server-Addr: 192.0.2.2\r\nProxy-Protocol-Server-Port: 25\r\n\r\n"
+    )
+
+
+def test_ssl_lines_after_smtp_lines_then_extra_headers() -> None:
+    auth = req(method=b"none", user=b"", passwd=b"")
+    ssl = {"protocol": b"TLSv1.2", "cipher": b"ECDHE-RSA-AES256-GCM-SHA384"}
+    out = build(auth, ssl_info=ssl, extra_headers=[(b"X-A", b"1"), (b"X-B", b"two words")])
+    assert out.endswith(
+        b"Auth-SMTP-Helo: \r\nAuth-SMTP-From: \r\nAuth-SMTP-To: \r\nAuth-SSL: on\r\n"
+        b"Auth-SSL-Protocol: TLSv1.2\r\nAuth-SSL-Cipher: ECDHE-RSA-AES256-GCM-SHA384\r\n"
+        b"X-A: 1\r\nX-B: two words\r\n\r\n"
+    )
+
+
+def test_client_certificate_lines() -> None:
+    ssl = {
+        "protocol": b"TLSv1.3",
+        "cipher": b"TLS_AES_256_GCM_SHA384",
+        "verify": b"SUCCESS",
+        "subject": b"O=Ex\\, Inc.,CN=client one",
+        "issuer": b"CN=TestCA",
+        "serial": b"4F15",
+        "fingerprint": b"ab" * 20,
+        "cert": b"-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n",
+    }
+    without = build(req(), ssl_info=ssl)
+    assert (
+        b"Auth-SSL-Verify: SUCCESS\r\nAuth-SSL-Subject: O=Ex\\, Inc.,CN=client one\r\n" in without
+    )
+    assert b"Auth-SSL-Issuer: CN=TestCA\r\nAuth-SSL-Serial: 4F15\r\n" in without
+    assert b"Auth-SSL-Fingerprint: " + b"ab" * 20 + b"\r\n\r\n" in without
+    with_cert = build(req(), ssl_info=ssl, pass_client_cert=True)
+    assert with_cert.endswith(
+        b"Auth-SSL-Cert: -----BEGIN%20CERTIFICATE-----%0AMIIC%0A-----END%20CERTIFICATE-----%0A"
+        b"\r\n\r\n"
+    )
+    no_verify = build(req(), ssl_info={"protocol": b"TLSv1.2", "cipher": b"X", "verify": b""})
+    assert b"Auth-SSL-Verify" not in no_verify
+
+
+def test_keepalive_form_only_changes_version_and_adds_connection_last() -> None:
+    plain = build(req(), extra_headers=[(b"X-A", b"1")])
+    ka = build(req(), extra_headers=[(b"X-A", b"1")], keepalive=True)
+    assert ka == plain.replace(b" HTTP/1.0\r\n", b" HTTP/1.1\r\n", 1)[:-2] + (
+        b"Connection: keep-alive\r\n\r\n"
+    )
+
+
+def test_empty_uri_is_slash_and_attempt_counts() -> None:
+    assert build(req(attempt=3), uri=b"").startswith(b"GET / HTTP/1.0\r\n")
+    assert b"Auth-Login-Attempt: 3\r\n" in build(req(attempt=3))
+
+
+# --- reading answers (spec §4) -----------------------------------------------------------------
+
+OK = b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n\r\n"
+
+
+def parse(data: bytes, auth: AuthRequest | None = None, **kw: bool) -> AuthResult:
+    return parse_response(data, auth or req(), PEER, **kw)
+
+
+def test_ok_answer() -> None:
+    r = parse(OK)
+    assert (r.status, r.server, r.port, r.addr, r.log_message) == (
+        "ok",
+        b"127.0.0.1",
+        143,
+        "127.0.0.1",
+        None,
+    )
+
+
+def test_status_line_is_ignored_and_optional() -> None:
+    assert parse(OK.replace(b"200 OK", b"500 Internal Server Error")).status == "ok"
+    assert parse(OK.split(b"\r\n", 1)[1]).status == "ok"
+    assert parse(OK.replace(b"HTTP/1.0 200 OK", b"HTTP/9 what")).status == "ok"
+    r = parse(b"HTTPX 200 OK\r\n" + OK.split(b"\r\n", 1)[1])
+    assert r.status == "error"
+    assert r.log_message == f"auth http server {PEER} sent invalid header in response"
+
+
+def test_bad_cr_in_status_line_is_invalid_response() -> None:
+    r = parse(b"HTTP/1.0 200 OK\rX\r\nAuth-Status: OK\r\n\r\n")
+    assert r.log_message == f"auth http server {PEER} sent invalid response"
+
+
+def test_lf_only_and_case_insensitive_names() -> None:
+    r = parse(b"HTTP/1.0 200 OK\nauth-status: OK\nAUTH-SERVER: ::1\nauth-port: 25\n\n")
+    assert (r.status, r.addr, r.port) == ("ok", "::1", 25)
+
+
+@pytest.mark.parametrize("line", [b"Auth_Status: OK", b"Auth-Status : OK", b"-Auth: x"])
+def test_bad_header_names(line: bytes) -> None:
+    r = parse(b"HTTP/1.0 200 OK\r\n" + line + b"\r\n\r\n")
+    assert (r.status, r.log_message) == (
+        "error",
+        f"auth http server {PEER} sent invalid header in response",
+    )
+
+
+def test_failure_text_trailing_spaces_cut_and_raw_bytes_kept() -> None:
+    r = parse(b"HTTP/1.0 200 OK\r\nAuth-Status:Temporary   failure   \r\n\r\n")
+    assert (r.status, r.error_message, r.wait) == ("fail", b"Temporary   failure", 0)
+    assert r.log_message == 'client login failed: "Temporary   failure"' and r.log_level == "info"
+    r = parse(b"HTTP/1.0 200 OK\r\nAuth-Status: bad\x01\x7f\xff msg\r\n\r\n")
+    assert r.error_message == b"bad\x01\x7f\xff msg"
+
+
+def test_values_are_case_sensitive_and_failure_sticks() -> None:
+    assert parse(b"Auth-Status: ok\r\n\r\n").error_message == b"ok"
+    r = parse(
+        b"Auth-Status: Bad\r\nAuth-Status: OK\r\nAuth-Server: 1.2.3.4\r\nAuth-Port: 1\r\n\r\n"
+    )
+    assert (r.status, r.error_message) == ("fail", b"Bad")
+    assert parse(b"Auth-Status: A\r\nAuth-Status: B\r\n\r\n").error_message == b"B"
+
+
+def test_empty_status_fails_imap_pop3_but_not_smtp() -> None:
+    body = b"Auth-Status: \r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 25\r\n\r\n"
+    assert parse(body).status == "ok"
+    r = parse(body, req(protocol=b"imap"))
+    assert (r.status, r.error_message) == ("fail", b"")
+
+
+def test_error_code_is_smtp_only_and_wait_parsed() -> None:
+    body = b"Auth-Status: Bad thing happened\r\nAuth-Error-Code: 550 5.7.1\r\nAuth-Wait: 3\r\n\r\n"
+    r = parse(body)
+    assert (r.error_code, r.wait) == (b"550 5.7.1", 3)
+    assert parse(body, req(protocol=b"pop3")).error_code is None
+    for bad in (b"x1", b"", b"-1", b"+2"):
+        assert parse(b"Auth-Status: No\r\nAuth-Wait: " + bad + b"\r\n\r\n").wait == 0
+
+
+def test_wait_status() -> None:
+    r = parse(b"Auth-Status: WAIT\r\nAuth-Wait: 2\r\nAuth-User: new\r\n\r\n")
+    assert (r.status, r.wait, r.user) == ("wait", 2, b"new")
+    assert parse(b"Auth-Status: WAIT\r\n\r\n").wait == 0
+
+
+def test_user_and_pass_replaced_raw() -> None:
+    r = parse(OK[:-2] + b"Auth-User: new user%20\r\nAuth-Pass: p%41\r\n\r\n")
+    assert (r.user, r.passwd) == (b"new user%20", b"p%41")
+
+
+def test_missing_server_or_port() -> None:
+    for body in (
+        b"Auth-Status: OK\r\nAuth-Port: 1\r\n\r\n",
+        b"Auth-Server: 1.2.3.4\r\nAuth-Port:\r\n\r\n",
+    ):
+        r = parse(body)
+        assert r.log_message == f"auth http server {PEER} did not send server or port"
+
+
+def test_did_not_send_password_for_salted_methods() -> None:
+    body = b"Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n\r\n"
+    salted = req(protocol=b"imap", method=b"cram-md5", passwd=b"0" * 32, salt=b"<1@x>\r\n")
+    r = parse(body, salted)
+    assert (r.status, r.log_message) == ("error", f"auth http server {PEER} did not send password")
+    assert parse(body[:-2] + b"Auth-Pass: pw\r\n\r\n", salted).status == "ok"
+    apop = req(protocol=b"pop3", method=b"apop", passwd=b"d" * 32, salt=b"<1@x>\r\n")
+    assert parse(body, apop).status == "error"
+    assert parse(body, req(protocol=b"imap", method=b"external", passwd=b"")).status == "error"
+    assert parse(body, req(protocol=b"imap", passwd=b"")).status == "ok"  # LOGIN a ""
+    assert parse(body, req(method=b"cram-md5", salt=b"<1@x>\r\n")).status == "ok"  # SMTP
+
+
+@pytest.mark.parametrize(
+    "server", [b"localhost", b"[::1]", b"255.255.255.255", b"1.2.3", b"1.2.3.256", b"1.2.3.4.5"]
+)
+def test_invalid_server_address(server: bytes) -> None:
+    r = parse(b"Auth-Status: OK\r\nAuth-Server: " + server + b"\r\nAuth-Port: 25\r\n\r\n")
+    v = server.decode()
+    assert r.log_message == f'auth http server {PEER} sent invalid server address:"{v}"'
+
+
+def test_server_address_forms() -> None:
+    assert parse_server_addr(b"1..2.3") == "1.0.2.3"
+    assert parse_server_addr(b"2001:db8::1") == "2001:db8::1"
+    assert parse_server_addr(b"::ffff:1.2.3.4") == "::ffff:1.2.3.4"
+
+
+def test_host_name_server_allowed_only_with_resolver() -> None:
+    body = b"Auth-Status: OK\r\nAuth-Server: mail.example.net\r\nAuth-Port: 25\r\n\r\n"
+    r = parse(body, allow_names=True)
+    assert (r.status, r.server, r.addr) == ("ok", b"mail.example.net", None)
+    bad = b"Auth-Status: OK\r\nAuth-Server: a_b.example\r\nAuth-Port: 25\r\n\r\n"
+    assert parse(bad, allow_names=True).status == "error"
+
+
+@pytest.mark.parametrize("port", [b"0", b"70000", b"x", b"-1"])
+def test_invalid_port(port: bytes) -> None:
+    r = parse(b"Auth-Status: OK\r\nAuth-Server: 1.2.3.4\r\nAuth-Port: " + port + b"\r\n\r\n")
+    assert r.log_message == f'auth http server {PEER} sent invalid server port:"{port.decode()}"'
+
+
+def test_header_block_limit() -> None:
+    pad = b"X-Pad: " + b"a" * 950 + b"\r\n"
+    r = parse(b"HTTP/1.0 200 OK\r\n" + pad + OK.split(b"\r\n", 1)[1])
+    assert (r.status, r.log_message) == ("error", None)
+    fits = b"HTTP/1.0 200 OK\r\n" + OK.split(b"\r\n", 1)[1]
+    fits = fits[:-2] + b"X-Pad: " + b"a" * (MAX_HEADER_BLOCK - len(fits) - 9) + b"\r\n\r\n"
+    assert len(fits) == MAX_HEADER_BLOCK
+    assert parse(fits).status == "ok"
+    assert parse(fits[:-2] + b"a\r\n\r\n").status == "error"
+
+
+def test_body_after_headers_ignored() -> None:
+    assert parse(OK + b"Auth-Status: nope\r\n\r\n").status == "ok"
+
+
+# --- the client against a real server ----------------------------------------------------------
+
+Responder = Callable[[bytes, int], Awaitable[bytes | None]]
+
+
+class FakeAuthServer:
+    """HTTP server on 127.0.0.1 that records requests and connections; `respond(request, n)`
+    returns the answer bytes (None: close without answering)."""
+
+    def __init__(self, respond: Responder, keep_open: bool = True) -> None:
+        self.respond = respond
+        self.keep_open = keep_open
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.active = 0
+
+    async def __aenter__(self) -> FakeAuthServer:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.close()
+        for _ in range(50):  # let the handlers see EOF and end before the loop goes
+            if self.active == 0:
+                break
+            await asyncio.sleep(0.01)
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.active += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                self.requests.append(head)
+                answer = await self.respond(head, len(self.requests))
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if not self.keep_open or b"HTTP/1.1" not in head.split(b"\r\n", 1)[0]:
+                    break
+        finally:
+            self.active -= 1
+            writer.close()
+
+
+def ok_answer(length: bool = True) -> bytes:
+    body = b"ok"
+    head = b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
+    if length:
+        head += b"Content-Length: 2\r\n"
+    return head + b"\r\n" + body
+
+
+async def fixed(answer: bytes | None) -> Responder:
+    async def respond(head: bytes, n: int) -> bytes | None:
+        return answer
+
+    return respond
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def client_for(srv: FakeAuthServer, **kw: object) -> AuthHttpClient:
+    args: dict[str, object] = dict(timeout_s=2.0)
+    args.update(kw)
+    return AuthHttpClient(
+        asyncio.get_running_loop(),
+        "127.0.0.1",
+        srv.port,
+        b"/auth",
+        b"127.0.0.1",
+        **args,  # type: ignore[arg-type]
+    )
+
+
+async def ask(client: AuthHttpClient, auth: AuthRequest | None = None) -> AuthResult:
+    return await client.authenticate_async(auth or req(), client_ip=b"127.0.0.1", client_host=None)
+
+
+def test_client_ok_and_keepalive_reuse() -> None:
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(ok_answer())) as srv:
+            client = client_for(srv)
+            results = [await ask(client) for _ in range(5)]
+            assert [r.status for r in results] == ["ok"] * 5
+            assert srv.connections == 1 and len(srv.requests) == 5
+            assert srv.requests[0].startswith(b"GET /auth HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            assert srv.requests[0].endswith(b"Connection: keep-alive\r\n\r\n")
+            client.close()
+
+    run(main())
+
+
+def test_client_without_pool_sends_nginx_bytes_and_closes() -> None:
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(OK), keep_open=False) as srv:
+            client = client_for(srv, pool_size=0)
+            for _ in range(3):
+                assert (await ask(client)).status == "ok"
+            assert srv.connections == 3
+            assert srv.requests[0] == build(req(), uri=b"/auth", client_host=None)
+            client.close()
+
+    run(main())
+
+
+def test_client_answer_without_length_is_not_reused() -> None:
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(ok_answer(length=False))) as srv:
+            client = client_for(srv)
+            assert (await ask(client)).status == "ok"
+            assert (await ask(client)).status == "ok"
+            assert srv.connections == 2
+            client.close()
+
+    run(main())
+
+
+def test_client_fail_with_auth_wait() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nAuth-Status: Invalid login\r\nAuth-Wait: 3\r\nContent-Length: 0\r\n\r\n"
+
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(answer)) as srv:
+            client = client_for(srv)
+            r = await ask(client, req(protocol=b"imap"))
+            assert (r.status, r.error_message, r.wait) == ("fail", b"Invalid login", 3)
+            client.close()
+
+    run(main())
+
+
+def test_client_wait_then_ok_repeats_with_same_attempt_and_new_user() -> None:
+    async def respond(head: bytes, n: int) -> bytes:
+        if n == 1:
+            return b"HTTP/1.1 200 OK\r\nAuth-Status: WAIT\r\nAuth-Wait: 1\r\nAuth-User: bob\r\nContent-Length: 0\r\n\r\n"
+        return ok_answer()
+
+    async def main() -> None:
+        async with FakeAuthServer(respond) as srv:
+            client = client_for(srv)
+            auth = req(protocol=b"smtp", user=b"alice", attempt=2)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            r = await ask(client, auth)
+            assert r.status == "ok" and loop.time() - t0 >= 0.9
+            assert len(srv.requests) == 2
+            assert b"Auth-User: bob\r\n" in srv.requests[1]
+            assert b"Auth-Login-Attempt: 2\r\n" in srv.requests[1]
+            assert auth.user == b"bob"
+            client.close()
+
+    run(main())
+
+
+def test_client_wait_without_auth_wait_is_bounded() -> None:
+    wait = b"HTTP/1.1 200 OK\r\nAuth-Status: WAIT\r\nContent-Length: 0\r\n\r\n"
+
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(wait)) as srv:
+            client = client_for(srv)
+            r = await ask(client)
+            assert r.status == "error" and "WAIT without Auth-Wait" in (r.log_message or "")
+            assert len(srv.requests) == 4  # the first answer and three repeats
+            client.close()
+
+    run(main())
+
+
+def test_client_server_down() -> None:
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(OK)) as srv:
+            port = srv.port
+        client = AuthHttpClient(asyncio.get_running_loop(), "127.0.0.1", port, b"/", b"h", 2.0)
+        r = await ask(client)
+        assert (r.status, r.log_message) == ("error", "connect() failed (111: Connection refused)")
+
+    run(main())
+
+
+def test_client_slow_server_times_out() -> None:
+    async def slow(head: bytes, n: int) -> bytes:
+        await asyncio.sleep(1.0)
+        return OK
+
+    async def main() -> None:
+        async with FakeAuthServer(slow) as srv:
+            client = client_for(srv, timeout_s=0.3)
+            r = await ask(client)
+            assert r.status == "error"
+            assert (
+                r.log_message
+                == f"auth http server 127.0.0.1:{srv.port} timed out (110: Connection timed out)"
+            )
+            client.close()
+
+    run(main())
+
+
+def test_client_trickled_answer_hits_one_deadline() -> None:
+    async def main() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            try:
+                for i in range(0, len(OK), 4):
+                    writer.write(OK[i : i + 4])
+                    await asyncio.sleep(0.05)
+            except ConnectionError:
+                pass
+            writer.close()
+            done.set()
+
+        done = asyncio.Event()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = AuthHttpClient(asyncio.get_running_loop(), "127.0.0.1", port, b"/", b"h", 0.5)
+        r = await ask(client)
+        assert r.status == "error" and "timed out" in (r.log_message or "")
+        await done.wait()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_client_garbage() -> None:
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(b"\x00\x01garbage here\r\n\r\n")) as srv:
+            client = client_for(srv)
+            r = await ask(client)
+            assert (r.status, r.log_message) == (
+                "error",
+                f"auth http server 127.0.0.1:{srv.port} sent invalid header in response",
+            )
+            client.close()
+
+    run(main())
+
+
+def test_client_500_without_auth_headers() -> None:
+    answer = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(answer)) as srv:
+            client = client_for(srv)
+            r = await ask(client)
+            assert (
+                r.log_message
+                == f"auth http server 127.0.0.1:{srv.port} did not send server or port"
+            )
+            client.close()
+
+    run(main())
+
+
+def test_client_oversized_answer() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 1100 + b"\r\n" + OK.split(b"\r\n", 1)[1]
+
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(answer)) as srv:
+            client = client_for(srv)
+            r = await ask(client)
+            assert (r.status, r.log_message) == ("error", None)
+            client.close()
+
+    run(main())
+
+
+def test_client_close_before_answer() -> None:
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(None)) as srv:
+            client = client_for(srv)
+            r = await ask(client)
+            assert (r.status, r.log_message) == ("error", None)
+            client.close()
+
+    run(main())
+
+
+def test_client_retries_once_when_kept_connection_was_closed() -> None:
+    async def main() -> None:
+        async with FakeAuthServer(await fixed(ok_answer())) as srv:
+            client = client_for(srv)
+            assert (await ask(client)).status == "ok"
+            for w in srv.writers:  # the server drops its idle keep-alive connection
+                w.close()
+            await asyncio.sleep(0)  # not enough for the client to notice the close
+            assert (await ask(client)).status == "ok"
+            assert srv.connections == 2
+            client.close()
+
+    run(main())
+
+
+def test_client_cancel_drops_answer() -> None:
+    async def slow(head: bytes, n: int) -> bytes:
+        await asyncio.sleep(0.2)
+        return OK
+
+    async def main() -> None:
+        async with FakeAuthServer(slow) as srv:
+            client = client_for(srv)
+            got: list[AuthResult] = []
+            call = client.authenticate(
+                req(), client_ip=b"127.0.0.1", client_host=None, callback=got.append
+            )
+            await asyncio.sleep(0.05)
+            call.cancel()
+            await asyncio.sleep(0.3)
+            assert got == []
+            client.close()
+
+    run(main())
