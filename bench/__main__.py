@@ -1,0 +1,383 @@
+"""python -m bench: run the scenarios against fastmail and nginx, alternating, and report.
+
+Owns: the command line, the scenario runners (login storm, relay, idle density, TLS
+placeholder) and the round-robin over targets. Each run starts a fresh proxy from the shared
+template, drives it with the C load generator, and reads the proxy's CPU and RSS from /proc;
+the auth_http server and backend are started once and shared. Must not write anywhere but the
+output dir and a temp dir, or bind anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.targets import (
+    PROTOCOLS,
+    ROOT,
+    Proxy,
+    Servers,
+    TargetError,
+    build_loadgen,
+    cpu_seconds,
+    ensure_nginx,
+    make_workdir,
+    nginx_version,
+    raise_nofile,
+    rss_bytes,
+)
+
+KINDS = ("login", "relay", "idle", "tls")
+BUSY = 0.85  # a proxy below this share of a core per worker was not the bottleneck
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, progress: report.Progress) -> None:
+        self.a = args
+        self.p = progress
+        self.loadgen = build_loadgen()
+        self.workdir = make_workdir()
+        self.servers = Servers(args.servers, self.workdir)
+
+    # -- one loadgen invocation -----------------------------------------------------------------
+
+    def _loadgen(self, argv: list[str], on_line: Any = None) -> dict[str, Any]:
+        """Run loadgen; on_line(proc, line) sees the MARK/READY lines as they come."""
+        proc = subprocess.Popen(
+            [str(self.loadgen), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=raise_nofile,
+        )
+        assert proc.stdout is not None
+        result: dict[str, Any] | None = None
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                result = json.loads(line[7:])
+            elif on_line:
+                on_line(proc, line.strip())
+        err = proc.stderr.read() if proc.stderr else ""
+        proc.wait()
+        if result is None:
+            raise TargetError(f"loadgen failed (status {proc.returncode}): {err.strip()[-500:]}")
+        return result
+
+    def _sample(self, proxy: Proxy) -> dict[str, float]:
+        s = self.servers.cpu()
+        s["proxy"] = cpu_seconds(proxy.pid)
+        s["t"] = time.monotonic()
+        return s
+
+    def _harness(self, s0: dict[str, float], s1: dict[str, float], lg_cpu: float) -> dict[str, Any]:
+        wall = max(s1["t"] - s0["t"], 1e-9)
+        h = {
+            "proxy_busy": (s1["proxy"] - s0["proxy"]) / wall,
+            "loadgen_busy": lg_cpu / wall,
+            "backend_busy": (s1["backend"] - s0["backend"]) / wall,
+            "auth_busy": (s1["auth"] - s0["auth"]) / wall,
+            "cores": os.cpu_count() or 1,
+        }
+        h["bounded_by_harness"] = h["proxy_busy"] < BUSY * self.a.workers
+        return h
+
+    # -- scenarios ------------------------------------------------------------------------------
+
+    def login(self, proxy: Proxy, proto: str) -> dict[str, Any]:
+        port = str(self.servers.ports.proxy[proto])
+        base = ["-m", "login", "-p", port, "-P", proto, "-u", "user", "-w", "pass"]
+        # warm-up: code paths, auth_http cache, first allocations
+        self._loadgen([*base, "-c", "2", "-n", str(min(50, self.a.sessions)), "-t", "10"])
+        procs = max(1, self.a.procs)
+        per = ["-c", str(max(1, self.a.concurrency // procs))]
+        per += ["-n", str(max(1, self.a.sessions // procs)), "-t", str(self.a.max_secs)]
+        s0 = self._sample(proxy)
+        if procs == 1:
+            results = [self._loadgen([*base, *per])]
+        else:
+            results = self._parallel([[*base, *per]] * procs)
+        s1 = self._sample(proxy)
+        ok = sum(r["ok"] for r in results)
+        elapsed = max(r["elapsed"] for r in results)
+        figures = {
+            "sessions_per_s": ok / elapsed if elapsed else 0.0,
+            "proxy_us_per_session": (s1["proxy"] - s0["proxy"]) / ok * 1e6 if ok else 0.0,
+            # with several loadgens, the worst one's percentile (conservative)
+            "p50_ms": max(r["p50_us"] for r in results) / 1000,
+            "p99_ms": max(r["p99_us"] for r in results) / 1000,
+        }
+        return self._outcome(figures, results, s0, s1)
+
+    def _parallel(self, argvs: list[list[str]]) -> list[dict[str, Any]]:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(len(argvs)) as ex:
+            return list(ex.map(self._loadgen, argvs))
+
+    def relay(self, proxy: Proxy, proto: str) -> dict[str, Any]:
+        port = str(self.servers.ports.proxy[proto])
+        n = str(self.a.relay_conns)
+        argv = ["-m", "relay", "-p", port, "-P", proto, "-u", "echo", "-w", "pass", "-n", n]
+        argv += ["-d", str(self.a.relay_secs), "-t", str(self.a.relay_secs + 20)]
+        marks: dict[str, dict[str, float]] = {}
+
+        def on_line(_: Any, line: str) -> None:
+            if line.startswith("MARK "):
+                marks[line[5:]] = self._sample(proxy)
+
+        r = self._loadgen(argv, on_line)
+        s0, s1 = marks.get("start"), marks.get("end")
+        if not s0 or not s1:
+            raise TargetError(f"relay never started: {r['errsample']}")
+        moved = 2 * r["relay_bytes"]  # every echoed byte crossed the proxy twice
+        figures = {
+            "mb_per_s": moved / r["elapsed"] / 1e6 if r["elapsed"] else 0.0,
+            "cpu_s_per_gb": (s1["proxy"] - s0["proxy"]) / (moved / 1e9) if moved else 0.0,
+        }
+        return self._outcome(figures, [r], s0, s1)
+
+    def idle(self, proxy: Proxy, proto: str, state: str) -> dict[str, Any]:
+        port = str(self.servers.ports.proxy[proto])
+        base = ["-m", "idle", "-s", state, "-p", port, "-P", proto, "-u", "user", "-w", "pass"]
+        measured: dict[str, float] = {}
+
+        def on_ready(proc: subprocess.Popen[str], line: str) -> None:
+            if line.startswith("READY"):
+                time.sleep(self.a.settle)
+                measured["rss"] = rss_bytes(proxy.pid)
+                measured["ready"] = int(line.split()[1])
+                assert proc.stdin is not None
+                proc.stdin.close()
+
+        # warm-up: a few connections of the same kind so first-use allocations are not counted
+        self._loadgen([*base, "-n", "20", "-t", "10"], on_ready)
+        time.sleep(self.a.settle)
+        base_rss = rss_bytes(proxy.pid)
+        r = self._loadgen([*base, "-n", str(self.a.idle), "-t", "60"], on_ready)
+        n = measured.get("ready", 0)
+        figures = {
+            "kib_per_conn": (measured["rss"] - base_rss) / n / 1024 if n else 0.0,
+            "base_rss_mib": base_rss / 2**20,
+        }
+        out = self._outcome(figures, [r], None, None)
+        out["connections"] = n
+        return out
+
+    def _outcome(
+        self,
+        figures: dict[str, float],
+        results: list[dict[str, Any]],
+        s0: dict[str, float] | None,
+        s1: dict[str, float] | None,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "figures": figures,
+            "errors": sum(r["errors"] + r["unfinished"] for r in results),
+            "errsample": [e for r in results for e in r["errsample"]][:4],
+            "loadgen": results,
+        }
+        if s0 and s1:
+            out["harness"] = self._harness(s0, s1, sum(r["cpu_s"] for r in results))
+        return out
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def scenarios(self) -> list[tuple[str, str, str]]:
+        """(name, kind, protocol) in run order."""
+        out = []
+        protos = self.a.protocols
+        for kind in self.a.kinds:
+            if kind == "login":
+                out += [(f"login-{p}", "login", p) for p in protos]
+            elif kind == "relay":
+                out += [(f"relay-{p}", "relay", p) for p in protos[:1]]
+            elif kind == "idle":
+                p = protos[0]
+                out += [(f"idle-pre-{p}", "idle-pre", p), (f"idle-auth-{p}", "idle-auth", p)]
+            elif kind == "tls":
+                out += [("tls-handshake", "tls", ""), ("tls-relay", "tls", "")]
+        return out
+
+    def run_one(self, target: str, kind: str, proto: str) -> dict[str, Any]:
+        proxy = Proxy(target, self.workdir, self.servers.ports, self.a.workers)
+        proxy.start()
+        try:
+            if kind == "login":
+                return self.login(proxy, proto)
+            if kind == "relay":
+                return self.relay(proxy, proto)
+            return self.idle(proxy, proto, "pre" if kind == "idle-pre" else "auth")
+        finally:
+            proxy.stop()
+
+    def run(self, targets: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+        runs: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        unavailable: dict[str, str] = {}
+        dead: set[str] = set()
+        self.servers.start()
+        try:
+            with self.p.running():
+                for name, kind, proto in self.scenarios():
+                    if kind == "tls":
+                        unavailable[name] = "not available yet: fastmail does not terminate TLS"
+                        continue
+                    task = self.p.scenario(name, self.a.rounds * len(targets))
+                    for rnd in range(self.a.rounds):
+                        order = targets if rnd % 2 == 0 else targets[::-1]
+                        for t in order:
+                            if t in dead:
+                                self.p.step(task, f"{t}: skipped (failed before)")
+                                continue
+                            try:
+                                out = self.run_one(t, kind, proto)
+                            except TargetError as e:
+                                failures.append({"target": t, "scenario": name, "error": str(e)})
+                                self.p.say(f"[{t}] {name}: {e}")
+                                dead.add(t)
+                                self.p.step(task, f"{t}: FAILED")
+                                continue
+                            out.update(scenario=name, target=t, round=rnd)
+                            runs.append(out)
+                            figs = ", ".join(f"{k}={v:.4g}" for k, v in out["figures"].items())
+                            self.p.step(task, f"{t}: {figs}")
+        finally:
+            self.servers.stop()
+        return {
+            "meta": meta,
+            "runs": runs,
+            "summary": report.summarize(runs, targets),
+            "failures": failures,
+            "unavailable": unavailable,
+        }
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=ROOT)
+        return (r.stdout or r.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return ""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("kinds", nargs="*", help=f"scenarios among {' '.join(KINDS)} (default: all)")
+    p.add_argument("--target", default="fastmail,nginx", help="comma list: fastmail,nginx")
+    p.add_argument("--protocols", default="imap,pop3,smtp")
+    p.add_argument("--servers", choices=("testing", "stub"), default="testing")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--sessions", type=int, default=6000, help="login sessions per run")
+    p.add_argument("--procs", type=int, default=1, help="loadgen processes for login storms")
+    p.add_argument("--max-secs", type=float, default=60, help="bound on one login run")
+    p.add_argument("--relay-conns", type=int, default=4)
+    p.add_argument("--relay-secs", type=float, default=3)
+    p.add_argument("--idle", type=int, default=4000, help="idle connections (each kind)")
+    p.add_argument("--settle", type=float, default=0.5, help="seconds before reading RSS")
+    p.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness runs")
+    p.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    a.kinds = a.kinds or list(KINDS)
+    if set(a.kinds) - set(KINDS):
+        p.error(f"unknown scenario {sorted(set(a.kinds) - set(KINDS))}")
+    a.protocols = [x for x in a.protocols.split(",") if x]
+    bad = set(a.protocols) - set(PROTOCOLS)
+    if bad:
+        p.error(f"unknown protocol {sorted(bad)}")
+    if a.smoke:
+        a.rounds, a.concurrency, a.sessions, a.max_secs = 1, 4, 40, 15
+        a.relay_conns, a.relay_secs, a.idle, a.settle = 2, 0.3, 30, 0.1
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    raise_nofile()
+    from bench.targets import nofile_limit
+
+    # a logged-in idle session holds two fds in the proxy
+    a.idle = max(1, min(a.idle, (nofile_limit() - 200) // 2))
+    progress = report.Progress(quiet=a.quiet)
+    notes: list[str] = []
+    targets = [t for t in a.target.split(",") if t]
+    if "nginx" in targets:
+        exe = None if a.no_install and not _nginx_ready() else ensure_nginx(notes)
+        if a.no_install and not exe:
+            notes.append("nginx with the mail module is not installed: skipped (--no-install)")
+        if not exe:
+            targets.remove("nginx")
+    for n in notes:
+        progress.say(n)
+    if not targets:
+        progress.say("no target to run")
+        return 2
+    from bench.targets import nginx_binary
+
+    nginx_exe = nginx_binary()
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "nginx": nginx_version(nginx_exe) if nginx_exe and "nginx" in targets else None,
+        "fastmail": _version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+        "cc": _version([os.environ.get("CC", "cc"), "--version"]),
+        "servers": a.servers,
+        "rounds": a.rounds,
+        "workers": a.workers,
+        "targets": targets,
+        "command": "python -m bench " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+        "params": {
+            k: getattr(a, k)
+            for k in ("concurrency", "sessions", "procs", "relay_conns", "relay_secs", "idle")
+        },
+        "notes": notes,
+    }
+    try:
+        bench = Bench(a, progress)
+    except TargetError as e:
+        progress.say(str(e))
+        return 2
+    result = bench.run(targets, meta)
+    if not a.quiet:
+        report.print_table(result)
+    for path in report.write_outputs(result, a.out):
+        progress.say(f"wrote {path}")
+    return 1 if result["failures"] and not result["runs"] else 0
+
+
+def _nginx_ready() -> bool:
+    from bench.targets import NGINX_MAIL_MODULE, nginx_binary
+
+    return bool(nginx_binary()) and NGINX_MAIL_MODULE.exists()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Processes the bench runs: the proxies under test, the shared servers, and the load generator.
+
+Owns: one config template rendered for fastmail and for nginx (same listeners, same auth_http,
+one worker, `master_process off; daemon off;`), starting/stopping each proxy, the auth_http
+server and backend they share, building bench/loadgen.c with the system cc into a cache dir,
+and reading CPU (utime+stime) and RSS (smaps_rollup) from /proc for a process and its children.
+Must not: bind anything but 127.0.0.1, touch system services, or judge results (report.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADGEN_SRC = Path(__file__).resolve().parent / "loadgen.c"
+NGINX_MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROTOCOLS = ("imap", "pop3", "smtp")
+
+CONF_TEMPLATE = """\
+{load_module}
+master_process off;
+daemon off;
+worker_processes {workers};
+error_log {errlog} warn;
+pid {pidfile};
+
+events {{
+    worker_connections {worker_connections};
+}}
+
+mail {{
+    auth_http 127.0.0.1:{auth_port}/auth;
+    proxy_pass_error_message on;
+
+    server {{
+        listen 127.0.0.1:{imap};
+        protocol imap;
+        imap_auth login plain;
+    }}
+    server {{
+        listen 127.0.0.1:{pop3};
+        protocol pop3;
+        pop3_auth plain;
+    }}
+    server {{
+        listen 127.0.0.1:{smtp};
+        protocol smtp;
+        smtp_auth login plain;
+    }}
+}}
+"""
+
+
+class TargetError(Exception):
+    """A proxy or server could not start; the message says why (log tail included)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile() -> None:
+    """Called in children (preexec_fn) and in the harness: idle scenarios hold many sockets."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def nofile_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+# -- /proc accounting ---------------------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (nginx workers, fastmail workers once it forks)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(c) for c in task.read_text().split())
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of pid and its descendants, in seconds (kernel time included)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of pid and its descendants (smaps_rollup Rss, else status VmRSS)."""
+    total = 0
+    for p in process_tree(pid):
+        for name, key in (("smaps_rollup", "Rss:"), ("status", "VmRSS:")):
+            try:
+                text = Path(f"/proc/{p}/{name}").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith(key):
+                    total += int(line.split()[1]) * 1024
+                    break
+            else:
+                continue
+            break
+    return total
+
+
+# -- load generator -----------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    d = base / "fastmail-bench"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def build_loadgen() -> Path:
+    """Compile loadgen.c once per source version; the binary lives in the cache dir."""
+    src = LOADGEN_SRC.read_bytes()
+    exe = cache_dir() / f"loadgen-{hashlib.sha256(src).hexdigest()[:16]}"
+    if exe.exists():
+        return exe
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise TargetError("no C compiler (cc) found: the load generator is built with it")
+    tmp = exe.with_suffix(".tmp")
+    r = subprocess.run(
+        [cc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_SRC)], capture_output=True, text=True
+    )
+    if r.returncode:
+        raise TargetError(f"building loadgen failed:\n{r.stderr}")
+    tmp.replace(exe)
+    return exe
+
+
+# -- proxies ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ports:
+    auth: int
+    backend: dict[str, int]
+    proxy: dict[str, int] = field(default_factory=dict)
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+
+
+def ensure_nginx(log: list[str]) -> str | None:
+    """The nginx binary with the mail module, installing Debian's packages when we can."""
+    exe = nginx_binary()
+    if exe and NGINX_MAIL_MODULE.exists():
+        return exe
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        log.append("nginx or its mail module is missing: installing nginx-light libnginx-mod-mail")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        r = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "nginx-light", "libnginx-mod-mail"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        # the package starts the system service; the bench runs its own nginx
+        subprocess.run(["/etc/init.d/nginx", "stop"], capture_output=True)
+        exe = nginx_binary()
+        if r.returncode == 0 and exe and NGINX_MAIL_MODULE.exists():
+            return exe
+        log.append(f"installing nginx failed: {r.stderr.strip()[-300:]}")
+        return None
+    log.append("nginx with the mail module is not installed and apt is not available: skipped")
+    return None
+
+
+def nginx_version(exe: str) -> str:
+    r = subprocess.run([exe, "-v"], capture_output=True, text=True)
+    return (r.stderr or r.stdout).strip().split("/")[-1]
+
+
+class Proxy:
+    """One proxy process (fastmail or nginx) started from the shared template."""
+
+    def __init__(self, name: str, workdir: Path, ports: Ports, workers: int = 1) -> None:
+        self.name = name
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ports = ports
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.errlog = self.dir / "error.log"
+        self.conf = self.dir / f"{name}.conf"
+
+    def render(self) -> str:
+        return CONF_TEMPLATE.format(
+            load_module=f"load_module {NGINX_MAIL_MODULE};" if self.name == "nginx" else "",
+            workers=self.workers,
+            errlog=self.errlog,
+            pidfile=self.dir / f"{self.name}.pid",
+            worker_connections=max(1024, nofile_limit() - 64),
+            auth_port=self.ports.auth,
+            **self.ports.proxy,
+        )
+
+    def command(self) -> list[str]:
+        if self.name == "nginx":
+            exe = nginx_binary() or "nginx"
+            return [exe, "-p", f"{self.dir}/", "-e", str(self.errlog), "-c", str(self.conf)]
+        return [sys.executable, "-m", "fastmail", "-c", str(self.conf)]
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.conf.write_text(self.render())
+        self.errlog.write_text("")
+        out = (self.dir / "stdout.log").open("wb")
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=raise_nofile,
+        )
+        out.close()
+        wait_listening(
+            self.proc, list(self.ports.proxy.values()), timeout, self.name, self.log_tail
+        )
+
+    def log_tail(self, n: int = 12) -> str:
+        text = ""
+        for f in (self.dir / "stdout.log", self.errlog):
+            with contextlib.suppress(OSError):
+                text += f.read_text(errors="replace")
+        return "\n".join(text.strip().splitlines()[-n:])
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+
+def wait_listening(
+    proc: subprocess.Popen[bytes], ports: list[int], timeout: float, name: str, tail: object
+) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending:
+        if proc.poll() is not None:
+            raise TargetError(
+                f"{name} exited with status {proc.returncode} before listening:\n{tail()}"  # type: ignore[operator]
+            )
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise TargetError(
+                f"{name} did not listen on {pending} within {timeout:.0f}s:\n{tail()}"
+            )  # type: ignore[operator]
+        try:
+            with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5):
+                pending.pop(0)
+        except OSError:
+            time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# -- shared auth_http server and backend --------------------------------------------------------
+
+
+class Servers:
+    """The auth_http server and backend every target shares, as separate processes.
+
+    kind "testing" runs fastmail.testing's authd (SQLite users "user" and "echo", password
+    "pass") and two fake backends (the second echoes after login, for the relay scenario);
+    kind "stub" runs bench/stubs.py, which needs less CPU per session.
+    """
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.dir = workdir / "servers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ports = Ports(auth=free_port(), backend={p: free_port() for p in PROTOCOLS})
+        self.ports.proxy = {p: free_port() for p in PROTOCOLS}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, role: str, argv: list[str], ports: list[int]) -> None:
+        out = (self.dir / f"{role}.log").open("wb")
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=raise_nofile,
+        )
+        out.close()
+        self.procs[role] = proc
+        wait_listening(proc, ports, 15, role, lambda: (self.dir / f"{role}.log").read_text())
+
+    def start(self) -> None:
+        py = sys.executable
+        # relay sessions log in as "echo" and land on backends that echo after login
+        self.echo_ports = {p: free_port() for p in PROTOCOLS}
+        if self.kind == "stub":
+            b = ",".join(f"{p}={port}" for p, port in self.ports.backend.items())
+            self._spawn(
+                "backend",
+                [py, "-m", "bench.stubs", "backend", "--backends", b],
+                list(self.ports.backend.values()),
+            )
+            self._spawn(
+                "auth",
+                [py, "-m", "bench.stubs", "auth", "--port", str(self.ports.auth), "--backends", b],
+                [self.ports.auth],
+            )
+            return
+        db = str(self.dir / "users.sqlite")
+        authd = [py, "-m", "fastmail.testing.authd", "--db", db]
+
+        def routes(ports: dict[str, int]) -> list[str]:
+            return [a for p, port in ports.items() for a in (f"--{p}", f"127.0.0.1:{port}")]
+
+        for name, ports in (("user", self.ports.backend), ("echo", self.echo_ports)):
+            r = subprocess.run(
+                [*authd, "adduser", name, "--password", "pass", "--scrypt-ln", "10"]
+                + routes(ports),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+            if r.returncode:
+                raise TargetError(f"fastmail.testing.authd adduser failed:\n{r.stderr}")
+        backend = [py, "-m", "fastmail.testing.backend"]
+        self._spawn(
+            "backend",
+            backend + [a for p, port in self.ports.backend.items() for a in (f"--{p}", str(port))],
+            list(self.ports.backend.values()),
+        )
+        self._spawn(
+            "echo-backend",
+            backend
+            + [a for p, port in self.echo_ports.items() for a in (f"--{p}", str(port))]
+            + ["--after-login", "echo"],
+            list(self.echo_ports.values()),
+        )
+        self._spawn(
+            "auth",
+            [*authd, "--listen", f"127.0.0.1:{self.ports.auth}", "--wait", "0"],
+            [self.ports.auth],
+        )
+
+    def pids(self) -> dict[str, int]:
+        return {role: p.pid for role, p in self.procs.items()}
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds per role; both backends count as "backend"."""
+        out = {"backend": 0.0, "auth": 0.0}
+        for role, p in self.procs.items():
+            out["auth" if role == "auth" else "backend"] += cpu_seconds(p.pid)
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop_process(proc)
+        self.procs.clear()
+
+
+def make_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="fastmail-bench-"))
