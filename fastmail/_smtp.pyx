@@ -296,6 +296,11 @@ cdef class SmtpSession(Machine):
                 "auth_cram_md5", "auth_external", "auth_xoauth2", "auth_oauthbearer",
                 "sasl_error", "wait_auth", "wait_tls", "done", "closed")[self.state]
 
+    @property
+    def pending(self):
+        """Bytes received and not yet consumed (for tests and the driver's flow control)."""
+        return PyByteArray_GET_SIZE(self.buf) - self.pos
+
     # --- events ------------------------------------------------------------------------
 
     cpdef int start(self):
