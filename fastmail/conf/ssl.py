@@ -1,0 +1,475 @@
+"""ngx_mail_ssl_module directives, the certificate checks and the server's SSLContext.
+
+Owns parsing every ssl_* directive (files resolve against the conf prefix), nginx 1.22.1's
+deprecated `ssl on` with its starttls conflicts, the "no ssl_certificate" checks (§5.2) and
+building an ssl.SSLContext for each server that uses TLS (listen ... ssl, ssl on, starttls).
+Handshakes and session resumption are the server's business, not this file's.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import ssl as _ssl
+from typing import Any
+
+from fastmail.conf.errors import ConfigError, strerror
+from fastmail.conf.model import SessionCache
+from fastmail.conf.parser import Ctx, Loader
+from fastmail.conf.table import (
+    FLAG,
+    MAIL,
+    ONE_MORE,
+    PAGESIZE,
+    SERVER,
+    TAKE1,
+    TAKE2,
+    TAKE12,
+    Directive,
+    add_path,
+    parse_number,
+    parse_size,
+    set_bitmask,
+    set_enum,
+    set_flag,
+    set_num,
+    set_path,
+    set_sec,
+    set_str,
+)
+
+PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+_VERSIONS = {
+    "TLSv1": _ssl.TLSVersion.TLSv1,
+    "TLSv1.1": _ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": _ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": _ssl.TLSVersion.TLSv1_3,
+}
+
+
+def ssl_flag(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+    set_flag(ld, ctx, d, args)
+    ld.warn('the "ssl" directive is deprecated, use the "listen ... ssl" directive instead')
+    if ctx.values["ssl"] and ctx.values.get("starttls", "off") != "off":
+        raise ld.error('"ssl" directive conflicts with "starttls"')
+    if "listen_ssl" not in ctx.extra:
+        ctx.extra["ssl_where"] = (ld.file, ld.line)
+
+
+def starttls(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+    set_enum(ld, ctx, d, args)
+    if ctx.values.get("ssl") is True and ctx.values["starttls"] != "off":
+        raise ld.error('"starttls" directive conflicts with "ssl on"')
+    if "listen_ssl" not in ctx.extra:
+        ctx.extra["ssl_where"] = (ld.file, ld.line)
+
+
+def password_file(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+    set_path(ld, ctx, d, args)
+    path = ctx.values["ssl_password_file"]
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ld.error(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
+
+
+def session_cache(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+    sc: SessionCache = ctx.values.setdefault("ssl_session_cache", SessionCache())
+    for a in args:
+        if a == "off":
+            sc.mode = "off"
+        elif a == "none":
+            sc.mode = "none"
+        elif a == "builtin":
+            sc.mode, sc.builtin = "cache", -1
+        elif a.startswith("builtin:") and len(a) > 8:
+            n = parse_number(a[8:])
+            if n is None:
+                raise ld.error(f'invalid session cache "{a}"')
+            sc.mode, sc.builtin = "cache", n
+        elif a.startswith("shared:") and len(a) > 7:
+            name, sep, size_text = a[7:].partition(":")
+            size = parse_size(size_text) if sep else None
+            if not name or size is None:
+                raise ld.error(f'invalid session cache "{a}"')
+            if size < 8 * PAGESIZE:
+                raise ld.error(f'session cache "{a}" is too small')
+            sc.mode, sc.shared_name, sc.shared_size = "cache", name, size
+        else:
+            raise ld.error(f'invalid session cache "{a}"')
+
+
+def conf_command(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+    ctx.values.setdefault("ssl_conf_command", []).append((args[0], args[1]))
+
+
+def _ssl_dir(
+    name: str,
+    args: int,
+    handler,
+    field: str,
+    default: Any = None,
+    default_doc: str = "—",  # type: ignore[no-untyped-def]
+    syntax: str = "file",
+    doc: str = "",
+    values: Any = None,
+) -> Directive:
+    return Directive(
+        name,
+        MAIL | SERVER,
+        args,
+        handler,
+        field,
+        values=values,
+        default=default,
+        default_doc=default_doc,
+        syntax=syntax,
+        doc=doc,
+        module="ssl",
+    )
+
+
+DIRECTIVES: tuple[Directive, ...] = (
+    _ssl_dir(
+        "ssl",
+        FLAG,
+        ssl_flag,
+        "ssl",
+        False,
+        "off",
+        "on | off",
+        "Deprecated (nginx 1.22): TLS on connect for every listen of the server; "
+        "use `listen ... ssl`.",
+    ),
+    _ssl_dir(
+        "starttls",
+        TAKE1,
+        starttls,
+        "starttls",
+        "off",
+        "off",
+        "on | off | only",
+        "Offer STARTTLS/STLS; `only` requires it before login.",
+        values=("on", "off", "only"),
+    ),
+    _ssl_dir(
+        "ssl_certificate",
+        TAKE1,
+        add_path,
+        "ssl_certificate",
+        [],
+        "—",
+        "file",
+        "Certificate chain (PEM); repeat for several key types.",
+    ),
+    _ssl_dir(
+        "ssl_certificate_key",
+        TAKE1,
+        add_path,
+        "ssl_certificate_key",
+        [],
+        "—",
+        "file",
+        "Private key of the certificate given at the same position.",
+    ),
+    _ssl_dir(
+        "ssl_password_file",
+        TAKE1,
+        password_file,
+        "ssl_password_file",
+        None,
+        "—",
+        "file",
+        "Pass phrases for the keys, one per line, tried in order.",
+    ),
+    _ssl_dir(
+        "ssl_dhparam",
+        TAKE1,
+        set_path,
+        "ssl_dhparam",
+        None,
+        "—",
+        "file",
+        "DH parameters for DHE ciphers.",
+    ),
+    _ssl_dir(
+        "ssl_ecdh_curve",
+        TAKE1,
+        set_str,
+        "ssl_ecdh_curve",
+        "auto",
+        "auto",
+        "curve",
+        "Curve for ECDHE ciphers.",
+    ),
+    _ssl_dir(
+        "ssl_protocols",
+        ONE_MORE,
+        set_bitmask,
+        "ssl_protocols",
+        ["TLSv1.2", "TLSv1.3"],
+        "TLSv1.2 TLSv1.3",
+        "[SSLv2] [SSLv3] [TLSv1] [TLSv1.1] [TLSv1.2] [TLSv1.3]",
+        "Enabled protocol versions (default as in nginx 1.27.3+).",
+        values=PROTOCOLS,
+    ),
+    _ssl_dir(
+        "ssl_ciphers",
+        TAKE1,
+        set_str,
+        "ssl_ciphers",
+        "HIGH:!aNULL:!MD5",
+        "HIGH:!aNULL:!MD5",
+        "ciphers",
+        "OpenSSL cipher list for TLS 1.2 and earlier.",
+    ),
+    _ssl_dir(
+        "ssl_prefer_server_ciphers",
+        FLAG,
+        set_flag,
+        "ssl_prefer_server_ciphers",
+        False,
+        "off",
+        "on | off",
+        "Prefer the server's cipher order.",
+    ),
+    _ssl_dir(
+        "ssl_session_cache",
+        TAKE12,
+        session_cache,
+        "ssl_session_cache",
+        SessionCache(),
+        "none",
+        "off | none | [builtin[:size]] [shared:name:size]",
+        "TLS session cache.",
+    ),
+    _ssl_dir(
+        "ssl_session_tickets",
+        FLAG,
+        set_flag,
+        "ssl_session_tickets",
+        True,
+        "on",
+        "on | off",
+        "Resume sessions with TLS session tickets.",
+    ),
+    _ssl_dir(
+        "ssl_session_ticket_key",
+        TAKE1,
+        add_path,
+        "ssl_session_ticket_key",
+        [],
+        "—",
+        "file",
+        "File with a 48- or 80-byte key for tickets; the first one encrypts.",
+    ),
+    _ssl_dir(
+        "ssl_session_timeout",
+        TAKE1,
+        set_sec,
+        "ssl_session_timeout",
+        300,
+        "5m",
+        "time",
+        "How long a session may be resumed.",
+    ),
+    _ssl_dir(
+        "ssl_verify_client",
+        TAKE1,
+        set_enum,
+        "ssl_verify_client",
+        "off",
+        "off",
+        "on | off | optional | optional_no_ca",
+        "Ask for (and verify) a client certificate.",
+        values=("on", "off", "optional", "optional_no_ca"),
+    ),
+    _ssl_dir(
+        "ssl_verify_depth",
+        TAKE1,
+        set_num,
+        "ssl_verify_depth",
+        1,
+        "1",
+        "number",
+        "Depth of the client certificate chain check.",
+    ),
+    _ssl_dir(
+        "ssl_client_certificate",
+        TAKE1,
+        set_path,
+        "ssl_client_certificate",
+        None,
+        "—",
+        "file",
+        "CA certificates for client verification (also sent to the client).",
+    ),
+    _ssl_dir(
+        "ssl_trusted_certificate",
+        TAKE1,
+        set_path,
+        "ssl_trusted_certificate",
+        None,
+        "—",
+        "file",
+        "CA certificates for client verification (not sent).",
+    ),
+    _ssl_dir(
+        "ssl_crl",
+        TAKE1,
+        set_path,
+        "ssl_crl",
+        None,
+        "—",
+        "file",
+        "Revoked certificates (PEM) for client verification.",
+    ),
+    _ssl_dir(
+        "ssl_conf_command",
+        TAKE2,
+        conf_command,
+        "ssl_conf_command",
+        [],
+        "—",
+        "name value",
+        "Accepted; OpenSSL configuration commands are not applied by fastmail.",
+    ),
+)
+
+
+def _where(mctx: Ctx, sctx: Ctx) -> tuple[str, int]:
+    if "listen_ssl" in sctx.extra:
+        return sctx.extra["listen_ssl"]
+    return sctx.extra.get("ssl_where") or mctx.extra.get("ssl_where") or ("", 0)
+
+
+def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
+    if "listen_ssl" in sctx.extra:
+        mode = "listen ... ssl"
+    elif out["ssl"]:
+        mode = "ssl"
+    elif out["starttls"] != "off":
+        mode = "starttls"
+    else:
+        out["ssl_context"] = None
+        return
+    file, line = _where(mctx, sctx)
+    certs, keys = out["ssl_certificate"], out["ssl_certificate_key"]
+    if not certs:
+        raise ConfigError(
+            f'no "ssl_certificate" is defined for the "{mode}" directive in {file}:{line}'
+        )
+    if not keys:
+        raise ConfigError(
+            f'no "ssl_certificate_key" is defined for the "{mode}" directive in {file}:{line}'
+        )
+    if len(keys) < len(certs):
+        raise ConfigError(
+            f'no "ssl_certificate_key" is defined for certificate "{certs[-1]}" '
+            f'and the "{mode}" directive in {file}:{line}'
+        )
+    out["ssl_context"] = build_context(out)
+
+
+def _fopen_error(path: str) -> str:
+    return (
+        "(SSL: error:80000002:system library::No such file or directory:"
+        f"calling fopen({path}, r) error:10000080:BIO routines::no such file)"
+    )
+
+
+def _passwords(path: str | None) -> list[str | None]:
+    if path is None:
+        return [None]
+    with open(path, "rb") as f:
+        return [ln.decode("utf-8", "surrogateescape") for ln in f.read().splitlines() if ln] or [
+            None
+        ]
+
+
+def build_context(out: dict[str, Any]) -> _ssl.SSLContext:
+    ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+    versions = [_VERSIONS[p] for p in out["ssl_protocols"] if p in _VERSIONS]
+    if versions:
+        ctx.minimum_version, ctx.maximum_version = min(versions), max(versions)
+    passwords = _passwords(out["ssl_password_file"])
+    for cert, key in zip(out["ssl_certificate"], out["ssl_certificate_key"], strict=False):
+        if not os.path.exists(cert):
+            raise ConfigError(
+                f'cannot load certificate "{cert}": BIO_new_file() failed {_fopen_error(cert)}'
+            )
+        if not os.path.exists(key):
+            raise ConfigError(
+                f'cannot load certificate key "{key}": BIO_new_file() failed {_fopen_error(key)}'
+            )
+        last: Exception | None = None
+        for pw in passwords:
+            try:
+                ctx.load_cert_chain(cert, key, password=pw)
+                last = None
+                break
+            except (_ssl.SSLError, OSError) as e:
+                last = e
+        if last is not None:
+            text = str(last)
+            if "KEY" in text.upper() or "PASSWORD" in text.upper() or "BAD_DECRYPT" in text.upper():
+                raise ConfigError(
+                    f'cannot load certificate key "{key}": PEM_read_bio_PrivateKey() failed (SSL: {text})'
+                )
+            raise ConfigError(
+                f'cannot load certificate "{cert}": PEM_read_bio_X509_AUX() failed (SSL: {text})'
+            )
+    try:
+        ctx.set_ciphers(out["ssl_ciphers"])
+    except _ssl.SSLError:
+        raise ConfigError(
+            f'SSL_CTX_set_cipher_list("{out["ssl_ciphers"]}") failed '
+            "(SSL: error:0A0000B9:SSL routines::no cipher match)"
+        ) from None
+    if out["ssl_prefer_server_ciphers"]:
+        ctx.options |= _ssl.OP_CIPHER_SERVER_PREFERENCE
+    if not out["ssl_session_tickets"]:
+        ctx.options |= _ssl.OP_NO_TICKET
+    verify = out["ssl_verify_client"]
+    if verify != "off":
+        if not out["ssl_client_certificate"] and verify != "optional_no_ca":
+            raise ConfigError("no ssl_client_certificate for ssl_verify_client")
+        ctx.verify_mode = _ssl.CERT_REQUIRED if verify == "on" else _ssl.CERT_OPTIONAL
+        for what in ("ssl_client_certificate", "ssl_trusted_certificate"):
+            if out[what]:
+                try:
+                    ctx.load_verify_locations(cafile=out[what])
+                except (_ssl.SSLError, OSError) as e:
+                    raise ConfigError(
+                        f'SSL_CTX_load_verify_locations("{out[what]}") failed (SSL: {e})'
+                    ) from None
+        if out["ssl_crl"]:
+            try:
+                ctx.load_verify_locations(cafile=out["ssl_crl"])
+            except (_ssl.SSLError, OSError) as e:
+                raise ConfigError(
+                    f'X509_LOOKUP_load_file("{out["ssl_crl"]}") failed (SSL: {e})'
+                ) from None
+            ctx.verify_flags |= _ssl.VERIFY_CRL_CHECK_LEAF
+    if out["ssl_dhparam"]:
+        try:
+            ctx.load_dh_params(out["ssl_dhparam"])
+        except (_ssl.SSLError, OSError) as e:
+            raise ConfigError(
+                f'PEM_read_bio_DHparams("{out["ssl_dhparam"]}") failed (SSL: {e})'
+            ) from None
+    curve = out["ssl_ecdh_curve"]
+    if curve != "auto" and ":" not in curve:
+        try:
+            ctx.set_ecdh_curve(curve)
+        except (ValueError, _ssl.SSLError) as e:
+            raise ConfigError(f'SSL_CTX_set1_curves_list("{curve}") failed (SSL: {e})') from None
+    for path in out["ssl_session_ticket_key"]:
+        try:
+            size = os.path.getsize(path)
+        except OSError as e:
+            raise ConfigError(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
+        if size not in (48, 80):
+            raise ConfigError(f'"{path}" must be 48 or 80 bytes')
+    return ctx
