@@ -126,6 +126,10 @@ class BackendServer:
         self.ports[protocol].append(bound)
         return int(bound)
 
+    def port(self, protocol: str) -> int:
+        """The first port serving `protocol`."""
+        return self.ports[protocol][0]
+
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
