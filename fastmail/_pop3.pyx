@@ -324,6 +324,18 @@ cdef class Pop3Session(Machine):
         else:
             self.salt = b""
 
+    @property
+    def stage(self):
+        """What the machine waits for: "input", "auth", "tls", "done" (logged in), "closed"."""
+        if self.state < S_AUTH or self.state == S_NEW:
+            return "input"
+        return {S_AUTH: "auth", S_TLS: "tls", S_DONE: "done"}.get(self.state, "closed")
+
+    @property
+    def buffered(self):
+        """Bytes received and not yet consumed."""
+        return len(self.buf)
+
     # --- events ------------------------------------------------------------------------------
 
     cpdef int start(self):
@@ -371,7 +383,7 @@ cdef class Pop3Session(Machine):
         return self._run()
 
     cpdef int on_auth_error(self):
-        if self.state == S_CLOSED:
+        if self.state == S_CLOSED or self.state == S_DONE:
             return 0
         self.send(R_INTERNAL)
         self._close(None)
