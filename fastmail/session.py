@@ -1,0 +1,522 @@
+"""The per-connection driver: runs a client session from accept to the relay.
+
+Owns: the client transport (an asyncio Protocol on uvloop), the pre-login deadline, the
+PROXY header and realip, feeding the client machine and carrying out its actions, the
+auth_http call, the backend connection and its login machine, and the hand-over to the
+relay. Must not parse any mail protocol (the machines do) nor build auth_http bytes
+(auth_http.py does). Mirrors ngx_mail_handler.c, ngx_mail_auth_http_module.c (the session
+side) and ngx_mail_proxy_module.c (connect and login).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from fastmail import _login, proxy_protocol
+from fastmail._core import ACT_AUTH, ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, ACT_TIMER
+from fastmail.log import ERROR, INFO
+
+if TYPE_CHECKING:
+    from fastmail._core import Machine
+    from fastmail.auth_http import AuthCall, AuthResult
+    from fastmail.server import ServerRuntime
+    from fastmail.worker import Worker
+
+# session states
+PROXY_HEADER, RESOLVING, DIALOGUE, AUTH, BACKEND, RELAY, CLOSED = range(7)
+PROXY_HEADER_LIMIT = 4096  # mainline nginx's PROXY protocol read size
+
+
+def _addr_text(addr: object) -> tuple[str, int]:
+    if isinstance(addr, tuple):
+        return addr[0], addr[1]
+    return "unix:", 0
+
+
+class ClientSession(asyncio.Protocol):
+    """One client connection before the relay; it hands its socket to the relay."""
+
+    __slots__ = (
+        "worker", "loop", "rt", "transport", "sock", "id", "state", "machine", "login",
+        "client_ip", "client_port", "local_ip", "local_port", "server_text", "client_host",
+        "deadline", "timer", "pending", "auth_call", "backend", "proxy_header", "upstream",
+        "handover", "tls",
+    )  # fmt: skip
+
+    def __init__(self, worker: Worker, listen: object) -> None:
+        self.worker = worker
+        self.loop = worker.loop
+        self.rt: ServerRuntime = None  # type: ignore[assignment]
+        self.transport: asyncio.Transport | None = None
+        self.state = DIALOGUE
+        self.machine: Machine | None = None
+        self.login: _login.BackendLogin | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.pending = bytearray()
+        self.auth_call: AuthCall | None = None
+        self.backend: Backend | None = None
+        self.proxy_header: proxy_protocol.ProxyHeader | None = None
+        self.client_host = b"[UNAVAILABLE]"
+        self.upstream = ""
+        self.handover = False
+        self.tls = False
+        self.sock = listen  # the ListenSocket until connection_made
+
+    # --- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        w = self.worker
+        self.id = w.next_id()
+        ls = self.sock
+        self.sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.client_ip, self.client_port = _addr_text(peer)
+        self.local_ip, self.local_port = _addr_text(local)
+        entry = ls.entry_for(self.local_ip)
+        self.rt = w.runtimes[id(entry.server)]
+        self.server_text = entry.addr_text
+        w.sessions.add(self)
+        log = self.rt.log
+        if log.level >= INFO:
+            log.log(
+                INFO,
+                f"client {self._peer_text()} connected to {self._local_text()}",
+                self.id,
+            )
+        self.deadline = self.loop.call_later(self.rt.timeout_s, self._timed_out)
+        if entry.proxy_protocol:
+            self.state = PROXY_HEADER
+        else:
+            self._begin()
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == DIALOGUE:
+            self._run(self.machine.feed(data))  # type: ignore[union-attr]
+        elif state in (AUTH, BACKEND):
+            self.machine.feed(data)  # type: ignore[union-attr]  # kept for the relay
+        elif state == PROXY_HEADER:
+            self._proxy_header(data)
+        elif state == RESOLVING:
+            self.pending += data
+
+    def eof_received(self) -> bool | None:
+        return False  # close: a client that half-closes before the relay is gone
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.handover:
+            return
+        if self.state != CLOSED:
+            if self.rt.log.level >= INFO and self.state != RELAY:
+                self._log(INFO, "client closed connection")
+            self._close()
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        if self.state == RELAY and not self.handover:
+            self._to_relay()
+
+    # --- stages ------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        rt = self.rt
+        if rt.protocol == "smtp" and rt.resolver is not None:
+            self.state = RESOLVING
+            rt.resolver.client_host(self.client_ip, self._resolved)
+            return
+        self._start_machine()
+
+    def _resolved(self, host: bytes, error: str | None) -> None:
+        if self.state != RESOLVING:
+            return
+        self.client_host = host
+        if error:
+            self._log(ERROR, error)
+        self._start_machine()
+        if self.pending and self.state == DIALOGUE:
+            data, self.pending = bytes(self.pending), bytearray()
+            self._run(self.machine.feed(data))  # type: ignore[union-attr]
+
+    def _start_machine(self) -> None:
+        self.state = DIALOGUE
+        self.machine = self.rt.machine_class(self.rt.profile, tls=self.tls)
+        self._run(self.machine.start())
+
+    def _proxy_header(self, data: bytes) -> None:
+        self.pending += data
+        res = proxy_protocol.parse(bytes(self.pending), limit=PROXY_HEADER_LIMIT)
+        if res is proxy_protocol.NEED_MORE:
+            if len(self.pending) >= PROXY_HEADER_LIMIT:
+                self._log(ERROR, "header is too large", "reading PROXY protocol")
+                self._close()
+            return
+        if isinstance(res, proxy_protocol.ProxyError):
+            self._log(ERROR, res.reason, "reading PROXY protocol")
+            self._close()
+            return
+        self.proxy_header = res
+        rest = bytes(self.pending[res.consumed :])
+        self.pending = bytearray()
+        if res.src is not None and self.rt.trusted:
+            real = proxy_protocol.realip(self.client_ip, res, self.rt.trusted)
+            self.client_ip, self.client_port = real[0], real[1]
+        self._begin()
+        if rest:
+            self.data_received(rest)
+
+    def _run(self, acts: int) -> None:
+        m = self.machine
+        if acts & ACT_SEND:
+            self.transport.write(m.take_output())  # type: ignore[union-attr]
+        if acts & ACT_CLOSE:
+            if m.close_reason:  # type: ignore[union-attr]
+                self._log(INFO, m.close_reason)  # type: ignore[union-attr]
+            self._close()
+            return
+        if acts & ACT_TIMER:
+            self.timer = self.loop.call_later(m.timer_ms / 1000, self._on_timer)  # type: ignore[union-attr]
+        if acts & ACT_AUTH:
+            self._ask_auth()
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.state == DIALOGUE:
+            self._run(self.machine.on_timer())  # type: ignore[union-attr]
+
+    def _timed_out(self) -> None:
+        self.deadline = None
+        if self.state == BACKEND and self.backend is not None:
+            self.backend.fail("upstream timed out (110: Connection timed out)")
+            return
+        if self.state in (DIALOGUE, PROXY_HEADER, RESOLVING):
+            action = "reading PROXY protocol" if self.state == PROXY_HEADER else None
+            self._log(INFO, "client timed out (110: Connection timed out)", action)
+            if self.machine is not None:
+                acts = self.machine.on_timeout()
+                if acts & ACT_SEND:
+                    self.transport.write(self.machine.take_output())  # type: ignore[union-attr]
+            self._close()
+
+    # --- auth_http ---------------------------------------------------------------------
+
+    def _ask_auth(self) -> None:
+        self.state = AUTH
+        if self.deadline is not None:
+            self.deadline.cancel()  # nginx removes the client timer while auth_http runs
+            self.deadline = None
+        rt = self.rt
+        auth = self.machine.auth  # type: ignore[union-attr]
+        pp = None
+        h = self.proxy_header
+        if h is not None and h.src is not None:
+            pp = (h.src[0].encode(), h.src[1], h.dst[0].encode(), h.dst[1])
+        self.auth_call = rt.auth.authenticate(
+            auth,
+            client_ip=self.client_ip.encode(),
+            client_host=self.client_host if rt.resolver is not None else None,
+            callback=self._auth_done,
+            proxy_protocol=pp,
+        )
+
+    def _auth_done(self, res: AuthResult) -> None:
+        self.auth_call = None
+        if self.state != AUTH:
+            return
+        m = self.machine
+        if res.log_message:
+            self._log(
+                ERROR if res.log_level == "error" else INFO, res.log_message, "in http auth state"
+            )
+        if res.status == "ok":
+            m.on_auth_ok()  # type: ignore[union-attr]
+            self._connect_backend(res)
+            return
+        if res.status == "fail":
+            if res.wait > 0:
+                # nginx reads nothing and answers after Auth-Wait, then takes a new login
+                self.timer = self.loop.call_later(res.wait, self._auth_failed, res, True)
+            else:
+                self._auth_failed(res, False)
+            return
+        self.state = DIALOGUE
+        self._run(m.on_auth_error())  # type: ignore[union-attr]
+
+    def _auth_failed(self, res: AuthResult, retry: bool) -> None:
+        self.timer = None
+        if self.state != AUTH:
+            return
+        self.state = DIALOGUE
+        if retry:
+            self.deadline = self.loop.call_later(self.rt.timeout_s, self._timed_out)
+        acts = self.machine.on_auth_fail(  # type: ignore[union-attr]
+            res.error_message or b"", res.error_code, retry, res.sasl_error
+        )
+        self._run(acts)
+
+    # --- backend -----------------------------------------------------------------------
+
+    def _connect_backend(self, res: AuthResult) -> None:
+        self.state = BACKEND
+        rt = self.rt
+        conf = rt.conf
+        auth = self.machine.auth  # type: ignore[union-attr]
+        self.upstream = f"{res.server.decode('latin-1')}:{res.port}"  # type: ignore[union-attr]
+        header = b""
+        if conf.proxy_protocol != "off":
+            header = self._backend_proxy_header(conf.proxy_protocol, res.addr or "")
+        if rt.protocol == "imap":
+            login = _login.ImapLogin(
+                auth,
+                proxy_buffer=conf.proxy_buffer,
+                pass_error_message=conf.proxy_pass_error_message,
+                proxy_header=header,
+            )
+        elif rt.protocol == "pop3":
+            login = _login.Pop3Login(
+                auth,
+                proxy_buffer=conf.proxy_buffer,
+                pass_error_message=conf.proxy_pass_error_message,
+                proxy_header=header,
+            )
+        else:
+            login = _login.SmtpLogin(
+                auth,
+                server_name=rt.server_name,
+                client_addr=self.client_ip.encode(),
+                client_host=self.client_host,
+                xclient=conf.xclient,
+                proxy_smtp_auth=conf.proxy_smtp_auth,
+                proxy_buffer=conf.proxy_buffer,
+                pass_error_message=conf.proxy_pass_error_message,
+                proxy_header=header,
+            )
+        self.login = login
+        self.deadline = self.loop.call_later(rt.timeout_s, self._timed_out)
+        try:
+            self.backend = Backend(self, res.addr or "", res.port or 0)  # type: ignore[arg-type]
+        except OSError as e:
+            self._backend_failed(f"connect() failed ({e.errno}: {os.strerror(e.errno or 0)})")
+
+    def _backend_proxy_header(self, version: str, backend_addr: str) -> bytes:
+        client = (self.client_ip, self.client_port)
+        local = (self.local_ip, self.local_port)
+        if version == "v2":
+            return proxy_protocol.build_v2(client, local)
+        return proxy_protocol.build_v1(client, local)
+
+    def _login_actions(self, acts: int) -> None:
+        login = self.login
+        if acts & ACT_BACKEND:
+            self.backend.write(login.take_backend_output())  # type: ignore[union-attr]
+        if acts & ACT_SEND and not acts & ACT_DONE:
+            self.transport.write(login.take_output())  # type: ignore[union-attr]
+        if acts & ACT_CLOSE:
+            reason = login.close_reason  # type: ignore[union-attr]
+            if reason:
+                level = ERROR if login.log_level == "error" else INFO  # type: ignore[union-attr]
+                self._log(level, reason, login.phase)  # type: ignore[union-attr]
+            self._close()
+        elif acts & ACT_DONE:
+            self._logged_in()
+
+    def _backend_failed(self, reason: str) -> None:
+        if self.login is None or self.state != BACKEND:
+            return
+        acts = self.login.on_error(reason)
+        self._login_actions(acts)
+
+    # --- relay -------------------------------------------------------------------------
+
+    def _logged_in(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        self.state = RELAY
+        rt = self.rt
+        if rt.log.level >= INFO:
+            auth = self.machine.auth  # type: ignore[union-attr]
+            user = auth.user.decode("latin-1") if auth is not None else ""
+            rt.log.log(
+                INFO,
+                f"client logged in, client: {self.client_ip}, server: {self.server_text}, "
+                f'login: "{user}", upstream: {self.upstream}',
+                self.id,
+            )
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        if self.transport.get_write_buffer_size() == 0:  # type: ignore[union-attr]
+            self._to_relay()
+        else:
+            # resume_writing() fires once the reply is out of uvloop's buffer
+            self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
+
+    def _to_relay(self) -> None:
+        """Hands both sockets to the relay: the client transport's fd is duplicated and
+        the transport dropped (design.md: uvloop hand-over), the backend socket moves."""
+        self.handover = True
+        backend = self.backend
+        client_fd = os.dup(self.sock.fileno())  # type: ignore[union-attr]
+        self.transport.abort()  # type: ignore[union-attr]
+        self.transport = None
+        backend_sock = backend.detach()  # type: ignore[union-attr]
+        backend.fd = -1
+        self.backend = None
+        to_backend = self.machine.take_input()  # type: ignore[union-attr]
+        to_client = self.login.take_output()  # type: ignore[union-attr]
+        self.worker.sessions.discard(self)
+        self.worker.start_relay(self, client_fd, backend_sock, to_backend, to_client)
+
+    # --- ending ------------------------------------------------------------------------
+
+    def _peer_text(self) -> str:
+        if self.client_ip == "unix:":
+            return "unix:"
+        return f"{self.client_ip}:{self.client_port}"
+
+    def _local_text(self) -> str:
+        if self.local_ip == "unix:":
+            return self.server_text
+        if ":" in self.local_ip:
+            return f"[{self.local_ip}]:{self.local_port}"
+        return f"{self.local_ip}:{self.local_port}"
+
+    def context(self, action: str | None = None) -> str:
+        """nginx's ` while ACTION, client: ..., server: ...[, login: "..."]` suffix."""
+        if action is None:
+            action = self.machine.phase if self.machine is not None else "in auth state"
+        text = f" while {action}, client: {self.client_ip}, server: {self.server_text}"
+        auth = self.machine.auth if self.machine is not None else None
+        if auth is not None and auth.user:
+            text += f', login: "{auth.user.decode("latin-1")}"'
+        if self.upstream:
+            text += f", upstream: {self.upstream}"
+        return text
+
+    def _log(self, level: int, message: str, action: str | None = None) -> None:
+        log = self.rt.log
+        if log.level >= level:
+            log.log(level, message + self.context(action), self.id)
+
+    def _close(self) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        for h in (self.deadline, self.timer):
+            if h is not None:
+                h.cancel()
+        self.deadline = self.timer = None
+        if self.auth_call is not None:
+            self.auth_call.cancel()
+            self.auth_call = None
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+        if self.transport is not None:
+            self.transport.close()  # writes what is pending, then closes
+        self.worker.session_closed(self)
+
+    def shutdown(self) -> None:
+        """Graceful stop of a worker: sessions not yet relaying are closed."""
+        self._close()
+
+
+class Backend:
+    """The backend socket during the login: non-blocking, driven by add_reader/add_writer,
+    so that it can move to the relay without a transport to unwind."""
+
+    __slots__ = ("session", "loop", "sock", "fd", "out", "connected")
+
+    def __init__(self, session: ClientSession, host: str, port: int) -> None:
+        self.session = session
+        self.loop = session.loop
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        self.out = bytearray()
+        self.connected = False
+        try:
+            err = sock.connect_ex((host, port))
+        except OSError:
+            sock.close()
+            raise
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise OSError(err, os.strerror(err))
+        self.loop.add_writer(self.fd, self._on_connect)
+
+    def _on_connect(self) -> None:
+        self.loop.remove_writer(self.fd)
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.session._backend_failed(f"connect() failed ({err}: {os.strerror(err)})")
+            return
+        self.connected = True
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.loop.add_reader(self.fd, self._on_read)
+        login = self.session.login
+        self.session._login_actions(login.start())  # type: ignore[union-attr]
+
+    def _on_read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.session._backend_failed(f"recv() failed ({e.errno}: {e.strerror})")
+            return
+        if not data:
+            self.session._backend_failed("upstream prematurely closed connection")
+            return
+        self.session._login_actions(self.session.login.feed(data))  # type: ignore[union-attr]
+
+    def write(self, data: bytes) -> None:
+        if self.out:
+            self.out += data
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            self.session._backend_failed(f"send() failed ({e.errno}: {e.strerror})")
+            return
+        if n < len(data):
+            self.out += data[n:]
+            self.loop.add_writer(self.fd, self._flush)
+
+    def _flush(self) -> None:
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.loop.remove_writer(self.fd)
+            self.session._backend_failed(f"send() failed ({e.errno}: {e.strerror})")
+            return
+        del self.out[:n]
+        if not self.out:
+            self.loop.remove_writer(self.fd)
+
+    def detach(self) -> socket.socket:
+        """Stops watching the socket and gives it away (with any unsent bytes lost: the
+        login machine only finishes after the backend answered our last line)."""
+        self.loop.remove_reader(self.fd)
+        self.loop.remove_writer(self.fd)
+        return self.sock
+
+    def fail(self, reason: str) -> None:
+        self.session._backend_failed(reason)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.fd)
+        self.loop.remove_writer(self.fd)
+        self.sock.close()

@@ -1,0 +1,170 @@
+"""One worker: a uvloop event loop serving the listening sockets the master bound.
+
+Owns: the loop, the per-server runtimes, the set of live sessions and relays, connection
+ids, the hand-over from a session to the relay, and the worker's signals (QUIT drains,
+TERM/INT stop, USR1 reopens logs). Must not bind sockets or read config text: the master
+(process.py) gives it both. Mirrors ngx_worker_process_cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+import uvloop
+
+from fastmail._relay import SpliceRelay
+from fastmail.log import INFO, ErrorLog
+from fastmail.server import ServerRuntime
+from fastmail.session import ClientSession
+
+if TYPE_CHECKING:
+    from fastmail.conf.model import Config, ListenSocket
+
+
+class Worker:
+    __slots__ = (
+        "config", "sockets", "log", "loop", "runtimes", "sessions", "relays", "servers",
+        "_ids", "_stopping", "_done", "_logs",
+    )  # fmt: skip
+
+    def __init__(
+        self, config: Config, sockets: list[tuple[ListenSocket, socket.socket]], log: ErrorLog
+    ) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.log = log
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.runtimes: dict[int, ServerRuntime] = {}
+        self.sessions: set[ClientSession] = set()
+        self.relays: dict[SpliceRelay, ClientSession] = {}
+        self.servers: list[asyncio.AbstractServer] = []
+        self._ids = 0
+        self._stopping = False
+        self._done: asyncio.Future[None] | None = None
+        self._logs: dict[tuple[object, ...], ErrorLog] = {}
+
+    def next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def _server_log(self, targets: list) -> ErrorLog:
+        if not targets or targets == self.config.main.error_log:
+            return self.log
+        key = tuple((t.kind, t.path, t.level) for t in targets)
+        if key not in self._logs:
+            self._logs[key] = ErrorLog(targets)
+        return self._logs[key]
+
+    # --- running -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Runs the loop until the worker is told to stop."""
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            for rt in self.runtimes.values():
+                rt.close()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self) -> None:
+        loop = self.loop
+        self._done = loop.create_future()
+        if self.config.mail is not None:
+            for s in self.config.mail.servers:
+                self.runtimes[id(s)] = ServerRuntime(s, loop, self._server_log(s.error_log))
+        for ls, sock in self.sockets:
+            srv = await loop.create_server(
+                lambda ls=ls: ClientSession(self, ls), sock=sock, backlog=ls.listen.backlog
+            )
+            self.servers.append(srv)
+        loop.add_signal_handler(signal.SIGQUIT, self.stop, True)
+        loop.add_signal_handler(signal.SIGTERM, self.stop, False)
+        loop.add_signal_handler(signal.SIGINT, self.stop, False)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads
+        await self._done
+
+    def stop(self, graceful: bool = True) -> None:
+        """QUIT: stop accepting and let relaying sessions end (bounded by
+        worker_shutdown_timeout); TERM/INT: close everything now."""
+        if self._done is None or self._done.done():
+            return
+        for srv in self.servers:
+            srv.close()
+        self.servers.clear()
+        for sess in list(self.sessions):
+            sess.shutdown()
+        if not graceful:
+            for relay in list(self.relays):
+                relay.close(None)
+            self._done.set_result(None)
+            return
+        self._stopping = True
+        limit = self.config.main.worker_shutdown_timeout
+        if limit:
+            self.loop.call_later(limit / 1000, self._shutdown_timeout)
+        self._maybe_done()
+
+    def _shutdown_timeout(self) -> None:
+        for relay in list(self.relays):
+            relay.close("shutdown timeout")
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._stopping and not self.relays and not self.sessions:
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
+
+    def reopen(self) -> None:
+        self.log.reopen()
+        for log in self._logs.values():
+            log.reopen()
+
+    # --- relay -------------------------------------------------------------------------
+
+    def start_relay(
+        self,
+        session: ClientSession,
+        client_fd: int,
+        backend: socket.socket,
+        to_backend: bytes,
+        to_client: bytes,
+    ) -> None:
+        relay = SpliceRelay(
+            self.loop,
+            client_fd,
+            backend.detach(),
+            self._relay_closed,
+            to_backend=to_backend,
+            to_client=to_client,
+            timeout=session.rt.proxy_timeout_s,
+        )
+        self.relays[relay] = session
+        relay.start()
+
+    def _relay_closed(self, relay: SpliceRelay) -> None:
+        session = self.relays.pop(relay, None)
+        if session is not None:
+            log = session.rt.log
+            if relay.close_reason:
+                if log.level >= INFO:
+                    log.log(INFO, relay.close_reason + session.context(relay.action), session.id)
+            elif log.level >= INFO:
+                log.log(
+                    INFO,
+                    f"proxied session done, client: {session.client_ip}, "
+                    f"server: {session.server_text}",
+                    session.id,
+                )
+        self._maybe_done()
+
+    def session_closed(self, session: ClientSession) -> None:
+        self.sessions.discard(session)
+        self._maybe_done()
