@@ -23,6 +23,7 @@ from fastmail.log import ERROR, INFO
 if TYPE_CHECKING:
     from fastmail._core import Machine
     from fastmail.auth_http import AuthCall, AuthResult
+    from fastmail.resolver import ClientHost, Lookup
     from fastmail.server import ServerRuntime
     from fastmail.worker import Worker
 
@@ -44,7 +45,7 @@ class ClientSession(asyncio.Protocol):
         "worker", "loop", "rt", "transport", "sock", "id", "state", "machine", "login",
         "client_ip", "client_port", "local_ip", "local_port", "server_text", "client_host",
         "deadline", "timer", "pending", "auth_call", "backend", "proxy_header", "upstream",
-        "handover", "tls",
+        "handover", "tls", "lookup",
     )  # fmt: skip
 
     def __init__(self, worker: Worker, listen: object) -> None:
@@ -65,6 +66,7 @@ class ClientSession(asyncio.Protocol):
         self.upstream = ""
         self.handover = False
         self.tls = False
+        self.lookup: Lookup | None = None
         self.sock = listen  # the ListenSocket until connection_made
 
     # --- asyncio.Protocol ------------------------------------------------------------
@@ -131,16 +133,17 @@ class ClientSession(asyncio.Protocol):
         rt = self.rt
         if rt.protocol == "smtp" and rt.resolver is not None:
             self.state = RESOLVING
-            rt.resolver.client_host(self.client_ip, self._resolved)
+            self.lookup = rt.resolver.client_host(self.client_ip, self._resolved)
             return
         self._start_machine()
 
-    def _resolved(self, host: bytes, error: str | None) -> None:
+    def _resolved(self, result: ClientHost) -> None:
+        self.lookup = None
         if self.state != RESOLVING:
             return
-        self.client_host = host
-        if error:
-            self._log(ERROR, error)
+        self.client_host = result.host
+        if result.log_message:
+            self._log(ERROR, result.log_message, result.log_action)
         self._start_machine()
         if self.pending and self.state == DIALOGUE:
             data, self.pending = bytes(self.pending), bytearray()
@@ -413,9 +416,10 @@ class ClientSession(asyncio.Protocol):
             if h is not None:
                 h.cancel()
         self.deadline = self.timer = None
-        if self.auth_call is not None:
-            self.auth_call.cancel()
-            self.auth_call = None
+        for call in (self.auth_call, self.lookup):
+            if call is not None:
+                call.cancel()
+        self.auth_call = self.lookup = None
         if self.backend is not None:
             self.backend.close()
             self.backend = None
