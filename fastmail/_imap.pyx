@@ -306,16 +306,13 @@ cdef class ImapSession(Machine):
             return ACT_SEND | self._run()
         self.send(self.tag + b"NO " + message + b"\r\n")
         if not retry:
-            self.state = S_CLOSED
-            return ACT_SEND | ACT_CLOSE
+            return ACT_SEND | self._close(None)
         self._to_start()
         return ACT_SEND | self._run()
 
     cpdef int on_auth_error(self):
         self.send(INTERNAL_ERROR)
-        self.state = S_CLOSED
-        self.close_reason = None
-        return ACT_SEND | ACT_CLOSE
+        return ACT_SEND | self._close(None)
 
     cpdef int on_tls_done(self):
         if self.state != S_TLS:
@@ -326,9 +323,7 @@ cdef class ImapSession(Machine):
 
     cpdef int on_timeout(self):
         # nginx sends nothing on the pre-login deadline
-        self.state = S_CLOSED
-        self.close_reason = "client timed out"
-        return ACT_CLOSE
+        return self._close("client timed out")
 
     cpdef int on_timer(self):
         return 0
@@ -621,6 +616,8 @@ cdef class ImapSession(Machine):
         return STAR_TAG
 
     cdef int _close(self, str reason):
+        # nothing after a closing reply is ever read
+        del self.buf[:]
         self.state = S_CLOSED
         self.close_reason = reason
         return ACT_CLOSE
