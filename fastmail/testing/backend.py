@@ -476,6 +476,12 @@ class ImapSession(Session):
             )
         elif cmd == "FETCH" and self.selected and args:
             self.fetch(t, b" ".join(args))
+        elif cmd == "UID" and self.selected and len(args) > 1 and args[0].upper() == b"FETCH":
+            self.fetch(t, b" ".join(args[1:]), uid=True)  # UIDs equal sequence numbers here
+        elif cmd in ("LIST", "LSUB") and self.login:
+            self.write(
+                b'* %s () "/" INBOX\r\n%sOK %s completed\r\n' % (cmd.encode(), t, cmd.encode())
+            )
         elif cmd in ("X-SINK", "X-ECHO", "X-BULK"):
             self.bulk_tag = tag
             self.bulk(cmd[2:].lower(), args[0].decode("latin-1") if args else "")
@@ -490,7 +496,7 @@ class ImapSession(Session):
         else:
             self.write(tag + b" NO [AUTHENTICATIONFAILED] Invalid credentials\r\n")
 
-    def fetch(self, t: bytes, spec: bytes) -> None:
+    def fetch(self, t: bytes, spec: bytes, uid: bool = False) -> None:
         seq, _, items = spec.partition(b" ")
         box = self.server.mailbox
         try:
@@ -506,10 +512,11 @@ class ImapSession(Session):
             if not 0 < n <= len(box):
                 continue
             msg = box[n - 1]
+            uid_item = b"UID %d " % n if uid else b""
             if b"RFC822.SIZE" in items.upper():
-                out += b"* %d FETCH (RFC822.SIZE %d)\r\n" % (n, len(msg))
+                out += b"* %d FETCH (%sRFC822.SIZE %d)\r\n" % (n, uid_item, len(msg))
             else:
-                out += b"* %d FETCH (BODY[] {%d}\r\n%s)\r\n" % (n, len(msg), msg)
+                out += b"* %d FETCH (%sBODY[] {%d}\r\n%s)\r\n" % (n, uid_item, len(msg), msg)
         self.write(bytes(out) + t + b"OK FETCH completed\r\n")
 
 
