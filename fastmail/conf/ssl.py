@@ -51,7 +51,7 @@ def ssl_flag(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
     set_flag(ld, ctx, d, args)
     ld.warn('the "ssl" directive is deprecated, use the "listen ... ssl" directive instead')
     if ctx.values["ssl"] and ctx.values.get("starttls", "off") != "off":
-        raise ld.error('"ssl" directive conflicts with "starttls"')
+        raise ld.error('"starttls" directive conflicts with "ssl on"')  # (sic) nginx 1.22.1 ✔
     if "listen_ssl" not in ctx.extra:
         ctx.extra["ssl_where"] = (ld.file, ld.line)
 
@@ -59,7 +59,7 @@ def ssl_flag(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
 def starttls(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
     set_enum(ld, ctx, d, args)
     if ctx.values.get("ssl") is True and ctx.values["starttls"] != "off":
-        raise ld.error('"starttls" directive conflicts with "ssl on"')
+        raise ld.error('"ssl" directive conflicts with "starttls"')
     if "listen_ssl" not in ctx.extra:
         ctx.extra["ssl_where"] = (ld.file, ld.line)
 

@@ -1,0 +1,200 @@
+"""The 33 real-world nginx mail configs of /work/shared/configs/real-world judged by `fastmail -t`.
+
+Each folder is laid out in a temporary prefix as its header describes (http{}, stream{} and
+load_module blanked line for line, certificates generated under certs/, logs/ created). fastmail
+must accept the `expect=ok` ones and reject the others with nginx's words, file and line. Where
+nginx is installed, `nginx -t` runs on the same layout and must reach the same verdict and text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REAL = Path("/work/shared/configs/real-world")
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
+FOLDERS = sorted(p.name for p in REAL.iterdir() if p.is_dir()) if REAL.is_dir() else []
+
+# nginx's verdict on each rejected config ({P} = the prefix the config was laid out in)
+EXPECTED_ERRORS = {
+    "debian-stock-mail-example-no-auth-http": 'no "auth_http" is defined for server in {P}nginx.conf:{L}',
+    "learning-repo-ssl-typo": 'unknown directive "ssl_prefer_server_cipher" in {P}nginx.conf:{L}',
+    "mailu-2022-tlsconf-missing-semicolon": 'invalid number of arguments in "ssl_trusted_certificate" directive in {P}tls.conf:{L}',
+    "nesono-docker-sieve-in-mail-d": 'invalid port in "94190" of the "listen" directive in {P}mail.d/sieve.conf:{L}',
+    "nginx-admin-guide-complete-example": 'no "events" section in configuration',
+    "nginx-docs-zh-ssl-example": 'unknown directive "..." in {P}nginx.conf:{L}',
+    "nginx-mail-tutorial-placeholders": 'invalid value "..." in {P}nginx.conf:{L}',
+    "nginx-wiki-embedded-perl-auth": 'getgrnam("nobody") failed in {P}nginx.conf:{L}',
+    "nginx-wiki-imap-starttls": '"starttls" directive conflicts with "ssl on" in {P}nginx.conf:{L}',
+    "puppet-nginx-mailhost-ipv6": 'the invalid "default" parameter in {P}conf.mail.d/pop3.example.conf:{L}',
+}
+
+_BLOCK = re.compile(rb"(?m)^[ \t]*(http|stream)[ \t\r\n]*\{")
+_LOAD_MODULE = re.compile(rb"(?m)^[ \t]*load_module[^;\n]*;")
+
+
+def blank(data: bytes) -> bytes:
+    """Replace http{}/stream{} blocks and load_module lines with spaces, keeping every LF."""
+    out = bytearray(data)
+
+    def wipe(a: int, b: int) -> None:
+        for i in range(a, b):
+            if out[i] != 0x0A:
+                out[i] = 0x20
+
+    for m in _LOAD_MODULE.finditer(data):
+        wipe(m.start(), m.end())
+    for m in _BLOCK.finditer(bytes(out)):
+        if out[m.start() : m.end()].strip() == b"":
+            continue
+        depth, i, quote, comment = 0, m.end() - 1, 0, False
+        while i < len(out):
+            c = out[i]
+            if comment:
+                comment = c != 0x0A
+            elif quote:
+                if c == 0x5C:
+                    i += 1
+                elif c == quote:
+                    quote = 0
+            elif c in (0x22, 0x27) and out[i - 1] in b" \t\r\n":
+                quote = c
+            elif c == 0x23 and out[i - 1] in b" \t\r\n;{}":
+                comment = True
+            elif c == 0x7B:
+                depth += 1
+            elif c == 0x7D:
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        wipe(m.start(), i + 1)
+    return bytes(out)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    trustme = pytest.importorskip("trustme")
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    rsa = ca.issue_cert("mail.example.test", "localhost")
+    rsa.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    rsa.private_key_pem.write_to_path(str(d / "key.pem"))
+    ec = trustme.CA(key_type=trustme.KeyType.ECDSA).issue_cert("mail.example.test")
+    ec.cert_chain_pems[0].write_to_path(str(d / "ecdsa.crt"))
+    ec.private_key_pem.write_to_path(str(d / "ecdsa.key"))
+    subprocess.run(
+        [
+            "openssl",
+            "genpkey",
+            "-genparam",
+            "-algorithm",
+            "DH",
+            "-pkeyopt",
+            "dh_param:ffdhe2048",
+            "-out",
+            str(d / "dhparam.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for name in ("fullchain.pem", "privkey.pem", "cert.crt", "cert.key"):
+        shutil.copy(d / ("key.pem" if "key" in name else "cert.pem"), d / name)
+    return d
+
+
+def layout(folder: str, dest: Path, certs: Path) -> Path:
+    src = REAL / folder
+    for p in src.rglob("*"):
+        rel = p.relative_to(src)
+        if p.is_dir():
+            (dest / rel).mkdir(parents=True, exist_ok=True)
+        else:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(blank(p.read_bytes()))
+    (dest / "logs").mkdir(exist_ok=True)
+    shutil.copytree(certs, dest / "certs", dirs_exist_ok=True)
+    return dest / "nginx.conf"
+
+
+def expect_ok(folder: str) -> bool:
+    head = (REAL / folder / "nginx.conf").read_text().splitlines()[0]
+    return "expect=ok" in head
+
+
+_MSG = re.compile(r"^(?:nginx|fastmail): \[(?:emerg|crit|alert)\] (.*)$", re.M)
+
+
+def messages(stderr: str) -> list[str]:
+    return _MSG.findall(stderr)
+
+
+def run_fastmail(prefix: Path, conf: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastmail",
+            "-t",
+            "-p",
+            f"{prefix}/",
+            "-c",
+            str(conf),
+            "-e",
+            f"{prefix}/logs/startup.log",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def run_nginx(prefix: Path, conf: Path) -> subprocess.CompletedProcess[str]:
+    assert NGINX is not None
+    return subprocess.run(
+        [
+            NGINX,
+            "-t",
+            "-p",
+            f"{prefix}/",
+            "-c",
+            str(conf),
+            "-e",
+            f"{prefix}/logs/startup.log",
+            "-g",
+            f"load_module {MAIL_MODULE};",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_real_world_config(folder: str, tmp_path: Path, certs: Path) -> None:
+    conf = layout(folder, tmp_path, certs)
+    fm = run_fastmail(tmp_path, conf)
+    ok = expect_ok(folder)
+    assert (fm.returncode == 0) == ok, fm.stderr
+    if ok:
+        assert f"configuration file {conf} test is successful" in fm.stderr
+    else:
+        assert f"configuration file {conf} test failed" in fm.stderr
+        got = messages(fm.stderr)
+        assert got, fm.stderr
+        want = EXPECTED_ERRORS[folder]
+        pattern = re.escape(want).replace(re.escape("{P}"), re.escape(f"{tmp_path}/"))
+        pattern = pattern.replace(re.escape("{L}"), r"\d+")
+        assert re.fullmatch(pattern, got[-1]), got
+    if NGINX is not None and os.path.exists(MAIL_MODULE):
+        ng = run_nginx(tmp_path, conf)
+        assert ng.returncode == fm.returncode, (ng.stderr, fm.stderr)
+        assert messages(ng.stderr) == messages(fm.stderr), (ng.stderr, fm.stderr)
