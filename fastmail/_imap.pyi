@@ -1,0 +1,62 @@
+"""Stubs for fastmail._imap (the IMAP client session machine)."""
+
+from collections.abc import Iterable
+
+from fastmail._core import AuthRequest
+
+GREETING: bytes
+INTERNAL_ERROR: bytes
+
+class ImapProfile:
+    greeting: bytes
+    cap_plain: bytes
+    cap_starttls: bytes
+    cap_sto: bytes
+    methods: int
+    starttls: int
+    client_buffer: int
+    max_errors: int
+    max_commands: int
+    server_name: bytes
+    def __init__(
+        self,
+        capabilities: Iterable[bytes | str] = ...,
+        auth_methods: Iterable[str | bytes] = ...,
+        starttls: str = "off",
+        tls_available: bool = False,
+        client_buffer: int = 4096,
+        max_errors: int = 5,
+        max_commands: int = 1000,
+        server_name: bytes | str = b"localhost",
+    ) -> None: ...
+
+class ImapSession:
+    tls: bool
+    state: int
+    tag: bytes
+    errors: int
+    max_errors: int
+    commands: int
+    max_commands: int
+    auth: AuthRequest | None
+    phase: str
+    close_reason: str | None
+    timer_ms: int
+    login_attempt: int
+    def __init__(self, profile: ImapProfile, tls: bool = False) -> None: ...
+    def start(self) -> int: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> int: ...
+    def on_auth_ok(self) -> int: ...
+    def on_auth_fail(
+        self,
+        message: bytes,
+        error_code: bytes | None = None,
+        retry: bool = False,
+        sasl: bytes | None = None,
+    ) -> int: ...
+    def on_auth_error(self) -> int: ...
+    def on_tls_done(self) -> int: ...
+    def on_timeout(self) -> int: ...
+    def on_timer(self) -> int: ...
+    def take_output(self) -> bytes: ...
+    def take_input(self) -> bytes: ...
