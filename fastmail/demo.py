@@ -117,6 +117,7 @@ def _check(ports: dict[str, int]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     p = argparse.ArgumentParser(prog="python -m fastmail.demo", description=__doc__)
     p.add_argument("--check", action="store_true", help="log in once per protocol, then exit")
     p.add_argument("--imap", type=int, default=1143, help="IMAP port (default 1143)")
@@ -148,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         conf = os.path.join(tmp, "fastmail.conf")
         with open(conf, "w") as f:
             f.write(CONFIG.format(dir=tmp, auth=auth_port, **ports))
-        proc = subprocess.Popen([sys.executable, "-m", "fastmail", "-p", tmp + "/", "-c", conf])
+        # cwd: in a source checkout, `-m fastmail` must find the installed package
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastmail", "-p", tmp + "/", "-c", conf], cwd=tmp
+        )
         deadline = time.monotonic() + 20
         for port in ports.values():
             _wait_port(port, proc, deadline)
@@ -184,5 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(main())

@@ -103,6 +103,7 @@ def _run_worker(config: Config, sockets: Bound, log: ErrorLog) -> None:
 
 def run(config: Config, *, prefix: str = "", error_log: str | None = None) -> int:
     """Starts fastmail with a loaded config; returns the exit code."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # whatever the parent blocked, as nginx
     log = ErrorLog(config.main.error_log) if config.main.error_log else ErrorLog.stderr()
     try:
         sockets = _bind(config, [], log)
