@@ -137,7 +137,10 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> list[dict[str, 
                 vals = [
                     r["figures"][fig.key]
                     for r in runs
-                    if r["scenario"] == sc and r["target"] == t and fig.key in r.get("figures", {})
+                    if r["scenario"] == sc
+                    and r["target"] == t
+                    and fig.key in r.get("figures", {})
+                    and not r.get("invalid")
                 ]
                 if vals:
                     row["targets"][t] = {
@@ -266,7 +269,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"- {n}" for n in notes] or ["- none: the proxy was the busy process in every run"]
     errs = [r for r in result["runs"] if r.get("errors")]
     if errs:
-        lines += ["", "## Session errors", ""]
+        lines += ["", "## Session errors (runs above 1% are left out of the figures)", ""]
         for r in errs:
             lines.append(
                 f"- {r['scenario']} / {r['target']} round {r['round']}: {r['errors']} errors, "

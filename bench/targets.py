@@ -67,6 +67,10 @@ class TargetError(Exception):
     """A proxy or server could not start; the message says why (log tail included)."""
 
 
+class ServersDied(Exception):
+    """The shared auth_http server or backend is gone: the whole run stops."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,6 +132,24 @@ def rss_bytes(pid: int) -> int:
                 continue
             break
     return total
+
+
+def time_wait_sockets() -> int:
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            f = line.split()
+            return int(f[f.index("tw") + 1])
+    return 0
+
+
+def wait_for_ports(max_tw: int, timeout: float = 65.0) -> float:
+    """Every login takes three loopback ephemeral ports (client, auth_http, backend) that sit
+    in TIME_WAIT for 60 s; past ~28k of them new connects get refused and the run measures
+    that. So wait until the kernel has let enough go. Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time_wait_sockets() > max_tw and time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+    return time.monotonic() - t0
 
 
 # -- load generator -----------------------------------------------------------------------------
@@ -390,6 +412,12 @@ class Servers:
 
     def pids(self) -> dict[str, int]:
         return {role: p.pid for role, p in self.procs.items()}
+
+    def check_alive(self) -> None:
+        for role, p in self.procs.items():
+            if p.poll() is not None:
+                log = (self.dir / f"{role}.log").read_text(errors="replace")[-800:]
+                raise ServersDied(f"{role} exited with status {p.returncode}:\n{log}")
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds per role; both backends count as "backend"."""
