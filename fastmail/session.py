@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # session states
 PROXY_HEADER, RESOLVING, DIALOGUE, AUTH, BACKEND, RELAY, CLOSED = range(7)
 PROXY_HEADER_LIMIT = 4096  # mainline nginx's PROXY protocol read size
+HOLD_LIMIT = 65536  # client bytes read ahead while auth_http or the backend login runs
 
 
 def _addr_text(addr: object) -> tuple[str, int]:
@@ -45,7 +46,7 @@ class ClientSession(asyncio.Protocol):
         "worker", "loop", "rt", "transport", "sock", "id", "state", "machine", "login",
         "client_ip", "client_port", "local_ip", "local_port", "server_text", "client_host",
         "deadline", "timer", "pending", "auth_call", "backend", "proxy_header", "upstream",
-        "handover", "tls", "lookup",
+        "handover", "tls", "lookup", "held",
     )  # fmt: skip
 
     def __init__(self, worker: Worker, listen: object) -> None:
@@ -67,6 +68,7 @@ class ClientSession(asyncio.Protocol):
         self.handover = False
         self.tls = False
         self.lookup: Lookup | None = None
+        self.held = 0
         self.sock = listen  # the ListenSocket until connection_made
 
     # --- asyncio.Protocol ------------------------------------------------------------
@@ -103,7 +105,12 @@ class ClientSession(asyncio.Protocol):
         if state == DIALOGUE:
             self._run(self.machine.feed(data))  # type: ignore[union-attr]
         elif state in (AUTH, BACKEND):
-            self.machine.feed(data)  # type: ignore[union-attr]  # kept for the relay
+            # kept for the relay (or the next login after a failure); nginx leaves such
+            # bytes in the kernel, we read on to notice a client that leaves, within a bound
+            self.machine.feed(data)  # type: ignore[union-attr]
+            self.held += len(data)
+            if self.held > HOLD_LIMIT:
+                self.transport.pause_reading()  # type: ignore[union-attr]
         elif state == PROXY_HEADER:
             self._proxy_header(data)
         elif state == RESOLVING:
@@ -155,23 +162,23 @@ class ClientSession(asyncio.Protocol):
         self._run(self.machine.start())
 
     def _proxy_header(self, data: bytes) -> None:
+        # Beyond nginx, a header split over several reads is reassembled (nginx reads once).
         self.pending += data
         res = proxy_protocol.parse(bytes(self.pending), limit=PROXY_HEADER_LIMIT)
         if res is proxy_protocol.NEED_MORE:
-            if len(self.pending) >= PROXY_HEADER_LIMIT:
-                self._log(ERROR, "header is too large", "reading PROXY protocol")
-                self._close()
             return
         if isinstance(res, proxy_protocol.ProxyError):
-            self._log(ERROR, res.reason, "reading PROXY protocol")
+            if res.message:
+                self._log(ERROR, res.message, "reading PROXY protocol")
             self._close()
             return
         self.proxy_header = res
         rest = bytes(self.pending[res.consumed :])
         self.pending = bytearray()
-        if res.src is not None and self.rt.trusted:
-            real = proxy_protocol.realip(self.client_ip, res, self.rt.trusted)
-            self.client_ip, self.client_port = real[0], real[1]
+        peer = None if self.client_ip == "unix:" else self.client_ip
+        real = proxy_protocol.realip(peer, res, self.rt.trusted)
+        if real is not None:
+            self.client_ip, self.client_port = real
         self._begin()
         if rest:
             self.data_received(rest)
@@ -220,8 +227,8 @@ class ClientSession(asyncio.Protocol):
         auth = self.machine.auth  # type: ignore[union-attr]
         pp = None
         h = self.proxy_header
-        if h is not None and h.src is not None:
-            pp = (h.src[0].encode(), h.src[1], h.dst[0].encode(), h.dst[1])
+        if h is not None and h.src_addr is not None:
+            pp = (h.src_addr.encode(), h.src_port, (h.dst_addr or "").encode(), h.dst_port)
         self.auth_call = rt.auth.authenticate(
             auth,
             client_ip=self.client_ip.encode(),
@@ -258,6 +265,9 @@ class ClientSession(asyncio.Protocol):
         if self.state != AUTH:
             return
         self.state = DIALOGUE
+        if self.held > HOLD_LIMIT:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        self.held = 0
         if retry:
             self.deadline = self.loop.call_later(self.rt.timeout_s, self._timed_out)
         acts = self.machine.on_auth_fail(  # type: ignore[union-attr]
@@ -310,8 +320,9 @@ class ClientSession(asyncio.Protocol):
             self._backend_failed(f"connect() failed ({e.errno}: {os.strerror(e.errno or 0)})")
 
     def _backend_proxy_header(self, version: str, backend_addr: str) -> bytes:
-        client = (self.client_ip, self.client_port)
-        local = (self.local_ip, self.local_port)
+        unix = self.client_ip == "unix:"
+        client = None if unix else (self.client_ip, self.client_port)
+        local = None if self.local_ip == "unix:" else (self.local_ip, self.local_port)
         if version == "v2":
             return proxy_protocol.build_v2(client, local)
         return proxy_protocol.build_v1(client, local)
