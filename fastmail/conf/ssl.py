@@ -366,7 +366,7 @@ def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
         )
     if len(keys) < len(certs):
         raise ConfigError(
-            f'no "ssl_certificate_key" is defined for certificate "{certs[-1]}" '
+            f'no "ssl_certificate_key" is defined for certificate "{getattr(certs[-1], "written", certs[-1])}" '
             f'and the "{mode}" directive in {file}:{line}'
         )
     out["ssl_context"] = build_context(out)

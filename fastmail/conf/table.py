@@ -203,9 +203,17 @@ def set_path(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
     _store(ld, ctx, d, ld.conf_path(args[0]))
 
 
+class ConfPath(str):
+    """A resolved path that remembers how it was written (nginx names certificates as written)."""
+
+    written: str
+
+
 def add_path(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
     assert d.field is not None
-    ctx.values.setdefault(d.field, []).append(ld.conf_path(args[0]))
+    path = ConfPath(ld.conf_path(args[0]))
+    path.written = args[0]
+    ctx.values.setdefault(d.field, []).append(path)
     ctx.where.setdefault(d.field, (ld.file, ld.line))
 
 

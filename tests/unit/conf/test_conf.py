@@ -171,6 +171,10 @@ def test_load_time_checks(tmp_path: Path) -> None:
         err(tmp_path, EV + nokey)
         == 'no "ssl_certificate_key" is defined for the "starttls" directive in F:3'
     )
+    fewer = f"mail {{ {AUTH} ssl_certificate a; ssl_certificate b; ssl_certificate_key k;\n starttls only;\n server {{ listen 127.0.0.1:10143; protocol imap; }} }}"
+    assert err(tmp_path, EV + fewer) == (
+        'no "ssl_certificate_key" is defined for certificate "b" and the "starttls" directive in F:3'
+    )
     # protocol is checked (core) before auth_http, for every server in file order
     two = "mail {\n server { listen 127.0.0.1:10001; protocol imap; }\n server { listen 127.0.0.1:10002; }\n}"
     assert err(tmp_path, EV + two) == "unknown mail protocol for server in F:4"
