@@ -1,0 +1,42 @@
+"""The `proxy` fixture: the same end-to-end test runs against fastmail and against Debian's
+nginx (the reference), so a test that nginx fails checks the wrong thing.
+
+`proxy(mail_body, greetings=[(port, b"* OK")])` starts the proxy under test with that `mail {}`
+body and returns a `Proxy`: its error log, and the serving process's fds and TCP connections
+for leak checks (support/fastmail.py, with the helpers that build mail configs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import pytest
+from support import MissingPackage
+from support.fastmail import Fastmail, Proxy
+from support.nginx import Nginx
+
+PROXIES = ["fastmail", "nginx"]
+
+
+@pytest.fixture(params=PROXIES)
+def proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
+    """`proxy(mail_body, greetings=[(port, prefix)], main="")` -> a running Proxy."""
+    kind: str = request.param
+    made: list[Fastmail | Nginx] = []
+
+    def start(mail: str, greetings: Iterable[tuple[int, bytes]] = (), main: str = "") -> Proxy:
+        runner: Fastmail | Nginx
+        if kind == "nginx":
+            try:
+                runner = Nginx(mail, list(greetings), main=main)
+            except MissingPackage as exc:
+                pytest.skip(f"nginx reference unavailable: {exc}")
+        else:
+            runner = Fastmail(mail, list(greetings), main=main)
+        made.append(runner)
+        runner.start()
+        return Proxy(runner, kind)
+
+    yield start
+    for r in made:
+        r.stop()

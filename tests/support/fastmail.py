@@ -1,0 +1,296 @@
+"""fastmail itself as a process under test: `python -m fastmail` with a given mail config in a
+temp prefix (master_process off, daemon off, error_log at info), the same shape as nginx.py's
+runner so one test can drive either. Also what a leak check needs: the serving process's open
+fds and its TCP connections, read from /proc.
+
+Never touches the source tree or system paths; everything lives in the runner's temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .clients import wait_greeting
+from .nginx import Nginx
+
+if TYPE_CHECKING:
+    from fastmail.testing.authd import AuthServer
+
+CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {T}/fastmail.pid;
+error_log {T}/error.log {level};
+events {{
+    worker_connections 1024;
+}}
+{main}
+mail {{
+{mail}
+}}
+"""
+
+_TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+    "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}  # fmt: skip
+
+
+class Fastmail:
+    """fastmail running `mail { <mail> }`. `greetings` are (port, first-line prefix) pairs
+    that must answer before `start()` returns, e.g. [(p, b"* OK")]."""
+
+    name = "fastmail"
+
+    def __init__(
+        self,
+        mail: str,
+        greetings: Iterable[tuple[int, bytes]] = (),
+        main: str = "",
+        log_level: str = "info",
+    ) -> None:
+        self.mail = mail
+        self.main = main
+        self.greetings = list(greetings)
+        self.dir = Path(tempfile.mkdtemp(prefix="fastmail-proxy-"))
+        os.chmod(self.dir, 0o755)
+        (self.dir / "logs").mkdir()  # the prefix's default log directory
+        self.conf = self.dir / "fastmail.conf"
+        self.conf.write_text(CONF.format(T=self.dir, level=log_level, main=main, mail=mail))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _cmd(self, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "fastmail",
+            "-p",
+            f"{self.dir}/",
+            "-c",
+            str(self.conf),
+            *extra,
+        ]
+
+    def start(self, timeout: float = 15.0) -> Fastmail:
+        test = subprocess.run(self._cmd("-t"), capture_output=True, timeout=30, cwd=self.dir)
+        if test.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"fastmail -t failed:\n{test.stderr.decode(errors='replace')}")
+        with open(self.dir / "stderr.log", "wb") as err:
+            # cwd: in a source checkout `-m fastmail` must not pick up a stray ./fastmail
+            self.proc = subprocess.Popen(
+                self._cmd(), stdout=subprocess.DEVNULL, stderr=err, cwd=self.dir
+            )
+        try:
+            alive = lambda: self.proc is not None and self.proc.poll() is None  # noqa: E731
+            for port, prefix in self.greetings:
+                wait_greeting("127.0.0.1", port, prefix, timeout, alive)
+        except BaseException as exc:
+            log = self.error_log()
+            self.stop()
+            raise RuntimeError(f"fastmail did not start: {exc}\n{log[-3000:]}") from exc
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Fastmail:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def serving_pid(self) -> int:
+        """The process that holds the client sockets (the only one: master_process off)."""
+        assert self.proc is not None and self.proc.poll() is None, "fastmail is not running"
+        return self.proc.pid
+
+    def error_log(self) -> str:
+        out = []
+        for name in ("error.log", "stderr.log"):
+            p = self.dir / name
+            if p.exists():
+                out.append(p.read_text(errors="replace"))
+        return "".join(out)
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.error_log()
+            if text in log:
+                return log
+            time.sleep(0.02)
+        raise TimeoutError(f"{text!r} not in fastmail error log:\n{self.error_log()[-3000:]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc: what a process holds open
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            out.add(target[8:-1])
+    return out
+
+
+def _addr(hexaddr: str) -> tuple[str, int]:
+    host, port = hexaddr.split(":")
+    if len(host) == 8:
+        ip = ".".join(str(int(host[i : i + 2], 16)) for i in (6, 4, 2, 0))
+    else:
+        ip = host  # IPv6 left in /proc's form: tests only compare ports
+    return ip, int(port, 16)
+
+
+def tcp_connections(pid: int) -> list[tuple[tuple[str, int], tuple[str, int], str]]:
+    """(local, remote, state) of every TCP socket the process holds, listeners excluded."""
+    inodes = _socket_inodes(pid)
+    conns = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[9] in inodes and cols[3] != "0A":
+                conns.append((_addr(cols[1]), _addr(cols[2]), _TCP_STATES.get(cols[3], cols[3])))
+    return conns
+
+
+# ---------------------------------------------------------------------------------------------
+# The proxy under test, whichever it is
+
+
+class Proxy:
+    """A running proxy under test (fastmail or nginx), stopped by the fixture."""
+
+    def __init__(self, runner: Fastmail | Nginx, kind: str) -> None:
+        self.runner = runner
+        self.kind = kind
+
+    @property
+    def pid(self) -> int:
+        """The process holding client sockets: fastmail's only process, nginx's worker."""
+        if isinstance(self.runner, Fastmail):
+            return self.runner.serving_pid
+        assert self.runner.proc is not None
+        master = self.runner.proc.pid
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+            if kids:
+                return int(kids[0])
+            time.sleep(0.02)
+        raise RuntimeError("nginx has no worker process")
+
+    def error_log(self) -> str:
+        return self.runner.error_log()
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> str:
+        return self.runner.wait_log(text, timeout)
+
+    def fd_count(self) -> int:
+        return fd_count(self.pid)
+
+    def connections(self, ignore_ports: Iterable[int] = ()) -> list[object]:
+        """TCP connections the proxy holds, except those to `ignore_ports` (e.g. the
+        auth server, to which fastmail keeps idle keep-alive connections by design)."""
+        skip = set(ignore_ports)
+        return [c for c in tcp_connections(self.pid) if c[1][1] not in skip]
+
+    def assert_no_leaks(
+        self, baseline_fds: int, ignore_ports: Iterable[int] = (), timeout: float = 3.0
+    ) -> None:
+        """Every client and backend socket is closed, and the fd count is back to (at most)
+        `baseline_fds` (taken before the session; the auth pool may only shrink)."""
+        ignore = list(ignore_ports)
+        deadline = time.monotonic() + timeout
+        while True:
+            conns = self.connections(ignore)
+            fds = self.fd_count()
+            if not conns and fds <= baseline_fds:
+                return
+            if time.monotonic() > deadline:
+                listing = sorted(os.listdir(f"/proc/{self.pid}/fd"), key=int)
+                targets = []
+                for fd in listing:
+                    try:
+                        targets.append(f"{fd}->{os.readlink(f'/proc/{self.pid}/fd/{fd}')}")
+                    except OSError:
+                        pass
+                raise AssertionError(
+                    f"{self.kind} leaked: connections {conns}, {fds} fds > {baseline_fds}: "
+                    f"{targets}\n{self.error_log()[-2000:]}"
+                )
+            time.sleep(0.02)
+
+
+def fastmail_only(proxy_kind: str, reason: str) -> None:
+    """Skip the nginx parameter of a test of something nginx does not do."""
+    if proxy_kind == "nginx":
+        pytest.skip(f"beyond nginx: {reason}")
+
+
+def mail_block(authd: AuthServer, servers: str, extra: str = "") -> str:
+    return f"""
+    server_name mx.test;
+    auth_http {authd.url};
+    {extra}
+    {servers}
+    """
+
+
+def server(port: int, protocol: str, extra: str = "") -> str:
+    return f"server {{ listen 127.0.0.1:{port}; protocol {protocol}; {extra} }}\n"
+
+
+def add_user(
+    authd: AuthServer,
+    name: str,
+    password: str,
+    backends: dict[str, tuple[str, int]],
+    store_plain: bool = False,
+) -> None:
+    from fastmail.testing.authd import Backend
+
+    authd.db.add_user(
+        name,
+        password,
+        {p: Backend(h, port) for p, (h, port) in backends.items()},
+        store_plain=store_plain,
+        scrypt_ln=4,
+    )
