@@ -147,6 +147,7 @@ class ServerRuntime:
             url.uri.encode(),
             url.host_header.encode(),
             conf.auth_http_timeout / 1000,
+            conf.auth_http_keepalive,
             unix_path=url.path,
             extra_headers=[(k.encode(), v.encode()) for k, v in conf.auth_http_header],
             pass_client_cert=conf.auth_http_pass_client_cert,

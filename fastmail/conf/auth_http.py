@@ -22,6 +22,7 @@ from fastmail.conf.table import (
     add_pair,
     set_flag,
     set_msec,
+    set_num,
 )
 
 
@@ -94,6 +95,20 @@ DIRECTIVES: tuple[Directive, ...] = (
         syntax="on | off",
         module="auth_http",
         doc="Send the client certificate (PEM, url-encoded) in Auth-SSL-Cert.",
+    ),
+    Directive(
+        "auth_http_keepalive",
+        MAIL | SERVER,
+        TAKE1,
+        set_num,
+        "auth_http_keepalive",
+        default=16,
+        default_doc="16",
+        syntax="number",
+        module="auth_http",
+        ext=True,
+        doc="Idle HTTP/1.1 connections to the auth_http server kept for reuse per worker; "
+        "0 sends nginx's one HTTP/1.0 request per connection.",
     ),
 )
 

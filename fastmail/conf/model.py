@@ -152,6 +152,7 @@ class ServerConf:
     auth_http_timeout: int  # ms
     auth_http_header: list[tuple[str, str]]
     auth_http_pass_client_cert: bool
+    auth_http_keepalive: int  # fastmail: idle keep-alive connections kept; 0 = nginx's HTTP/1.0
     # proxy
     proxy: bool
     proxy_buffer: int

@@ -379,3 +379,18 @@ def test_main_defaults(tmp_path: Path) -> None:
     assert cfg.main.worker_processes >= 1
     assert [(t.kind, t.level) for t in cfg.main.error_log] == [("stderr", 6)]
     assert cfg.events.worker_connections == 512 and cfg.mail is None
+
+
+def test_auth_http_keepalive_extension_defaults_to_a_pool_and_inherits(tmp_path: Path) -> None:
+    cfg = ok(
+        tmp_path,
+        EV + "mail {\n" + AUTH + "\n auth_http_keepalive 0;\n"
+        " server { listen 127.0.0.1:1143; protocol imap; }\n"
+        " server { listen 127.0.0.1:1144; protocol imap; auth_http_keepalive 4; }\n}\n",
+    )
+    assert [s.auth_http_keepalive for s in cfg.mail.servers] == [0, 4]
+    plain = ok(
+        tmp_path,
+        EV + "mail {\n" + AUTH + "\n server { listen 127.0.0.1:1143; protocol imap; }\n}\n",
+    )
+    assert plain.mail.servers[0].auth_http_keepalive == 16
