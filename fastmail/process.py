@@ -10,7 +10,10 @@ src/os/unix/ngx_process_cycle.c.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import resource
 import signal
 import socket
 import sys
@@ -94,10 +97,25 @@ def _spawn(config: Config, sockets: Bound, log: ErrorLog) -> int:
     os._exit(code)
 
 
-def _run_worker(config: Config, sockets: Bound, log: ErrorLog) -> None:
+def _run_worker(config: Config, sockets: Bound, log: ErrorLog, forked: bool = True) -> None:
     from fastmail.worker import Worker
 
+    main = config.main
+    if main.worker_rlimit_nofile:
+        n = main.worker_rlimit_nofile
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+        except (OSError, ValueError) as e:
+            log.log(ALERT, f"setrlimit(RLIMIT_NOFILE, {n}) failed ({e})")
     log.reopen()
+    if forked and main.user is not None and os.geteuid() == 0:
+        # nginx: only workers of a root master switch; files are already open
+        user, group = main.user
+        pw = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+        os.setgid(gid)
+        os.initgroups(user, gid)
+        os.setuid(pw.pw_uid)
     Worker(config, sockets, log).run()
 
 
@@ -119,7 +137,7 @@ def run(config: Config, *, prefix: str = "", error_log: str | None = None) -> in
     log.log(NOTICE, 'using the "epoll" event method')
     try:
         if not config.main.master_process:
-            _run_worker(config, sockets, log)
+            _run_worker(config, sockets, log, forked=False)
             return 0
         return _master(config, sockets, log)
     finally:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from fastmail import _login, proxy_protocol
 from fastmail._core import ACT_AUTH, ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, ACT_TIMER
-from fastmail.log import ERROR, INFO
+from fastmail.log import ALERT, ERROR, INFO
 
 if TYPE_CHECKING:
     from fastmail._core import Machine
@@ -86,6 +86,15 @@ class ClientSession(asyncio.Protocol):
         entry = ls.entry_for(self.local_ip)
         self.rt = w.runtimes[id(entry.server)]
         self.server_text = entry.addr_text
+        if w.connections() >= w.config.events.worker_connections:
+            # nginx counts every socket: client, auth_http and backend connections alike
+            self.rt.log.log(
+                ALERT, f"{w.config.events.worker_connections} worker_connections are not enough"
+            )
+            self.state = CLOSED
+            self.handover = True  # nothing to clean up in connection_lost
+            transport.abort()
+            return
         w.sessions.add(self)
         log = self.rt.log
         if log.level >= INFO:

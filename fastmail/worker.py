@@ -46,6 +46,10 @@ class Worker:
         self._done: asyncio.Future[None] | None = None
         self._logs: dict[tuple[object, ...], ErrorLog] = {}
 
+    def connections(self) -> int:
+        """Open connections, counted as nginx counts them against worker_connections."""
+        return len(self.sessions) + len(self.relays) * 2
+
     def next_id(self) -> int:
         self._ids += 1
         return self._ids
