@@ -237,7 +237,10 @@ def listen(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
         for family, addr in u.addrs:
             for old in every:
                 if old.family == family and (old.path or old.host) == addr and old.port == port:
-                    raise ld.error(f'duplicate "{old.addr_text}" address and port pair')
+                    # beyond nginx: server{} blocks may share a TLS address, chosen by SNI
+                    sni = old.ssl and "ssl" in args[1:] and old not in ctx.extra["listens"]
+                    if not sni:
+                        raise ld.error(f'duplicate "{old.addr_text}" address and port pair')
             is_unix = family == socket.AF_UNIX
             ls = Listen(
                 family=family,
@@ -525,7 +528,22 @@ def merge_mail(ld: Loader, mctx: Ctx) -> MailConf:
             ls.server = srv
             if srv.ssl:
                 ls.ssl = True
-    return MailConf(servers=result, sockets=plan_sockets(mctx.extra["listens"]))
+    # an address shared by several servers (SNI) is planned once; the others ride along as
+    # further entries of the same socket (entry_for() still answers with the first: the default)
+    firsts: dict[tuple[int, str, int], Listen] = {}
+    shared: list[tuple[Listen, Listen]] = []
+    for ls in mctx.extra["listens"]:
+        key = (ls.family, ls.path or ls.host, ls.port)
+        if key in firsts:
+            shared.append((firsts[key], ls))
+        else:
+            firsts[key] = ls
+    sockets = plan_sockets(list(firsts.values()))
+    for first, other in shared:
+        for sock in sockets:
+            if any(e is first for e in sock.entries):
+                sock.entries.append(other)
+    return MailConf(servers=result, sockets=sockets)
 
 
 def plan_sockets(listens: list[Listen]) -> list[ListenSocket]:

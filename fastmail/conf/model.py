@@ -195,6 +195,11 @@ class ServerConf:
     ssl_crl: str | None
     ssl_conf_command: list[tuple[str, str]]
     ssl_context: _ssl.SSLContext | None = field(default=None, repr=False)  # built when TLS is used
+    # fastmail: TLS to the backend
+    proxy_ssl: str = "off"  # "off" | "on" | "starttls"
+    proxy_ssl_verify: bool = False
+    proxy_ssl_trusted_certificate: str | None = None
+    proxy_ssl_name: str | None = None
     # realip
     set_real_ip_from: list[str] = field(default_factory=list)  # CIDRs ("10.0.0.0/8") and "unix:"
 

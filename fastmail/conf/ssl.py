@@ -9,10 +9,12 @@ Handshakes and session resumption are the server's business, not this file's.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import ssl as _ssl
 from typing import Any
 
+from fastmail import tls
 from fastmail.conf.errors import ConfigError, strerror
 from fastmail.conf.model import SessionCache
 from fastmail.conf.parser import Ctx, Loader
@@ -333,7 +335,62 @@ DIRECTIVES: tuple[Directive, ...] = (
         [],
         "—",
         "name value",
-        "Accepted; OpenSSL configuration commands are not applied by fastmail.",
+        "OpenSSL configuration command (SSL_CONF_cmd), applied after the other settings.",
+    ),
+    # fastmail's own: TLS to the backend (nginx mail speaks plain text to backends)
+    Directive(
+        "proxy_ssl",
+        MAIL | SERVER,
+        TAKE1,
+        set_enum,
+        "proxy_ssl",
+        values=tls.BACKEND_MODES,
+        default="off",
+        default_doc="off",
+        syntax="off | on | starttls",
+        doc="TLS to the backend: `on` on connect, `starttls` after the greeting (STARTTLS/STLS; "
+        "bytes the backend sends after its go-ahead are discarded). The auth_http reply header "
+        "`Auth-SSL-Backend: off|on|starttls` overrides it per login.",
+        ext=True,
+        module="ssl",
+    ),
+    Directive(
+        "proxy_ssl_verify",
+        MAIL | SERVER,
+        FLAG,
+        set_flag,
+        "proxy_ssl_verify",
+        default=False,
+        default_doc="off",
+        syntax="on | off",
+        doc="Verify the backend's certificate and its name (`proxy_ssl_name`).",
+        ext=True,
+        module="ssl",
+    ),
+    Directive(
+        "proxy_ssl_trusted_certificate",
+        MAIL | SERVER,
+        TAKE1,
+        set_path,
+        "proxy_ssl_trusted_certificate",
+        default=None,
+        syntax="file",
+        doc="CA certificates (PEM) for `proxy_ssl_verify`; the system store when unset.",
+        ext=True,
+        module="ssl",
+    ),
+    Directive(
+        "proxy_ssl_name",
+        MAIL | SERVER,
+        TAKE1,
+        set_str,
+        "proxy_ssl_name",
+        default=None,
+        default_doc="the Auth-Server value",
+        syntax="name",
+        doc="Name checked against the backend's certificate and sent as SNI (not for addresses).",
+        ext=True,
+        module="ssl",
     ),
 )
 
@@ -435,7 +492,10 @@ def build_context(out: dict[str, Any]) -> _ssl.SSLContext:
     if verify != "off":
         if not out["ssl_client_certificate"] and verify != "optional_no_ca":
             raise ConfigError("no ssl_client_certificate for ssl_verify_client")
-        ctx.verify_mode = _ssl.CERT_REQUIRED if verify == "on" else _ssl.CERT_OPTIONAL
+        # with fastmail.tls's accept-any callback the verdict is the session's reply (nginx)
+        ctx.verify_mode = (
+            _ssl.CERT_OPTIONAL if tls.OSSL.ok or verify != "on" else _ssl.CERT_REQUIRED
+        )
         for what in ("ssl_client_certificate", "ssl_trusted_certificate"):
             if out[what]:
                 try:
@@ -472,4 +532,35 @@ def build_context(out: dict[str, Any]) -> _ssl.SSLContext:
             raise ConfigError(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
         if size not in (48, 80):
             raise ConfigError(f'"{path}" must be 48 or 80 bytes')
+    _configure(ctx, out)
     return ctx
+
+
+def _configure(ctx: _ssl.SSLContext, out: dict[str, Any]) -> None:
+    ticket = None
+    if out["ssl_session_ticket_key"]:
+        # only the first key: OpenSSL without a ticket callback holds one (it encrypts and
+        # decrypts); the others, kept by nginx for decryption only, are not used
+        with open(out["ssl_session_ticket_key"][0], "rb") as f:
+            ticket = f.read()
+    sc = out["ssl_session_cache"]
+    sid = hashlib.sha1(  # noqa: S324 - an id, as nginx's sid_ctx digest
+        f"{out['file']}:{out['line']}:{out['ssl_certificate']}".encode()
+    ).digest()
+    try:
+        tls.configure_server(
+            ctx,
+            protocol=out["protocol"],
+            verify=out["ssl_verify_client"],
+            verify_depth=out["ssl_verify_depth"],
+            client_ca=out["ssl_client_certificate"],
+            cache_mode=sc.mode,
+            cache_builtin=sc.builtin,
+            cache_shared_size=sc.shared_size,
+            session_timeout=out["ssl_session_timeout"],
+            ticket_key=ticket,
+            sid=sid,
+            conf_commands=out["ssl_conf_command"],
+        )
+    except tls.TlsConfigError as e:
+        raise ConfigError(str(e)) from None
