@@ -57,6 +57,7 @@ class AuthResult:
     wait: int = 0
     log_message: str | None = None
     log_level: str | None = None
+    ssl_backend: bytes | None = None  # fastmail: Auth-SSL-Backend (off | on | starttls)
 
 
 # --- the request (spec §3) -------------------------------------------------------------------
@@ -382,7 +383,7 @@ def interpret(
     smtp = auth.protocol == b"smtp"
     fail: bytes | None = None
     wait_flag = False
-    server = port = user = passwd = wait_txt = code = sasl = None
+    server = port = user = passwd = wait_txt = code = sasl = ssl_backend = None
     for raw_name, value in headers:
         name = raw_name.lower()
         if name == b"auth-status":
@@ -408,6 +409,8 @@ def interpret(
                 code = value
         elif name == b"auth-error-sasl":
             sasl = value
+        elif name == b"auth-ssl-backend":
+            ssl_backend = value
     wait = _atoi(wait_txt) if wait_txt is not None else 0
     wait = wait or 0
     base = {"user": user, "passwd": passwd}
@@ -437,7 +440,7 @@ def interpret(
     if n is None or not 1 <= n <= 65535:
         v = port.decode("utf-8", "backslashreplace")
         return _error(f'auth http server {peer} sent invalid server port:"{v}"', **base)
-    return AuthResult("ok", server=server, port=n, addr=addr, **base)
+    return AuthResult("ok", server=server, port=n, addr=addr, ssl_backend=ssl_backend, **base)
 
 
 def _no_password(auth: AuthRequest) -> bool:
