@@ -16,11 +16,21 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from fastmail import _login, proxy_protocol
-from fastmail._core import ACT_AUTH, ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, ACT_TIMER
+from fastmail import _login, proxy_protocol, tls
+from fastmail._core import (
+    ACT_AUTH,
+    ACT_BACKEND,
+    ACT_CLOSE,
+    ACT_DONE,
+    ACT_SEND,
+    ACT_STARTTLS,
+    ACT_TIMER,
+)
 from fastmail.log import ALERT, ERROR, INFO
 
 if TYPE_CHECKING:
+    import ssl
+
     from fastmail._core import Machine
     from fastmail.auth_http import AuthCall, AuthResult
     from fastmail.resolver import ClientHost, Lookup
@@ -28,7 +38,7 @@ if TYPE_CHECKING:
     from fastmail.worker import Worker
 
 # session states
-PROXY_HEADER, RESOLVING, DIALOGUE, AUTH, BACKEND, RELAY, CLOSED = range(7)
+PROXY_HEADER, RESOLVING, DIALOGUE, AUTH, BACKEND, RELAY, CLOSED, HANDSHAKE = range(8)
 PROXY_HEADER_LIMIT = 4096  # mainline nginx's PROXY protocol read size
 HOLD_LIMIT = 65536  # client bytes read ahead while auth_http or the backend login runs
 
@@ -46,7 +56,7 @@ class ClientSession(asyncio.Protocol):
         "worker", "loop", "rt", "transport", "sock", "id", "state", "machine", "login",
         "client_ip", "client_port", "local_ip", "local_port", "server_text", "client_host",
         "deadline", "timer", "pending", "auth_call", "backend", "proxy_header", "upstream",
-        "handover", "tls", "lookup", "held",
+        "handover", "tls", "lookup", "held", "implicit", "hs_implicit", "ssl_obj", "starttls",
     )  # fmt: skip
 
     def __init__(self, worker: Worker, listen: object) -> None:
@@ -67,6 +77,10 @@ class ClientSession(asyncio.Protocol):
         self.upstream = ""
         self.handover = False
         self.tls = False
+        self.implicit = False  # the listen entry says ssl: handshake before anything else
+        self.hs_implicit = False
+        self.starttls = False  # nginx's " using starttls" in log lines
+        self.ssl_obj: ssl.SSLObject | None = None
         self.lookup: Lookup | None = None
         self.held = 0
         self.sock = listen  # the ListenSocket until connection_made
@@ -104,8 +118,11 @@ class ClientSession(asyncio.Protocol):
                 self.id,
             )
         self.deadline = self.loop.call_later(self.rt.timeout_s, self._timed_out)
+        self.implicit = entry.ssl and self.rt.conf.ssl_context is not None
         if entry.proxy_protocol:
             self.state = PROXY_HEADER
+        elif self.implicit:
+            self._start_tls(b"", True)
         else:
             self._begin()
 
@@ -122,7 +139,8 @@ class ClientSession(asyncio.Protocol):
                 self.transport.pause_reading()  # type: ignore[union-attr]
         elif state == PROXY_HEADER:
             self._proxy_header(data)
-        elif state == RESOLVING:
+        elif state in (RESOLVING, HANDSHAKE):
+            # HANDSHAKE: bytes that came with the client's last handshake flight
             self.pending += data
 
     def eof_received(self) -> bool | None:
@@ -188,6 +206,9 @@ class ClientSession(asyncio.Protocol):
         real = proxy_protocol.realip(peer, res, self.rt.trusted)
         if real is not None:
             self.client_ip, self.client_port = real
+        if self.implicit:
+            self._start_tls(rest, True)
+            return
         self._begin()
         if rest:
             self.data_received(rest)
@@ -196,6 +217,12 @@ class ClientSession(asyncio.Protocol):
         m = self.machine
         if acts & ACT_SEND:
             self.transport.write(m.take_output())  # type: ignore[union-attr]
+        if acts & ACT_STARTTLS and not acts & ACT_CLOSE:
+            # the machine dropped what followed the command (CVE-2014-3556); bytes still in
+            # the kernel become handshake input, as in nginx
+            self.starttls = True
+            self._start_tls(b"", False)
+            return
         if acts & ACT_CLOSE:
             if m.close_reason:  # type: ignore[union-attr]
                 self._log(INFO, m.close_reason)  # type: ignore[union-attr]
@@ -216,6 +243,10 @@ class ClientSession(asyncio.Protocol):
         if self.state == BACKEND and self.backend is not None:
             self.backend.fail("upstream timed out (110: Connection timed out)")
             return
+        if self.state == HANDSHAKE:
+            self._log(INFO, "client timed out (110: Connection timed out)", self._hs_action())
+            self._close()
+            return
         if self.state in (DIALOGUE, PROXY_HEADER, RESOLVING):
             action = "reading PROXY protocol" if self.state == PROXY_HEADER else None
             self._log(INFO, "client timed out (110: Connection timed out)", action)
@@ -224,6 +255,62 @@ class ClientSession(asyncio.Protocol):
                 if acts & ACT_SEND:
                     self.transport.write(self.machine.take_output())  # type: ignore[union-attr]
             self._close()
+
+    # --- TLS ---------------------------------------------------------------------------
+
+    def _hs_action(self) -> str:
+        return "SSL handshaking" if self.hs_implicit else "in starttls state"
+
+    def _start_tls(self, early: bytes, implicit: bool) -> None:
+        """Implicit TLS (after any PROXY header) or STARTTLS: the handshake runs under the
+        deadline already set (nginx's `timeout`), then _tls_done goes on."""
+        self.state = HANDSHAKE
+        self.hs_implicit = implicit
+        self.transport = tls.start_server_tls(
+            self.loop,
+            self.transport,  # type: ignore[arg-type]
+            self,
+            self.rt.conf.ssl_context,  # type: ignore[arg-type]
+            early,
+            self._tls_done,
+        )
+
+    def _tls_done(self, fut: asyncio.Future[None]) -> None:
+        if self.state != HANDSHAKE:
+            return
+        exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        action = self._hs_action()
+        if exc is not None:
+            if self.rt.log.level >= INFO:
+                self._log(INFO, tls.handshake_error_text(exc), action)
+            self._close()
+            return
+        obj = self.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+        self.ssl_obj = obj
+        self.tls = True
+        if self.hs_implicit and obj.context is not self.rt.conf.ssl_context:
+            # SNI chose another server{} sharing this address
+            for rt in self.worker.runtimes.values():
+                if rt.conf.ssl_context is obj.context:
+                    self.rt = rt
+                    break
+        rejected = tls.check_client_cert(obj, self.rt.conf.ssl_verify_client, self.rt.protocol)
+        if rejected is not None:
+            self._log(INFO, rejected[1], action)
+            self.transport.write(rejected[0])  # type: ignore[union-attr]
+            self._close()
+            return
+        data, self.pending = bytes(self.pending), bytearray()
+        if self.hs_implicit:
+            self._begin()
+            if self.state == RESOLVING:
+                self.pending += data
+                return
+        else:
+            self.state = DIALOGUE
+            self._run(self.machine.on_tls_done())  # type: ignore[union-attr]
+        if data and self.state == DIALOGUE:
+            self.data_received(data)
 
     # --- auth_http ---------------------------------------------------------------------
 
@@ -238,11 +325,15 @@ class ClientSession(asyncio.Protocol):
         h = self.proxy_header
         if h is not None and h.src_addr is not None:
             pp = (h.src_addr.encode(), h.src_port, (h.dst_addr or "").encode(), h.dst_port)
+        info = None
+        if self.ssl_obj is not None:
+            info = tls.ssl_info(self.ssl_obj, rt.conf.ssl_verify_client)
         self.auth_call = rt.auth.authenticate(
             auth,
             client_ip=self.client_ip.encode(),
             client_host=self.client_host if rt.resolver is not None else None,
             callback=self._auth_done,
+            ssl_info=info,
             proxy_protocol=pp,
         )
 
@@ -295,6 +386,16 @@ class ClientSession(asyncio.Protocol):
         header = b""
         if conf.proxy_protocol != "off":
             header = self._backend_proxy_header(conf.proxy_protocol, res.addr or "")
+        mode = conf.proxy_ssl
+        if res.ssl_backend is not None:
+            text = res.ssl_backend.decode("latin-1").strip().lower()
+            if text in tls.BACKEND_MODES:
+                mode = text
+        # a TLS side relays through transports: the backend gets one from the start
+        transport_backend = self.tls or mode != "off"
+        tb_header = b""
+        if transport_backend:
+            tb_header, header = header, b""
         if rt.protocol == "imap":
             login = _login.ImapLogin(
                 auth,
@@ -323,6 +424,12 @@ class ClientSession(asyncio.Protocol):
             )
         self.login = login
         self.deadline = self.loop.call_later(rt.timeout_s, self._timed_out)
+        if transport_backend:
+            name = conf.proxy_ssl_name or res.server.decode("latin-1")  # type: ignore[union-attr]
+            self.backend = TransportBackend(  # type: ignore[assignment]
+                self, res.addr or "", res.port or 0, mode, name, tb_header
+            )
+            return
         try:
             self.backend = Backend(self, res.addr or "", res.port or 0)  # type: ignore[arg-type]
         except OSError as e:
@@ -375,7 +482,9 @@ class ClientSession(asyncio.Protocol):
                 self.id,
             )
         self.transport.pause_reading()  # type: ignore[union-attr]
-        if self.transport.get_write_buffer_size() == 0:  # type: ignore[union-attr]
+        if isinstance(self.backend, TransportBackend):
+            self._to_buffer_relay()
+        elif self.transport.get_write_buffer_size() == 0:  # type: ignore[union-attr]
             self._to_relay()
         else:
             # resume_writing() fires once the reply is out of uvloop's buffer
@@ -397,6 +506,25 @@ class ClientSession(asyncio.Protocol):
         self.worker.sessions.discard(self)
         self.worker.start_relay(self, client_fd, backend_sock, to_backend, to_client)
 
+    def _to_buffer_relay(self) -> None:
+        """TLS on either side: both transports move to a BufferRelay as they are (their
+        write buffers included), no fd changes hands."""
+        self.handover = True
+        backend: TransportBackend = self.backend  # type: ignore[assignment]
+        self.backend = None
+        client = self.transport
+        self.transport = None
+        to_backend = self.machine.take_input()  # type: ignore[union-attr]
+        to_client = self.login.take_output()  # type: ignore[union-attr]
+        self.worker.sessions.discard(self)
+        self.worker.start_buffer_relay(
+            self,
+            client,  # type: ignore[arg-type]
+            backend.detach_transport(),
+            to_backend,
+            to_client,
+        )
+
     # --- ending ------------------------------------------------------------------------
 
     def _peer_text(self) -> str:
@@ -415,7 +543,8 @@ class ClientSession(asyncio.Protocol):
         """nginx's ` while ACTION, client: ..., server: ...[, login: "..."]` suffix."""
         if action is None:
             action = self.machine.phase if self.machine is not None else "in auth state"
-        text = f" while {action}, client: {self.client_ip}, server: {self.server_text}"
+        starttls = " using starttls" if self.starttls else ""
+        text = f" while {action}, client: {self.client_ip}{starttls}, server: {self.server_text}"
         auth = self.machine.auth if self.machine is not None else None
         if auth is not None and auth.user:
             text += f', login: "{auth.user.decode("latin-1")}"'
@@ -431,6 +560,9 @@ class ClientSession(asyncio.Protocol):
     def _close(self) -> None:
         if self.state == CLOSED:
             return
+        if self.state == HANDSHAKE and self.transport is not None:
+            self.transport.abort()  # no TLS alert or shutdown for a half-done handshake
+            self.transport = None
         self.state = CLOSED
         for h in (self.deadline, self.timer):
             if h is not None:
@@ -544,3 +676,158 @@ class Backend:
         self.loop.remove_reader(self.fd)
         self.loop.remove_writer(self.fd)
         self.sock.close()
+
+
+class TransportBackend(asyncio.Protocol):
+    """The backend connection when TLS is on either side (beyond nginx for the backend side):
+    an asyncio transport from the start, so the relay takes it as is. Modes: "off" (plain),
+    "on" (TLS right after connect and any PROXY header), "starttls" (greeting, STARTTLS/STLS
+    or EHLO+STARTTLS, then TLS; the greeting is replayed to the login machine, and whatever the
+    backend sent after its go-ahead is discarded: the response-injection class)."""
+
+    __slots__ = (
+        "session", "loop", "transport", "mode", "name", "header", "stage", "buf", "greeting",
+        "ready", "closed",
+    )  # fmt: skip
+
+    def __init__(
+        self, session: ClientSession, host: str, port: int, mode: str, name: str, header: bytes
+    ) -> None:
+        self.session = session
+        self.loop = session.loop
+        self.transport: asyncio.Transport | None = None
+        self.mode = mode
+        self.name = name
+        self.header = header
+        self.stage = 0
+        self.buf = bytearray()
+        self.greeting = b""
+        self.ready = False  # the login machine runs
+        self.closed = False
+        self.loop.create_task(self._connect(host, port))
+
+    async def _connect(self, host: str, port: int) -> None:
+        try:
+            await self.loop.create_connection(lambda: self, host, port)
+        except OSError as e:
+            if not self.closed:
+                err = e.errno or 0
+                self.fail(f"connect() failed ({err}: {os.strerror(err)})")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.closed:
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.header:
+            transport.write(self.header)  # type: ignore[attr-defined]
+        if self.mode == "on":
+            self.loop.create_task(self._tls())
+        elif self.mode == "off":
+            self._start_login()
+
+    def _start_login(self, greeting: bytes = b"") -> None:
+        self.ready = True
+        s = self.session
+        s._login_actions(s.login.start())  # type: ignore[union-attr]
+        if greeting and s.state == BACKEND:
+            s._login_actions(s.login.feed(greeting))  # type: ignore[union-attr]
+
+    async def _tls(self, greeting: bytes = b"") -> None:
+        conf = self.session.rt.conf
+        ctx = tls.backend_context(conf.proxy_ssl_verify, conf.proxy_ssl_trusted_certificate)
+        name = self.name if ctx.check_hostname or not _is_addr(self.name) else None
+        try:
+            t = await self.loop.start_tls(
+                self.transport,  # type: ignore[arg-type]
+                self,
+                ctx,
+                server_hostname=name,
+                ssl_handshake_timeout=86400.0,
+            )
+        except (OSError, ValueError, asyncio.CancelledError) as e:
+            if not self.closed:
+                text = tls.handshake_error_text(e)
+                self.fail(f"upstream {text}" if text.startswith("SSL") else text)
+            return
+        if self.closed:
+            t.abort()
+            return
+        self.transport = t
+        self.session.login.phase = "reading response from upstream"  # type: ignore[union-attr]
+        self._start_login(greeting)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.ready:
+            s = self.session
+            s._login_actions(s.login.feed(data))  # type: ignore[union-attr]
+            return
+        if self.mode != "starttls":
+            return
+        self.buf += data
+        while True:
+            status, used, command = tls.backend_starttls_done(
+                self.session.rt.protocol, self.stage, bytes(self.buf)
+            )
+            if status == 0:
+                if len(self.buf) > self.session.rt.conf.proxy_buffer:
+                    self.fail("upstream sent too long response line during STARTTLS")
+                return
+            reply = bytes(self.buf[:used])
+            del self.buf[:used]
+            if status < 0:
+                text = reply.strip().decode("latin-1")
+                self.fail(f'upstream refused STARTTLS: "{text}"')
+                return
+            if self.stage == 0:
+                self.greeting = reply
+            if status == 2:
+                # the go-ahead: later plaintext would be read as TLS-protected (discarded)
+                self.buf.clear()
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                self.ready = False
+                self.mode = "started"
+                self.loop.create_task(self._tls(self.greeting))
+                return
+            self.stage += 1
+            self.transport.write(command)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool | None:
+        self.fail("upstream prematurely closed connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.fail("upstream prematurely closed connection")
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def fail(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.session._backend_failed(reason)
+
+    def detach_transport(self) -> asyncio.Transport:
+        self.closed = True  # its callbacks go to the relay from now on
+        return self.transport  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+
+
+def _is_addr(name: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in name else socket.AF_INET, name)
+    except OSError:
+        return False
+    return True
