@@ -161,6 +161,27 @@ class ServerRuntime:
             self.resolver.close()
 
 
+def install_sni(config: Config) -> None:
+    """Beyond nginx: server{} blocks sharing one TLS address are chosen by the client's SNI
+    name against their server_name; the first one declared is the default."""
+    from fastmail import tls
+
+    if config.mail is None:
+        return
+    for ls in config.mail.sockets:
+        groups: dict[str, list[ServerConf]] = {}
+        for e in ls.entries:
+            if e.ssl and e.server is not None and e.server.ssl_context is not None:
+                groups.setdefault(e.addr_text, []).append(e.server)
+        for servers in groups.values():
+            if len(servers) < 2:
+                continue
+            sni = tls.SniMap()
+            for srv in servers:
+                sni.add([srv.server_name], srv.ssl_context, srv)  # type: ignore[arg-type]
+            tls.install_sni(servers[0].ssl_context, sni)  # type: ignore[arg-type]
+
+
 def runtimes_for(
     config: Config, loop: asyncio.AbstractEventLoop, log: ErrorLog
 ) -> dict[int, ServerRuntime]:
