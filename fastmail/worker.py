@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from fastmail._relay import SpliceRelay
+from fastmail._relay import BufferRelay, SpliceRelay
 from fastmail.log import INFO, ErrorLog
-from fastmail.server import ServerRuntime
+from fastmail.server import ServerRuntime, install_sni
 from fastmail.session import ClientSession
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ class Worker:
         if self.config.mail is not None:
             for s in self.config.mail.servers:
                 self.runtimes[id(s)] = ServerRuntime(s, loop, self._server_log(s.error_log))
+            install_sni(self.config)
         for ls, sock in self.sockets:
             srv = await loop.create_server(
                 lambda ls=ls: ClientSession(self, ls), sock=sock, backlog=ls.listen.backlog
@@ -151,6 +152,29 @@ class Worker:
             timeout=session.rt.proxy_timeout_s,
         )
         self.relays[relay] = session
+        relay.start()
+
+    def start_buffer_relay(
+        self,
+        session: ClientSession,
+        client: asyncio.Transport,
+        backend: asyncio.Transport,
+        to_backend: bytes,
+        to_client: bytes,
+    ) -> None:
+        """TLS on either side: the transports themselves relay, bounded by proxy_buffer."""
+        relay = BufferRelay(
+            self.loop,
+            client,
+            backend,
+            self._relay_closed,
+            to_backend=to_backend,
+            to_client=to_client,
+            timeout=session.rt.proxy_timeout_s,
+            # at least one TLS record, or every record would pause the other side
+            buffer_size=max(session.rt.conf.proxy_buffer, 16384),
+        )
+        self.relays[relay] = session  # type: ignore[index]
         relay.start()
 
     def _relay_closed(self, relay: SpliceRelay) -> None:
