@@ -552,15 +552,18 @@ def test_client_slow_server_times_out() -> None:
 def test_client_trickled_answer_hits_one_deadline() -> None:
     async def main() -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readuntil(b"\r\n\r\n")
             try:
+                await reader.readuntil(b"\r\n\r\n")
                 for i in range(0, len(OK), 4):
+                    if writer.is_closing():
+                        break
                     writer.write(OK[i : i + 4])
                     await asyncio.sleep(0.05)
-            except ConnectionError:
-                pass
-            writer.close()
-            done.set()
+            except (ConnectionError, RuntimeError):
+                pass  # the client gave up (asyncio and uvloop report it differently)
+            finally:
+                writer.close()
+                done.set()
 
         done = asyncio.Event()
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -661,5 +664,43 @@ def test_client_cancel_drops_answer() -> None:
             await asyncio.sleep(0.3)
             assert got == []
             client.close()
+
+    run(main())
+
+
+def test_client_resolves_auth_server_name_through_resolver() -> None:
+    from fastmail.resolver import Resolver
+    from tests.support.dns import DnsStub
+
+    named = b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: backend.example\r\nAuth-Port: 143\r\nContent-Length: 0\r\n\r\n"
+    unknown = named.replace(b"backend.example", b"nope.example")
+
+    async def main() -> None:
+        records = {("backend.example", "A"): [("192.0.2.5", 60)]}
+        async with DnsStub(records) as dns, FakeAuthServer(await fixed(named)) as srv:
+            loop = asyncio.get_running_loop()
+            res = Resolver(loop, [("127.0.0.1", dns.port)], ipv6=False)
+            client = client_for(srv, resolver=res)
+            r = await ask(client)
+            assert (r.status, r.server, r.addr, r.port) == (
+                "ok",
+                b"backend.example",
+                "192.0.2.5",
+                143,
+            )
+            client.close()
+            no_res = client_for(srv)
+            r = await ask(no_res)
+            assert (
+                r.log_message
+                == f'auth http server 127.0.0.1:{srv.port} sent invalid server address:"backend.example"'
+            )
+            no_res.close()
+            srv.respond = await fixed(unknown)
+            client = client_for(srv, resolver=res)
+            r = await ask(client)
+            assert r.status == "error" and "(3: Host not found)" in (r.log_message or "")
+            client.close()
+            res.close()
 
     run(main())
