@@ -66,11 +66,15 @@ class Bench:
         )
         assert proc.stdout is not None
         result: dict[str, Any] | None = None
-        for line in proc.stdout:
-            if line.startswith("RESULT "):
-                result = json.loads(line[7:])
-            elif on_line:
-                on_line(proc, line.strip())
+        try:
+            for line in proc.stdout:
+                if line.startswith("RESULT "):
+                    result = json.loads(line[7:])
+                elif on_line:
+                    on_line(proc, line.strip())
+        except BaseException:
+            proc.kill()  # interrupted (SIGTERM, ^C): leave no loadgen behind
+            raise
         err = proc.stderr.read() if proc.stderr else ""
         proc.wait()
         if result is None:
@@ -218,7 +222,10 @@ class Bench:
 
     def run_one(self, target: str, kind: str, proto: str) -> dict[str, Any]:
         self.servers.check_alive()
-        wait_for_ports(self.a.max_time_wait)
+        ports = self.servers.ports
+        wait_for_ports(
+            {ports.auth, *ports.backend.values(), *ports.proxy.values()}, self.a.max_time_wait
+        )
         proxy = Proxy(target, self.workdir, self.servers.ports, self.a.workers)
         proxy.start()
         try:
@@ -315,7 +322,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-time-wait",
         type=int,
         default=15000,
-        help="before a run, wait (up to 65 s) until fewer TCP sockets are in TIME_WAIT",
+        help="before a run, wait (up to 65 s) until fewer connections to any of the bench's "
+        "ports are in TIME_WAIT",
     )
     p.add_argument("--settle", type=float, default=0.5, help="seconds before reading RSS")
     p.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness runs")
@@ -333,7 +341,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.smoke:
         a.rounds, a.concurrency, a.sessions, a.max_secs = 1, 4, 40, 15
         a.relay_conns, a.relay_secs, a.idle, a.settle = 2, 0.3, 30, 0.1
-        a.max_time_wait = max(a.max_time_wait, 20000)
     return a
 
 

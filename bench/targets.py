@@ -134,20 +134,30 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def time_wait_sockets() -> int:
-    for line in Path("/proc/net/sockstat").read_text().splitlines():
-        if line.startswith("TCP:"):
-            f = line.split()
-            return int(f[f.index("tw") + 1])
-    return 0
+def time_wait_by_port(ports: set[int]) -> int:
+    """The most TIME_WAIT sockets that any one of `ports` is part of (either end)."""
+    counts = dict.fromkeys(ports, 0)
+    with contextlib.suppress(OSError), open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split(None, 4)
+            if fields[3] != "06":
+                continue
+            for addr in (fields[1], fields[2]):
+                port = int(addr[addr.index(":") + 1 :], 16)
+                if port in counts:
+                    counts[port] += 1
+    return max(counts.values(), default=0)
 
 
-def wait_for_ports(max_tw: int, timeout: float = 65.0) -> float:
-    """Every login takes three loopback ephemeral ports (client, auth_http, backend) that sit
-    in TIME_WAIT for 60 s; past ~28k of them new connects get refused and the run measures
-    that. So wait until the kernel has let enough go. Returns the seconds waited."""
+def wait_for_ports(ports: set[int], max_tw: int, timeout: float = 65.0) -> float:
+    """Each login leaves loopback connections to the proxy, auth_http and backend ports in
+    TIME_WAIT for 60 s; with ~28k ephemeral ports per destination, past that new connects are
+    refused and a run would measure the refusals. So wait until the kernel has let enough of
+    the connections to our ports go (other programs' sockets do not matter). Returns the
+    seconds waited."""
     t0 = time.monotonic()
-    while time_wait_sockets() > max_tw and time.monotonic() - t0 < timeout:
+    while time_wait_by_port(ports) > max_tw and time.monotonic() - t0 < timeout:
         time.sleep(0.5)
     return time.monotonic() - t0
 
