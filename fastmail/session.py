@@ -331,7 +331,7 @@ class ClientSession(asyncio.Protocol):
         self.auth_call = rt.auth.authenticate(
             auth,
             client_ip=self.client_ip.encode(),
-            client_host=self.client_host if rt.resolver is not None else None,
+            client_host=self.client_host if rt.protocol == "smtp" else None,  # nginx: SMTP only
             callback=self._auth_done,
             ssl_info=info,
             proxy_protocol=pp,
