@@ -126,14 +126,14 @@ cdef class BackendLogin:
             act = ACT_BACKEND
         if self._unsafe():
             return act | self._internal(CTL_REASON, "error")
-        self.phase = READING
-        return act
+        return act  # nginx's action stays "connecting to upstream" until the greeting
 
     cpdef int feed(self, bytes data):
         """Backend bytes arrived: returns ACT_BACKEND / ACT_SEND / ACT_DONE / ACT_CLOSE bits."""
         cdef Py_ssize_t n
         if self.state == FINISHED:
             return 0
+        self.phase = READING  # as ngx_mail_proxy_read_response; a timeout keeps the last
         self.rbuf += data
         n = len(self.rbuf)
         if n > self.limit or (n == self.limit and self.rbuf[n - 2:] != b"\r\n"):
@@ -213,14 +213,17 @@ cdef class ImapLogin(BackendLogin):
         if self.state == IMAP_START:
             if r[:4] != b"* OK":
                 return self._invalid()
+            self.phase = "sending LOGIN command to upstream"
             return self._send(b"%sLOGIN {%d}\r\n" % (tag, len(self.auth.user)), IMAP_LOGIN)
         if self.state == IMAP_LOGIN:
             if r[0] != 43:  # '+'
                 return self._invalid()
+            self.phase = "sending user name to upstream"
             return self._send(b"%s {%d}\r\n" % (self.auth.user, len(self.auth.passwd)), IMAP_USER)
         if self.state == IMAP_USER:
             if r[0] != 43:
                 return self._invalid()
+            self.phase = "sending password to upstream"
             return self._send(self.auth.passwd + b"\r\n", IMAP_PASSWD)
         # IMAP_PASSWD. mainline 1.27.3: one untagged line (e.g. CAPABILITY) may come first.
         if r[0] == 42 and r[1] == 32:  # "* "
@@ -249,8 +252,10 @@ cdef class Pop3Login(BackendLogin):
         if self.rbuf[:3] != b"+OK":
             return self._invalid()
         if self.state == POP3_START:
+            self.phase = "sending user name to upstream"
             return self._send(b"USER " + self.auth.user + b"\r\n", POP3_USER)
         if self.state == POP3_USER:
+            self.phase = "sending password to upstream"
             return self._send(b"PASS " + self.auth.passwd + b"\r\n", POP3_PASSWD)
         return self._done(bytes(self.rbuf))
 
