@@ -241,7 +241,8 @@ class ClientSession(asyncio.Protocol):
     def _timed_out(self) -> None:
         self.deadline = None
         if self.state == BACKEND and self.backend is not None:
-            self.backend.fail("upstream timed out (110: Connection timed out)")
+            # nginx logs the backend timeout at info, other backend failures at error
+            self._backend_failed("upstream timed out (110: Connection timed out)", "info")
             return
         if self.state == HANDSHAKE:
             self._log(INFO, "client timed out (110: Connection timed out)", self._hs_action())
@@ -458,10 +459,11 @@ class ClientSession(asyncio.Protocol):
         elif acts & ACT_DONE:
             self._logged_in()
 
-    def _backend_failed(self, reason: str) -> None:
+    def _backend_failed(self, reason: str, level: str = "error") -> None:
         if self.login is None or self.state != BACKEND:
             return
         acts = self.login.on_error(reason)
+        self.login.log_level = level
         self._login_actions(acts)
 
     # --- relay -------------------------------------------------------------------------
@@ -627,9 +629,11 @@ class Backend:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
+            self.session.login.phase = "reading response from upstream"  # type: ignore[union-attr]
             self.session._backend_failed(f"recv() failed ({e.errno}: {e.strerror})")
             return
         if not data:
+            self.session.login.phase = "reading response from upstream"  # type: ignore[union-attr]
             self.session._backend_failed("upstream prematurely closed connection")
             return
         self.session._login_actions(self.session.login.feed(data))  # type: ignore[union-attr]
