@@ -185,12 +185,9 @@ class Worker:
                 if log.level >= INFO:
                     log.log(INFO, relay.close_reason + session.context(relay.action), session.id)
             elif log.level >= INFO:
-                log.log(
-                    INFO,
-                    f"proxied session done, client: {session.client_ip}, "
-                    f"server: {session.server_text}",
-                    session.id,
-                )
+                # nginx's usual suffix, login and upstream included, only without " while"
+                ctx = session.context("-")
+                log.log(INFO, "proxied session done" + ctx[ctx.index(",") :], session.id)
         self._maybe_done()
 
     def session_closed(self, session: ClientSession) -> None:
