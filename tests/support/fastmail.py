@@ -9,13 +9,16 @@ Never touches the source tree or system paths; everything lives in the runner's 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -223,6 +226,29 @@ class Proxy:
     def wait_log(self, text: str, timeout: float = 5.0) -> str:
         return self.runner.wait_log(text, timeout)
 
+    def wait_re(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
+        """Waits until a log line matches the regex `pattern`; returns the match."""
+        rx = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.error_log())
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {pattern!r} in the log:\n{self.error_log()[-2000:]}")
+            time.sleep(0.02)
+
+    def wait_count(self, text: str, count: int, timeout: float = 5.0) -> str:
+        """Waits until `text` occurs `count` times in the error log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.error_log()
+            if log.count(text) >= count:
+                return log
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not {count} times in the log:\n{log[-2000:]}")
+            time.sleep(0.02)
+
     def fd_count(self) -> int:
         return fd_count(self.pid)
 
@@ -232,28 +258,45 @@ class Proxy:
         skip = set(ignore_ports)
         return [c for c in tcp_connections(self.pid) if c[1][1] not in skip]
 
-    def assert_no_leaks(
-        self, baseline_fds: int, ignore_ports: Iterable[int] = (), timeout: float = 3.0
-    ) -> None:
-        """Every client and backend socket is closed, and the fd count is back to (at most)
-        `baseline_fds` (taken before the session; the auth pool may only shrink)."""
+    def _settled(self, ignore: list[int]) -> tuple[list[object], int]:
+        """(connections not to `ignore`, fds not counting connections to `ignore`)."""
+        all_conns = tcp_connections(self.pid)
+        conns = [c for c in all_conns if c[1][1] not in ignore]
+        return conns, self.fd_count() - (len(all_conns) - len(conns))
+
+    def baseline(self, ignore_ports: Iterable[int] = (), timeout: float = 3.0) -> int:
+        """The fd count once no client or backend connection is open (readiness probes
+        closed), not counting connections to `ignore_ports`: the auth server, to which
+        fastmail keeps idle keep-alive connections by design."""
         ignore = list(ignore_ports)
         deadline = time.monotonic() + timeout
         while True:
-            conns = self.connections(ignore)
-            fds = self.fd_count()
-            if not conns and fds <= baseline_fds:
+            conns, fds = self._settled(ignore)
+            if not conns or time.monotonic() > deadline:
+                assert not conns, f"{self.kind} still holds {conns}"
+                return fds
+            time.sleep(0.02)
+
+    def assert_no_leaks(
+        self, baseline: int, ignore_ports: Iterable[int] = (), timeout: float = 3.0
+    ) -> None:
+        """Every client and backend socket is closed and the fd count is back to
+        `baseline` (from `baseline()`, with the same `ignore_ports`)."""
+        ignore = list(ignore_ports)
+        deadline = time.monotonic() + timeout
+        while True:
+            conns, fds = self._settled(ignore)
+            if not conns and fds <= baseline:
                 return
             if time.monotonic() > deadline:
-                listing = sorted(os.listdir(f"/proc/{self.pid}/fd"), key=int)
                 targets = []
-                for fd in listing:
+                for fd in sorted(os.listdir(f"/proc/{self.pid}/fd"), key=int):
                     try:
                         targets.append(f"{fd}->{os.readlink(f'/proc/{self.pid}/fd/{fd}')}")
                     except OSError:
                         pass
                 raise AssertionError(
-                    f"{self.kind} leaked: connections {conns}, {fds} fds > {baseline_fds}: "
+                    f"{self.kind} leaked: connections {conns}, {fds} fds > {baseline}: "
                     f"{targets}\n{self.error_log()[-2000:]}"
                 )
             time.sleep(0.02)
@@ -294,3 +337,69 @@ def add_user(
         store_plain=store_plain,
         scrypt_ln=4,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# A backend that misbehaves on cue
+
+
+class ScriptedBackend:
+    """A TCP backend whose every connection runs `handler(conn)` in a thread: for faults the
+    fake backend does not do (silence after the greeting, refusing XCLIENT, closing
+    mid-login). `connections` counts accepts; `closed` is set when a handler saw EOF."""
+
+    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
+        self.handler = handler
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        self.closed = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._conns.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self._conns:
+            c.close()
+
+
+def read_line(conn: socket.socket, timeout: float = 5.0) -> bytes:
+    """One line from a raw socket (b"" at EOF), byte by byte: backends in tests are slow."""
+    conn.settimeout(timeout)
+    out = b""
+    while not out.endswith(b"\n"):
+        b = conn.recv(1)
+        if not b:
+            return out
+        out += b
+    return out
+
+
+def wait_eof(conn: socket.socket, timeout: float = 10.0) -> bool:
+    """True once the peer closed (EOF or reset), False on timeout."""
+    conn.settimeout(timeout)
+    try:
+        while conn.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
