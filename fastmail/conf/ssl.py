@@ -163,7 +163,10 @@ DIRECTIVES: tuple[Directive, ...] = (
         [],
         "—",
         "file",
-        "Certificate chain (PEM); repeat for several key types.",
+        "Certificate chain (PEM); repeat for several key types. Beyond nginx, several "
+        "server{} blocks may share one `listen ... ssl` address, each with its own "
+        "certificates: the client's SNI name picks the one whose server_name matches "
+        "(exact, `*.example.com` or `.example.com`), else the first declared.",
     ),
     _ssl_dir(
         "ssl_certificate_key",
