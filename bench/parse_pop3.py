@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 from fastmail._core import ACT_AUTH
-
 from fastmail._pop3 import Pop3Profile, Pop3Session
 
 SALT = b"<1426111606.1795744322@pop.example.com>\r\n"

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from fastmail.testing import LoopThread
+from fastmail.testing.authd import AuthServer, UserDB
+from fastmail.testing.backend import BackendServer
 from support import MissingPackage
 from support.certs import TestCerts, make_certs
 from support.clients import LineClient
@@ -22,10 +26,6 @@ from support.haproxy import HAProxy
 from support.nginx import Nginx
 from support.ports import free_port as _free_port
 from support.postfix import Postfix
-
-from fastmail.testing import LoopThread
-from fastmail.testing.authd import AuthServer, UserDB
-from fastmail.testing.backend import BackendServer
 
 FAKE_USERS = {"alice": "secret", "bob": "pw"}
 

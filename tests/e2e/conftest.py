@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 import pytest
+
 from support import MissingPackage
 from support.fastmail import Fastmail, Proxy
 from support.nginx import Nginx

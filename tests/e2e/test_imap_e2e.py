@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from support.dovecot import ALICE_MESSAGES
 from support.fastmail import add_user, mail_block, server
 

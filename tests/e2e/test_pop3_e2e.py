@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from support.dovecot import ALICE_MESSAGES
 from support.fastmail import add_user, mail_block, server
 

@@ -14,6 +14,7 @@ import subprocess
 import uuid
 
 import pytest
+
 from support.fastmail import add_user, mail_block, server
 
 

@@ -17,9 +17,9 @@ import time
 
 import pytest
 import trustme
-from support.fastmail import add_user, fastmail_only, mail_block
 
 from fastmail.testing.authd import Reply
+from support.fastmail import add_user, fastmail_only, mail_block
 
 
 def tls_server(port: int, protocol: str, certs, extra: str = "", ssl_listen: bool = True) -> str:

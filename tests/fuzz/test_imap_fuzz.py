@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 
-from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_STARTTLS
-from fastmail._imap import ImapProfile, ImapSession
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_STARTTLS
+from fastmail._imap import ImapProfile, ImapSession
 
 LINE = re.compile(
     rb"(\* (OK IMAP4 ready|BYE|ID NIL|CAPABILITY [ -~]+|BAD invalid command|BAD internal server error)"

@@ -3,10 +3,11 @@ give no exception, only CRLF-terminated replies, bounded buffering and nothing a
 
 from __future__ import annotations
 
-from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND
-from fastmail._pop3 import Pop3Profile, Pop3Session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND
+from fastmail._pop3 import Pop3Profile, Pop3Session
 
 PROFILES = [
     Pop3Profile(),

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fastmail._core import (
     ACT_AUTH,
     ACT_CLOSE,
@@ -20,8 +23,6 @@ from fastmail._core import (
     AuthRequest,
 )
 from fastmail._smtp import SmtpProfile, SmtpSession
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 VALID_BITS = ACT_SEND | ACT_AUTH | ACT_STARTTLS | ACT_CLOSE | ACT_TIMER
 REPLIES = re.compile(rb"(?:\d{3}[ -][^\r\n]*\r\n)+")

@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from fastmail._core import AuthRequest
 
+from fastmail._core import AuthRequest
 from fastmail.auth_http import (
     MAX_HEADER_BLOCK,
     AuthHttpClient,

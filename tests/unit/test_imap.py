@@ -8,11 +8,11 @@ import base64
 import re
 
 import pytest
-from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS
-from fastmail._imap import ImapProfile, ImapSession
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS
+from fastmail._imap import ImapProfile, ImapSession
 from tests.support.playbook import Playbook, run
 
 GREETING = b"* OK IMAP4 ready\r\n"

@@ -4,6 +4,7 @@ imap.md §15, pop3.md §15, smtp.md §10."""
 from __future__ import annotations
 
 import pytest
+
 from fastmail._core import ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, AuthRequest
 from fastmail._login import (
     IMAP_INTERNAL_ERROR,

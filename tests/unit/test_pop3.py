@@ -7,10 +7,11 @@ import base64
 import re
 
 import pytest
-from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS
-from fastmail._pop3 import Pop3Profile, Pop3Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS
+from fastmail._pop3 import Pop3Profile, Pop3Session
 
 SALT = b"<1426111606.1795744322@pop.example.com>\r\n"
 ERR = b"-ERR invalid command\r\n"

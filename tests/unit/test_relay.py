@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import uvloop
+
 from fastmail._relay import BufferRelay, SpliceRelay, pool_clear, pool_stats, take_fd
 
 FIGURES = bool(os.environ.get("FASTMAIL_RELAY_FIGURES"))  # print throughput figures

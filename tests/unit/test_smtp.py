@@ -10,10 +10,11 @@ import base64
 import re
 
 import pytest
-from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, ACT_TIMER
-from fastmail._smtp import SmtpProfile, SmtpSession
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, ACT_TIMER
+from fastmail._smtp import SmtpProfile, SmtpSession
 
 OK = b"250 2.0.0 OK\r\n"
 INVALID = b"500 5.5.1 Invalid command\r\n"
