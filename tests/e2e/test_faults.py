@@ -11,6 +11,8 @@ import struct
 import time
 
 import pytest
+
+from fastmail.testing.authd import Reply
 from support.fastmail import (
     ScriptedBackend,
     add_user,
@@ -19,8 +21,6 @@ from support.fastmail import (
     server,
     wait_eof,
 )
-
-from fastmail.testing.authd import Reply
 
 GREETING = {"imap": b"* OK", "pop3": b"+OK", "smtp": b"220 "}
 INTERNAL_ERROR = {
@@ -263,7 +263,7 @@ def warm_up(p, protocol: str, line_client) -> None:
 
 
 def test_client_gone_before_greeting(proxy, authd, free_port, line_client):
-    p = start(proxy, authd, free_port, "smtp", "smtp_greeting_delay 1s;")
+    p = start(proxy, authd, free_port, "smtp", "smtp_greeting_delay 500ms;")
     for _ in range(3):
         c = line_client(p.port)
         linger0(c)
