@@ -285,7 +285,7 @@ def test_client_gone_mid_command(proxy, authd, free_port, line_client, protocol)
     time.sleep(0.1)
     linger0(c)
     p.assert_no_leaks(p.base, p.ignore)
-    assert authd.requests == [] or all(r.user != "ali" for r in authd.requests)
+    assert len(authd.requests) == 0  # half a command never reaches the auth server
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
