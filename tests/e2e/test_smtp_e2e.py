@@ -169,3 +169,25 @@ def test_curl(smtp_proxy, postfix):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert b"sent by curl" in postfix.wait_message("bob", subject.encode())
+
+
+def test_pipelined_envelope_after_auth(smtp_proxy, postfix, line_client):
+    """AUTH, MAIL and RCPT in one packet: the proxy answers AUTH itself and the envelope,
+    read ahead during the login, reaches Postfix first thing in the relay."""
+    c = line_client(smtp_proxy.port)
+    c.greeting()
+    c.command("EHLO pipelining.example", until=b"250 ")
+    c.read_line()
+    ir = base64.b64encode(b"\0alice\0secret").decode()
+    c.send(
+        f"AUTH PLAIN {ir}\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n"
+        "DATA\r\n".encode()
+    )
+    assert c.read_line() == b"235 2.0.0 OK\r\n"
+    assert c.read_line().startswith(b"250 2.1.0")
+    assert c.read_line().startswith(b"250 2.1.5")
+    assert c.read_line().startswith(b"354 ")
+    subject = f"pipelined {uuid.uuid4()}"
+    assert c.command(f"Subject: {subject}\r\n\r\npipelined body\r\n.").startswith(b"250 2.0.0")
+    assert c.command("QUIT").startswith(b"221 ")
+    assert b"pipelined body" in postfix.wait_message("bob", subject.encode())
