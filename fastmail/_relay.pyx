@@ -10,10 +10,14 @@ in on_close. Mirrors nginx ngx_mail_proxy_handler (spec proxy.md §1), except th
 half_close=True (the default) forwards a FIN with shutdown(SHUT_WR) instead of closing both.
 """
 
-from libc.errno cimport errno, EAGAIN, EINTR, EPIPE, ECONNRESET
+from libc.errno cimport errno, EAGAIN, EINTR, EPIPE, ECONNRESET, EINPROGRESS, ECONNREFUSED
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close as c_close
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+
+from fastmail._core cimport ACT_BACKEND, ACT_DONE
 
 import os
 
@@ -37,6 +41,54 @@ cdef extern from *:
     int shutdown(int fd, int how) nogil
     int SPLICE_F_MOVE, SPLICE_F_NONBLOCK, F_SETPIPE_SZ, F_GETPIPE_SZ, F_GETFL, F_SETFL
     int O_NONBLOCK, O_CLOEXEC, SHUT_WR, MSG_NOSIGNAL
+
+cdef extern from "<sys/epoll.h>":
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags) nogil
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *ev) nogil
+    int epoll_wait(int epfd, epoll_event *evs, int n, int timeout) nogil
+    uint32_t EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET, EPOLLERR, EPOLLHUP
+    int EPOLL_CTL_ADD, EPOLL_CLOEXEC
+
+cdef extern from *:
+    """
+    #include <arpa/inet.h>
+    #include <netinet/in.h>
+    #include <netinet/tcp.h>
+    """
+    ctypedef unsigned int socklen_t
+    struct sockaddr:
+        pass
+    struct sockaddr_storage:
+        pass
+    struct in_addr:
+        pass
+    struct in6_addr:
+        pass
+    struct sockaddr_in:
+        int sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        int sin6_family
+        unsigned short sin6_port
+        in6_addr sin6_addr
+    int socket(int domain, int type, int protocol) nogil
+    int connect(int fd, const sockaddr *addr, socklen_t len) nogil
+    ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
+    int setsockopt(int fd, int level, int name, const void *val, socklen_t len) nogil
+    int inet_pton(int af, const char *src, void *dst) nogil
+    unsigned short htons(unsigned short v) nogil
+    int AF_INET, AF_INET6, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR
+    int IPPROTO_TCP, TCP_NODELAY
 
 DEF POOL_MAX = 256
 DEF MAX_ROUNDS = 16   # pipe fills per callback, so one busy session cannot starve the loop
@@ -63,8 +115,10 @@ def pool_configure(int idle_max=16, int pipe_size=1 << 20):
 
 
 def pool_clear():
-    """Close the idle pipes (e.g. in a freshly forked worker, or at shutdown)."""
+    """Close the idle pipes and the per-loop pollers (e.g. in a freshly forked worker, or at
+    shutdown, once no relay runs)."""
     global _pool_n, _pipes_open
+    _pollers_close()
     while _pool_n > 0:
         _pool_n -= 1
         c_close(_pool_r[_pool_n])
@@ -112,6 +166,301 @@ cdef str _strerror(int err, str call):
     return "%s() failed (%d: %s)" % (call, err, os.strerror(err))
 
 
+# --- the private edge-triggered poller -----------------------------------------------------
+#
+# uvloop's add_reader/add_writer are level-triggered libuv poll handles: every start/stop is
+# several epoll_ctl calls (plus a probe and an ioctl). Like nginx, the relay and the backend
+# login register each fd once, edge-triggered for both directions, in one epoll set of their
+# own; only that set's fd is watched by the loop. Closing an fd removes it from the set.
+
+cdef class Watcher:
+    """Something with fds in a Poller: gets the epoll events of each."""
+
+    cdef void _event(self, int fd, uint32_t ev) except *:
+        pass
+
+
+cdef class Poller:
+    cdef int epfd
+    cdef object loop
+    cdef dict handlers          # key (serial << 32 | fd) -> Watcher
+    cdef unsigned long long serial
+    cdef bint idle_check        # a check for "nothing registered any more" is scheduled
+
+    def __init__(self, loop):
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, os.strerror(errno))
+        self.loop = loop
+        self.handlers = {}
+        self.serial = 0
+        loop.add_reader(self.epfd, self._dispatch)
+
+    cdef unsigned long long add(self, int fd, Watcher w) except? 0:
+        """Registers fd (edge-triggered, in and out); the key names this registration."""
+        cdef epoll_event ev
+        self.serial += 1
+        cdef unsigned long long key = (self.serial << 32) | <uint32_t>fd
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        ev.data.u64 = key
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            raise OSError(errno, os.strerror(errno))
+        self.handlers[key] = w
+        return key
+
+    cdef inline void forget(self, unsigned long long key):
+        # the fd is closed right after: the kernel drops it from the set then
+        self.handlers.pop(key, None)
+        if not self.handlers and not self.idle_check and self.epfd >= 0:
+            # An idle worker holds no extra fd (what fd-leak checks expect); under load the
+            # set is rarely empty for long, so it is not rebuilt per session.
+            self.idle_check = True
+            self.loop.call_later(0.5, self._idle)
+
+    def _idle(self):
+        self.idle_check = False
+        if not self.handlers:
+            self.close()
+            if _pollers.get(id(self.loop)) is self:
+                del _pollers[id(self.loop)]
+
+    def _dispatch(self):
+        cdef epoll_event evs[64]
+        cdef int n = epoll_wait(self.epfd, evs, 64, 0)
+        cdef int i
+        cdef list ws
+        if n <= 0:
+            return
+        # Looked up before any runs: a watcher closed by an earlier event of this batch
+        # ignores its own events, and a reused fd number has a new key.
+        ws = [self.handlers.get(evs[i].data.u64) for i in range(n)]
+        for i in range(n):
+            w = ws[i]
+            if w is None:
+                continue
+            try:
+                (<Watcher>w)._event(<int>(evs[i].data.u64 & 0xffffffffULL), evs[i].events)
+            except Exception as e:
+                self.loop.call_exception_handler(
+                    {"message": "fastmail relay callback failed", "exception": e})
+
+    cdef void close(self):
+        if self.epfd >= 0:
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self.epfd)
+            c_close(self.epfd)
+            self.epfd = -1
+
+
+cdef dict _pollers = {}
+
+
+cdef Poller _poller(loop):
+    cdef Poller p = _pollers.get(id(loop))
+    if p is None or p.epfd < 0:
+        p = Poller(loop)
+        _pollers[id(loop)] = p
+    return p
+
+
+cdef void _pollers_close():
+    for p in _pollers.values():
+        (<Poller>p).close()
+    _pollers.clear()
+
+
+# --- the backend connection during the login ---------------------------------------------
+
+cdef char _rbuf[65536]
+
+
+cdef int _sockaddr(str host, int port, sockaddr_storage *sa, socklen_t *salen) except -1:
+    cdef bytes h = host.encode("ascii")
+    cdef sockaddr_in *a4 = <sockaddr_in *>sa
+    cdef sockaddr_in6 *a6 = <sockaddr_in6 *>sa
+    memset(sa, 0, sizeof(sockaddr_storage))
+    if inet_pton(AF_INET, h, &a4.sin_addr) == 1:
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(port)
+        salen[0] = sizeof(sockaddr_in)
+        return AF_INET
+    if inet_pton(AF_INET6, h, &a6.sin6_addr) == 1:
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(port)
+        salen[0] = sizeof(sockaddr_in6)
+        return AF_INET6
+    raise OSError(22, "invalid backend address %r" % host)
+
+
+cdef class BackendSocket(Watcher):
+    """The backend connection from connect() through the login machine to the relay, which
+    takes it over as it is (SpliceRelay(..., backend_fd=this)). Registered once in the
+    loop's Poller. `session` gets `_login_actions(acts)` for actions other than
+    ACT_BACKEND (those are written here) and `_backend_failed(reason)` on connect, send
+    and recv errors; `login` is the session's BackendLogin."""
+
+    cdef Poller poller
+    cdef readonly int fd
+    cdef unsigned long long key
+    cdef object session
+    cdef object login
+    cdef bytes out
+    cdef Py_ssize_t out_off
+    cdef bint connected
+    cdef bint done          # ACT_DONE seen: further bytes are the relay's
+    cdef bint rd_ready      # bytes may be waiting (an edge came after our last read)
+    cdef readonly bint closed
+
+    def __init__(self, loop, str host, int port, session, login):
+        cdef sockaddr_storage sa
+        cdef socklen_t salen
+        cdef int family = _sockaddr(host, port, &sa, &salen)
+        cdef int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        cdef int err
+        if fd < 0:
+            raise OSError(errno, os.strerror(errno))
+        if connect(fd, <sockaddr *>&sa, salen) < 0 and errno != EINPROGRESS:
+            err = errno
+            c_close(fd)
+            raise OSError(err, os.strerror(err))
+        self.fd = fd
+        self.session = session
+        self.login = login
+        self.out = None
+        self.poller = _poller(loop)
+        try:
+            self.key = self.poller.add(fd, self)
+        except OSError:
+            c_close(fd)
+            self.fd = -1
+            raise
+
+    cdef void _event(self, int fd, uint32_t ev) except *:
+        cdef int err = 0
+        cdef socklen_t elen = sizeof(int)
+        if self.closed:
+            return
+        if not self.connected:
+            if ev & (EPOLLERR | EPOLLHUP):
+                getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &elen)
+                if err == 0:
+                    err = ECONNREFUSED
+                self._fail("connect() failed (%d: %s)" % (err, os.strerror(err)))
+                return
+            if not ev & EPOLLOUT:
+                return
+            self.connected = True
+            err = 1
+            setsockopt(self.fd, IPPROTO_TCP, TCP_NODELAY, &err, sizeof(int))
+            self._actions(self.login.start())
+            if self.closed:
+                return
+        if ev & EPOLLOUT and self.out is not None:
+            self._flush()
+            if self.closed:
+                return
+        if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.rd_ready = True
+            self._read()
+
+    cdef void _read(self) except *:
+        cdef ssize_t n
+        cdef int err
+        while self.rd_ready and not self.done and not self.closed:
+            n = recv(self.fd, _rbuf, sizeof(_rbuf), 0)
+            if n > 0:
+                if n < <ssize_t>sizeof(_rbuf):
+                    self.rd_ready = False   # a stream socket gave all it had; edges follow
+                self._actions(self.login.feed(PyBytes_FromStringAndSize(_rbuf, n)))
+                continue
+            if n == 0:
+                self.login.phase = "reading response from upstream"
+                self._fail("upstream prematurely closed connection")
+                return
+            err = errno
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                self.rd_ready = False
+                return
+            self.login.phase = "reading response from upstream"
+            self._fail("recv() failed (%d: %s)" % (err, os.strerror(err)))
+            return
+
+    cdef void _actions(self, int acts) except *:
+        if acts & ACT_BACKEND:
+            self.write(self.login.take_backend_output())
+            if self.closed:
+                return
+            acts &= ~ACT_BACKEND
+        if acts & ACT_DONE:
+            self.done = True
+        if acts:
+            self.session._login_actions(acts)
+
+    def write(self, bytes data):
+        """Sends `data` now, or keeps what the socket did not take for the next edge."""
+        cdef ssize_t n
+        cdef int err
+        if self.closed:
+            return
+        if self.out is not None:
+            self.out = self.out[self.out_off:] + data
+            self.out_off = 0
+            return
+        while True:
+            n = send(self.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_NOSIGNAL)
+            if n >= 0:
+                break
+            err = errno
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                n = 0
+                break
+            self._fail("send() failed (%d: %s)" % (err, os.strerror(err)))
+            return
+        if n < PyBytes_GET_SIZE(data):
+            self.out = data
+            self.out_off = n
+
+    cdef void _flush(self) except *:
+        cdef ssize_t n
+        cdef int err
+        while self.out_off < PyBytes_GET_SIZE(self.out):
+            n = send(self.fd, PyBytes_AS_STRING(self.out) + self.out_off,
+                     PyBytes_GET_SIZE(self.out) - self.out_off, MSG_NOSIGNAL)
+            if n >= 0:
+                self.out_off += n
+                continue
+            err = errno
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                return
+            self._fail("send() failed (%d: %s)" % (err, os.strerror(err)))
+            return
+        self.out = None
+        self.out_off = 0
+
+    cdef void _fail(self, str reason) except *:
+        self.session._backend_failed(reason)
+
+    def fail(self, str reason):
+        self._fail(reason)
+
+    def close(self):
+        """Closes the socket (not handed to a relay)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.fd >= 0:
+            self.poller.forget(self.key)
+            c_close(self.fd)
+            self.fd = -1
+        self.session = self.login = None
+
+
 # One direction of a SpliceRelay: src -> pipe -> dst.
 cdef struct Dir:
     int src
@@ -122,84 +471,119 @@ cdef struct Dir:
     unsigned long long nbytes
     bint eof                # src reached EOF (or a read error)
     bint done               # FIN forwarded (half-close) or direction over
-    bint reading            # add_reader(src) is active
-    bint writing            # add_writer(dst) is active
 
 
 cdef enum:
     UP = 0      # client -> backend
     DOWN = 1    # backend -> client
+    # sides (fds): the client is the source of UP, the backend the source of DOWN
+    CLIENT = 0
+    BACKEND = 1
 
 
-cdef class SpliceRelay:
+cdef class SpliceRelay(Watcher):
     """Relay between two plain, connected stream-socket fds that it owns from now on (it
-    closes them). Driven by loop.add_reader/add_writer; call start() once.
+    closes them). Both fds sit edge-triggered in the loop's Poller; call start() once.
 
-    `to_backend`: client bytes already read into Python (pipelined after the login);
-    `to_client`: the login reply plus any backend bytes read after it. Both are written
-    before any spliced byte of the same direction. `on_close(relay)` is called once, after
-    both fds are closed; then `close_reason` is None for a normal end, else nginx-style text
-    (`client timed out (110: Connection timed out)`, `send() failed (32: Broken pipe)`,
+    `backend_fd` may be a BackendSocket whose login is done: its fd and registration move
+    over, no syscall. `to_backend`: client bytes already read into Python (pipelined after
+    the login); `to_client`: the login reply plus any backend bytes read after it. Both are
+    written before any spliced byte of the same direction. `on_close(relay)` is called once,
+    after both fds are closed; then `close_reason` is None for a normal end, else nginx-style
+    text (`client timed out (110: Connection timed out)`, `send() failed (32: Broken pipe)`,
     `recv() failed (104: Connection reset by peer)`) and `action` says where
     (`proxying and sending to client`, ...). `timeout` is proxy_timeout in seconds (None or 0:
     none); like nginx, only client activity re-arms it. half_close=False gives nginx's end:
-    the first EOF (once its bytes are delivered) closes both sides.
+    the first EOF (once its bytes are delivered) closes both sides. `nonblocking=True` says
+    both fds already are (no fcntl).
     """
 
     cdef Dir d[2]
+    cdef Poller poller
+    cdef unsigned long long key[2]
+    cdef bint rd[2]         # per side: bytes or EOF may be waiting
+    cdef bint wr[2]         # per side: the socket may take more
+    cdef bint resched
     cdef object loop
     cdef object on_close
     cdef list pend
     cdef Py_ssize_t pend_off[2]
-    cdef list _cb_read
-    cdef list _cb_write
     cdef object _timer
     cdef double _timeout
     cdef double _last_client
     cdef bint half_close
+    cdef bint started
     cdef readonly bint closed
     cdef readonly bint timed_out
     cdef public str close_reason
     cdef public str action
     cdef public int error
 
-    def __init__(self, loop, int client_fd, int backend_fd, on_close, *, bytes to_backend=b"",
-                 bytes to_client=b"", timeout=None, bint half_close=True):
-        cdef int i, fl
-        for fd in (client_fd, backend_fd):
-            fl = fcntl(fd, F_GETFL)
-            if fl < 0:
-                raise OSError(errno, os.strerror(errno))
-            if not fl & O_NONBLOCK:
-                fcntl(fd, F_SETFL, fl | O_NONBLOCK)
+    def __init__(self, loop, int client_fd, backend_fd, on_close, *, bytes to_backend=b"",
+                 bytes to_client=b"", timeout=None, bint half_close=True,
+                 bint nonblocking=False):
+        cdef int i, fl, bfd
+        cdef BackendSocket bs = None
+        if isinstance(backend_fd, BackendSocket):
+            bs = <BackendSocket>backend_fd
+            if bs.closed or bs.fd < 0:
+                raise ValueError("backend socket is closed")
+            bfd = bs.fd
+        else:
+            bfd = backend_fd
+        if not nonblocking:
+            for fd in (client_fd, bfd):
+                if bs is not None and fd == bfd:
+                    continue
+                fl = fcntl(fd, F_GETFL)
+                if fl < 0:
+                    raise OSError(errno, os.strerror(errno))
+                if not fl & O_NONBLOCK:
+                    fcntl(fd, F_SETFL, fl | O_NONBLOCK)
         self.loop = loop
         self.on_close = on_close
         self.half_close = half_close
         self.d[UP].src = client_fd
-        self.d[UP].dst = backend_fd
-        self.d[DOWN].src = backend_fd
+        self.d[UP].dst = bfd
+        self.d[DOWN].src = bfd
         self.d[DOWN].dst = client_fd
         for i in range(2):
             self.d[i].pr = -1
             self.d[i].pw = -1
             self.d[i].inpipe = 0
             self.d[i].nbytes = 0
-            self.d[i].eof = self.d[i].done = self.d[i].reading = self.d[i].writing = False
+            self.d[i].eof = self.d[i].done = False
             self.pend_off[i] = 0
+            # Fresh sockets take bytes; readability comes as the first edge (epoll reports
+            # the state at registration), so nothing is read speculatively.
+            self.rd[i] = False
+            self.wr[i] = True
+            self.key[i] = 0
         self.pend = [to_backend, to_client]
-        self._cb_read = [self._client_readable, self._backend_readable]
-        self._cb_write = [self._backend_writable, self._client_writable]
         self._timeout = float(timeout) if timeout else 0.0
         self._timer = None
         self._last_client = _now()
         self.close_reason = None
         self.action = "proxying"
         self.error = 0
+        self.poller = _poller(loop)
+        if bs is not None:
+            # the login read until the socket was empty; later bytes came as edges to bs
+            self.rd[BACKEND] = bs.rd_ready
+            self.key[BACKEND] = bs.key
+            self.poller.handlers[bs.key] = self
+            bs.fd = -1
+            bs.closed = True
+            bs.session = bs.login = None
+        else:
+            self.key[BACKEND] = self.poller.add(bfd, self)
+        self.key[CLIENT] = self.poller.add(client_fd, self)
 
     # --- public ---------------------------------------------------------------------------
 
     def start(self):
         """Write the pending bytes and start relaying."""
+        self.started = True
         if self._timeout > 0:
             self._timer = self.loop.call_later(self._timeout, self._on_timer)
         self._pump(DOWN)
@@ -225,21 +609,30 @@ cdef class SpliceRelay:
         """time.monotonic() of the last client-side event (what proxy_timeout measures)."""
         return self._last_client
 
-    # --- loop callbacks -------------------------------------------------------------------
+    # --- events ---------------------------------------------------------------------------
 
-    def _client_readable(self):
-        self._last_client = _now()
-        self._pump(UP)
+    cdef void _event(self, int fd, uint32_t ev) except *:
+        cdef int side = CLIENT if fd == self.d[UP].src else BACKEND
+        if self.closed:
+            return
+        if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.rd[side] = True
+        if ev & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+            self.wr[side] = True
+        if side == CLIENT:
+            self._last_client = _now()
+        if not self.started:
+            return
+        # reading this side feeds direction `side`; writing it drains direction `1 - side`
+        self._pump(1 - side)
+        if not self.closed:
+            self._pump(side)
 
-    def _client_writable(self):
-        self._last_client = _now()
+    def _resume(self):
+        self.resched = False
         self._pump(DOWN)
-
-    def _backend_readable(self):
-        self._pump(DOWN)
-
-    def _backend_writable(self):
-        self._pump(UP)
+        if not self.closed:
+            self._pump(UP)
 
     def _on_timer(self):
         cdef double idle = _now() - self._last_client
@@ -254,26 +647,9 @@ cdef class SpliceRelay:
 
     # --- the pump -------------------------------------------------------------------------
 
-    cdef void _want_read(self, int i, bint on):
+    cdef void _pump(self, int i) except *:
         cdef Dir *d = &self.d[i]
-        if on and not d.reading:
-            self.loop.add_reader(d.src, self._cb_read[i])
-            d.reading = True
-        elif not on and d.reading:
-            self.loop.remove_reader(d.src)
-            d.reading = False
-
-    cdef void _want_write(self, int i, bint on):
-        cdef Dir *d = &self.d[i]
-        if on and not d.writing:
-            self.loop.add_writer(d.dst, self._cb_write[i])
-            d.writing = True
-        elif not on and d.writing:
-            self.loop.remove_writer(d.dst)
-            d.writing = False
-
-    cdef void _pump(self, int i):
-        cdef Dir *d = &self.d[i]
+        cdef int src = i, dst = 1 - i      # sides
         cdef ssize_t n
         cdef int rounds = 0, err
         cdef bytes pend
@@ -281,27 +657,31 @@ cdef class SpliceRelay:
             return
         # Bytes read into Python before the hand-over go first.
         pend = self.pend[i]
-        while pend is not None and self.pend_off[i] < PyBytes_GET_SIZE(pend):
-            n = send(d.dst, PyBytes_AS_STRING(pend) + self.pend_off[i],
-                     PyBytes_GET_SIZE(pend) - self.pend_off[i], MSG_NOSIGNAL)
-            if n >= 0:
-                self.pend_off[i] += n
-                d.nbytes += n
-                continue
-            err = errno
-            if err == EINTR:
-                continue
-            if err == EAGAIN:
-                self._want_read(i, False)
-                self._want_write(i, True)
+        if pend is not None:
+            while self.pend_off[i] < PyBytes_GET_SIZE(pend):
+                if not self.wr[dst]:
+                    return
+                n = send(d.dst, PyBytes_AS_STRING(pend) + self.pend_off[i],
+                         PyBytes_GET_SIZE(pend) - self.pend_off[i], MSG_NOSIGNAL)
+                if n >= 0:
+                    self.pend_off[i] += n
+                    d.nbytes += n
+                    continue
+                err = errno
+                if err == EINTR:
+                    continue
+                if err == EAGAIN:
+                    self.wr[dst] = False
+                    return
+                self._write_error(i, err, "send")
                 return
-            self._write_error(i, err, "send")
-            return
-        self.pend[i] = None
+            self.pend[i] = None
         while True:
             # Drain the pipe completely before reading more: an EAGAIN from the source then
             # always means "no data", never "pipe full".
             while d.inpipe > 0:
+                if not self.wr[dst]:
+                    return      # back-pressure: the source is not read meanwhile
                 n = splice(d.pr, NULL, d.dst, NULL, d.inpipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
                 if n > 0:
                     d.inpipe -= n
@@ -311,17 +691,24 @@ cdef class SpliceRelay:
                 if n < 0 and err == EINTR:
                     continue
                 if n < 0 and err == EAGAIN:
-                    self._want_read(i, False)   # back-pressure: stop reading the source
-                    self._want_write(i, True)
+                    self.wr[dst] = False
                     return
                 self._write_error(i, err if n < 0 else EPIPE, "splice")
                 return
-            self._want_write(i, False)
             if d.eof:
                 self._finish(i)
                 return
+            if not self.rd[src]:
+                if d.pr >= 0:
+                    # Source and pipe empty: give the pipe back so idle sessions hold none.
+                    _pipe_put(d.pr, d.pw, True)
+                    d.pr = d.pw = -1
+                return
             if rounds == MAX_ROUNDS:
-                self._want_read(i, True)  # level-triggered: we come back next iteration
+                # edge-triggered: no new event comes for bytes already there
+                if not self.resched:
+                    self.resched = True
+                    self.loop.call_soon(self._resume)
                 return
             rounds += 1
             if d.pr < 0 and _pipe_get(&d.pr, &d.pw) < 0:
@@ -338,11 +725,8 @@ cdef class SpliceRelay:
             if err == EINTR:
                 continue
             if err == EAGAIN:
-                # Source empty and pipe empty: give the pipe back so idle sessions hold none.
-                _pipe_put(d.pr, d.pw, True)
-                d.pr = d.pw = -1
-                self._want_read(i, True)
-                return
+                self.rd[src] = False
+                continue
             # A read error ends the direction like EOF (nginx), but the peer is gone: no
             # point waiting for the other direction.
             self.error = err
@@ -353,9 +737,8 @@ cdef class SpliceRelay:
             if err == ECONNRESET:
                 self.half_close = False
 
-    cdef void _finish(self, int i):
+    cdef void _finish(self, int i) except *:
         cdef Dir *d = &self.d[i]
-        self._want_read(i, False)
         if d.pr >= 0:
             _pipe_put(d.pr, d.pw, True)
             d.pr = d.pw = -1
@@ -365,12 +748,12 @@ cdef class SpliceRelay:
             return
         shutdown(d.dst, SHUT_WR)
 
-    cdef void _write_error(self, int i, int err, str call):
+    cdef void _write_error(self, int i, int err, str call) except *:
         self._close(_strerror(err, "send"),
                     err, "proxying and sending to upstream" if i == UP
                     else "proxying and sending to client")
 
-    cdef void _close(self, str reason, int err, str action):
+    cdef void _close(self, str reason, int err, str action) except *:
         cdef int i
         if self.closed:
             return
@@ -382,8 +765,7 @@ cdef class SpliceRelay:
             self._timer.cancel()
             self._timer = None
         for i in range(2):
-            self._want_read(i, False)
-            self._want_write(i, False)
+            self.poller.forget(self.key[i])
             if self.d[i].pr >= 0:
                 _pipe_put(self.d[i].pr, self.d[i].pw, self.d[i].inpipe == 0)
                 self.d[i].pr = self.d[i].pw = -1
@@ -391,7 +773,6 @@ cdef class SpliceRelay:
         c_close(self.d[UP].dst)
         cb = self.on_close
         self.on_close = None
-        self._cb_read = self._cb_write = None
         if cb is not None:
             cb(self)
 

@@ -11,7 +11,6 @@ side) and ngx_mail_proxy_module.c (connect and login).
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import socket
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from fastmail._core import (
     ACT_STARTTLS,
     ACT_TIMER,
 )
+from fastmail._relay import BackendSocket
 from fastmail.log import ALERT, ERROR, INFO
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class ClientSession(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.pending = bytearray()
         self.auth_call: AuthCall | None = None
-        self.backend: Backend | None = None
+        self.backend: BackendSocket | TransportBackend | None = None
         self.proxy_header: proxy_protocol.ProxyHeader | None = None
         self.client_host = b"[UNAVAILABLE]"
         self.upstream = ""
@@ -432,7 +432,7 @@ class ClientSession(asyncio.Protocol):
             )
             return
         try:
-            self.backend = Backend(self, res.addr or "", res.port or 0)  # type: ignore[arg-type]
+            self.backend = BackendSocket(self.loop, res.addr or "", res.port or 0, self, login)
         except OSError as e:
             self._backend_failed(f"connect() failed ({e.errno}: {os.strerror(e.errno or 0)})")
 
@@ -500,13 +500,11 @@ class ClientSession(asyncio.Protocol):
         client_fd = os.dup(self.sock.fileno())  # type: ignore[union-attr]
         self.transport.abort()  # type: ignore[union-attr]
         self.transport = None
-        backend_sock = backend.detach()  # type: ignore[union-attr]
-        backend.fd = -1
         self.backend = None
         to_backend = self.machine.take_input()  # type: ignore[union-attr]
         to_client = self.login.take_output()  # type: ignore[union-attr]
         self.worker.sessions.discard(self)
-        self.worker.start_relay(self, client_fd, backend_sock, to_backend, to_client)
+        self.worker.start_relay(self, client_fd, backend, to_backend, to_client)  # type: ignore[arg-type]
 
     def _to_buffer_relay(self) -> None:
         """TLS on either side: both transports move to a BufferRelay as they are (their
@@ -584,102 +582,6 @@ class ClientSession(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop of a worker: sessions not yet relaying are closed."""
         self._close()
-
-
-class Backend:
-    """The backend socket during the login: non-blocking, driven by add_reader/add_writer,
-    so that it can move to the relay without a transport to unwind."""
-
-    __slots__ = ("session", "loop", "sock", "fd", "out", "connected")
-
-    def __init__(self, session: ClientSession, host: str, port: int) -> None:
-        self.session = session
-        self.loop = session.loop
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        self.fd = sock.fileno()
-        self.out = bytearray()
-        self.connected = False
-        try:
-            err = sock.connect_ex((host, port))
-        except OSError:
-            sock.close()
-            raise
-        if err not in (0, errno.EINPROGRESS):
-            sock.close()
-            raise OSError(err, os.strerror(err))
-        self.loop.add_writer(self.fd, self._on_connect)
-
-    def _on_connect(self) -> None:
-        self.loop.remove_writer(self.fd)
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.session._backend_failed(f"connect() failed ({err}: {os.strerror(err)})")
-            return
-        self.connected = True
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.loop.add_reader(self.fd, self._on_read)
-        login = self.session.login
-        self.session._login_actions(login.start())  # type: ignore[union-attr]
-
-    def _on_read(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self.session.login.phase = "reading response from upstream"  # type: ignore[union-attr]
-            self.session._backend_failed(f"recv() failed ({e.errno}: {e.strerror})")
-            return
-        if not data:
-            self.session.login.phase = "reading response from upstream"  # type: ignore[union-attr]
-            self.session._backend_failed("upstream prematurely closed connection")
-            return
-        self.session._login_actions(self.session.login.feed(data))  # type: ignore[union-attr]
-
-    def write(self, data: bytes) -> None:
-        if self.out:
-            self.out += data
-            return
-        try:
-            n = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as e:
-            self.session._backend_failed(f"send() failed ({e.errno}: {e.strerror})")
-            return
-        if n < len(data):
-            self.out += data[n:]
-            self.loop.add_writer(self.fd, self._flush)
-
-    def _flush(self) -> None:
-        try:
-            n = self.sock.send(self.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self.loop.remove_writer(self.fd)
-            self.session._backend_failed(f"send() failed ({e.errno}: {e.strerror})")
-            return
-        del self.out[:n]
-        if not self.out:
-            self.loop.remove_writer(self.fd)
-
-    def detach(self) -> socket.socket:
-        """Stops watching the socket and gives it away (with any unsent bytes lost: the
-        login machine only finishes after the backend answered our last line)."""
-        self.loop.remove_reader(self.fd)
-        self.loop.remove_writer(self.fd)
-        return self.sock
-
-    def fail(self, reason: str) -> None:
-        self.session._backend_failed(reason)
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.fd)
-        self.loop.remove_writer(self.fd)
-        self.sock.close()
 
 
 class TransportBackend(asyncio.Protocol):

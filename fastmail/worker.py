@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from fastmail._relay import BufferRelay, SpliceRelay
+from fastmail._relay import BackendSocket, BufferRelay, SpliceRelay
 from fastmail.log import INFO, ErrorLog
 from fastmail.server import ServerRuntime, install_sni
 from fastmail.session import ClientSession
@@ -138,18 +138,19 @@ class Worker:
         self,
         session: ClientSession,
         client_fd: int,
-        backend: socket.socket,
+        backend: BackendSocket,
         to_backend: bytes,
         to_client: bytes,
     ) -> None:
         relay = SpliceRelay(
             self.loop,
             client_fd,
-            backend.detach(),
+            backend,
             self._relay_closed,
             to_backend=to_backend,
             to_client=to_client,
             timeout=session.rt.proxy_timeout_s,
+            nonblocking=True,  # a dup of uvloop's socket and BackendSocket's own
         )
         self.relays[relay] = session
         relay.start()
