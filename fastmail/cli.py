@@ -297,10 +297,7 @@ def _run(o: Options, prefix: str, conf_path: str, elog_path: str | None, log: St
         return 0
     if o.signal:
         return send_signal(cfg, o.signal, log)
-    try:
-        from fastmail import process  # noqa: PLC0415 (written separately; optional until then)
-    except ImportError:
-        log.log("alert", "fastmail.process is not available: cannot start")
-        return 1
+    from fastmail import process  # noqa: PLC0415 - the serving code is not needed for -t/-s
+
     rc = process.run(cfg, prefix=prefix, error_log=elog_path)
     return int(rc or 0)

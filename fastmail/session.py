@@ -150,9 +150,7 @@ class ClientSession(asyncio.Protocol):
         if self.handover:
             return
         if self.state != CLOSED:
-            if self.rt.log.level >= INFO and self.state != RELAY:
-                self._log(INFO, "client closed connection")
-            self._close()
+            self._close()  # nginx logs nothing when a client leaves before the relay
 
     def pause_writing(self) -> None:
         pass
