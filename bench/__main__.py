@@ -1,7 +1,7 @@
 """python -m bench: run the scenarios against fastmail and nginx, alternating, and report.
 
 Owns: the command line, the scenario runners (login storm, relay, idle density, TLS
-placeholder) and the round-robin over targets. Each run starts a fresh proxy from the shared
+handshakes full and resumed, TLS relay) and the round-robin over targets. Each run starts a fresh proxy from the shared
 template, drives it with the C load generator, and reads the proxy's CPU and RSS from /proc;
 the auth_http server and backend are started once and shared. Must not write anywhere but the
 output dir and a temp dir, or bind anything but 127.0.0.1.
@@ -26,6 +26,10 @@ from bench import report
 from bench.targets import (
     PROTOCOLS,
     ROOT,
+    TLS_GROUP,
+    TLS_KEY,
+    TLS_SUITE,
+    TLS_VERSION,
     Proxy,
     Servers,
     ServersDied,
@@ -33,6 +37,7 @@ from bench.targets import (
     build_loadgen,
     cpu_seconds,
     ensure_nginx,
+    make_cert,
     make_workdir,
     nginx_version,
     raise_nofile,
@@ -48,9 +53,18 @@ class Bench:
     def __init__(self, args: argparse.Namespace, progress: report.Progress) -> None:
         self.a = args
         self.p = progress
-        self.loadgen = build_loadgen()
+        self.notes: list[str] = []
+        self.loadgen, self.no_tls = build_loadgen(not args.no_install, self.notes)
         self.workdir = make_workdir()
         self.servers = Servers(args.servers, self.workdir)
+        self.cert: tuple[Path, Path] | None = None
+        if "tls" in args.kinds and not self.no_tls:
+            made = make_cert(self.workdir)
+            if isinstance(made, str):
+                self.no_tls = made
+            else:
+                self.cert = made
+        self.tls_seen: set[str] = set()
 
     # -- one loadgen invocation -----------------------------------------------------------------
 
@@ -126,16 +140,51 @@ class Bench:
         }
         return self._outcome(figures, results, s0, s1)
 
+    def handshake(self, proxy: Proxy, resume: bool) -> dict[str, Any]:
+        """TLS handshakes: connect, handshake, IMAP greeting through TLS, close_notify, close."""
+        ports = self.servers.ports.tls
+        port = ports["imaps_resume" if resume else "imaps_full"]
+        base = ["-m", "handshake", "-p", str(port), "-P", "imap", *(["-R"] if resume else [])]
+        self._loadgen([*base, "-c", "2", "-n", str(min(50, self.a.handshakes)), "-t", "10"])
+        procs = max(1, self.a.procs)
+        per = ["-c", str(max(1, self.a.concurrency // procs))]
+        per += ["-n", str(max(1, self.a.handshakes // procs)), "-t", str(self.a.max_secs)]
+        s0 = self._sample(proxy)
+        if procs == 1:
+            results = [self._loadgen([*base, *per])]
+        else:
+            results = self._parallel([[*base, *per]] * procs)
+        s1 = self._sample(proxy)
+        ok = sum(r["ok"] for r in results)
+        elapsed = max(r["elapsed"] for r in results)
+        figures = {
+            "handshakes_per_s": ok / elapsed if elapsed else 0.0,
+            "proxy_us_per_handshake": (s1["proxy"] - s0["proxy"]) / ok * 1e6 if ok else 0.0,
+            "p50_ms": max(r["p50_us"] for r in results) / 1000,
+            "p99_ms": max(r["p99_us"] for r in results) / 1000,
+        }
+        out = self._outcome(figures, results, s0, s1)
+        resumed = sum(r["resumed"] for r in results)
+        out["resumed"] = resumed
+        # a resumed run that did full handshakes (or the reverse) measured the other thing
+        if (resume and resumed < 0.99 * ok) or (not resume and resumed):
+            out["invalid"] = True
+            out["errsample"].append(f"{resumed} of {ok} handshakes resumed")
+        self.tls_seen.update(r["tls"] for r in results if r.get("tls"))
+        return out
+
     def _parallel(self, argvs: list[list[str]]) -> list[dict[str, Any]]:
         import concurrent.futures
 
         with concurrent.futures.ThreadPoolExecutor(len(argvs)) as ex:
             return list(ex.map(self._loadgen, argvs))
 
-    def relay(self, proxy: Proxy, proto: str) -> dict[str, Any]:
-        port = str(self.servers.ports.proxy[proto])
+    def relay(self, proxy: Proxy, proto: str, tls: bool = False) -> dict[str, Any]:
+        ports = self.servers.ports
+        port = str(ports.tls["imaps_full"] if tls else ports.proxy[proto])
         n = str(self.a.relay_conns)
         argv = ["-m", "relay", "-p", port, "-P", proto, "-u", "echo", "-w", "pass", "-n", n]
+        argv += ["-S"] if tls else []
         argv += ["-d", str(self.a.relay_secs), "-t", str(self.a.relay_secs + 20)]
         marks: dict[str, dict[str, float]] = {}
 
@@ -152,7 +201,10 @@ class Bench:
             "mb_per_s": moved / r["elapsed"] / 1e6 if r["elapsed"] else 0.0,
             "cpu_s_per_gb": (s1["proxy"] - s0["proxy"]) / (moved / 1e9) if moved else 0.0,
         }
-        return self._outcome(figures, [r], s0, s1)
+        out = self._outcome(figures, [r], s0, s1)
+        if r.get("tls"):
+            self.tls_seen.add(r["tls"])
+        return out
 
     def idle(self, proxy: Proxy, proto: str, state: str) -> dict[str, Any]:
         port = str(self.servers.ports.proxy[proto])
@@ -217,22 +269,33 @@ class Bench:
                 p = protos[0]
                 out += [(f"idle-pre-{p}", "idle-pre", p), (f"idle-auth-{p}", "idle-auth", p)]
             elif kind == "tls":
-                out += [("tls-handshake", "tls", ""), ("tls-relay", "tls", "")]
+                out += [
+                    ("tls-handshake-full", "tls-full", "imap"),
+                    ("tls-handshake-resumed", "tls-resume", "imap"),
+                    ("tls-relay-imap", "tls-relay", "imap"),
+                ]
         return out
 
     def run_one(self, target: str, kind: str, proto: str) -> dict[str, Any]:
         self.servers.check_alive()
         ports = self.servers.ports
+        tls = kind.startswith("tls")
         wait_for_ports(
-            {ports.auth, *ports.backend.values(), *ports.proxy.values()}, self.a.max_time_wait
+            {ports.auth, *ports.backend.values(), *ports.proxy.values(), *ports.tls.values()},
+            self.a.max_time_wait,
         )
-        proxy = Proxy(target, self.workdir, self.servers.ports, self.a.workers)
+        cert = self.cert if tls else None
+        proxy = Proxy(target, self.workdir, self.servers.ports, self.a.workers, cert)
         proxy.start()
         try:
             if kind == "login":
                 return self.login(proxy, proto)
             if kind == "relay":
                 return self.relay(proxy, proto)
+            if kind in ("tls-full", "tls-resume"):
+                return self.handshake(proxy, kind == "tls-resume")
+            if kind == "tls-relay":
+                return self.relay(proxy, proto, tls=True)
             return self.idle(proxy, proto, "pre" if kind == "idle-pre" else "auth")
         finally:
             proxy.stop()
@@ -246,8 +309,8 @@ class Bench:
         try:
             with self.p.running():
                 for name, kind, proto in self.scenarios():
-                    if kind == "tls":
-                        unavailable[name] = "not available yet: fastmail does not terminate TLS"
+                    if kind.startswith("tls") and self.no_tls:
+                        unavailable[name] = f"cannot run: {self.no_tls}"
                         continue
                     task = self.p.scenario(name, self.a.rounds * len(targets))
                     for rnd in range(self.a.rounds):
@@ -276,6 +339,9 @@ class Bench:
                             self.p.step(task, f"{t}: {figs}")
         finally:
             self.servers.stop()
+            meta["notes"] += self.notes
+            if self.tls_seen:
+                meta["tls_negotiated"] = sorted(self.tls_seen)
         return self._result(meta, runs, targets, failures, unavailable)
 
     @staticmethod
@@ -308,12 +374,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("kinds", nargs="*", help=f"scenarios among {' '.join(KINDS)} (default: all)")
     p.add_argument("--target", default="fastmail,nginx", help="comma list: fastmail,nginx")
     p.add_argument("--protocols", default="imap,pop3,smtp")
-    p.add_argument("--servers", choices=("testing", "stub"), default="testing")
+    p.add_argument(
+        "--servers",
+        choices=("c", "testing", "stub"),
+        default="c",
+        help="auth_http server and backend: c (bench/servers.c, fast: the default), testing "
+        "(fastmail.testing's Python authd and backend), stub (bench/stubs.py)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--sessions", type=int, default=3000, help="login sessions per run")
-    p.add_argument("--procs", type=int, default=1, help="loadgen processes for login storms")
+    p.add_argument(
+        "--procs", type=int, default=1, help="loadgen processes for login storms and handshakes"
+    )
+    p.add_argument("--handshakes", type=int, default=3000, help="TLS handshakes per run")
     p.add_argument("--max-secs", type=float, default=60, help="bound on one login run")
     p.add_argument("--relay-conns", type=int, default=4)
     p.add_argument("--relay-secs", type=float, default=3)
@@ -339,7 +414,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad:
         p.error(f"unknown protocol {sorted(bad)}")
     if a.smoke:
-        a.rounds, a.concurrency, a.sessions, a.max_secs = 1, 4, 40, 15
+        a.rounds, a.concurrency, a.sessions, a.max_secs, a.handshakes = 1, 4, 40, 15, 40
         a.relay_conns, a.relay_secs, a.idle, a.settle = 2, 0.3, 30, 0.1
     return a
 
@@ -381,14 +456,25 @@ def main(argv: list[str] | None = None) -> int:
         "fastmail": _version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
         "cc": _version([os.environ.get("CC", "cc"), "--version"]),
         "servers": a.servers,
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "rounds": a.rounds,
         "workers": a.workers,
         "targets": targets,
         "command": "python -m bench " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
         "params": {
             k: getattr(a, k)
-            for k in ("concurrency", "sessions", "procs", "relay_conns", "relay_secs", "idle")
+            for k in (
+                "concurrency",
+                "sessions",
+                "handshakes",
+                "procs",
+                "relay_conns",
+                "relay_secs",
+                "idle",
+            )
         },
+        "tls": f"{TLS_VERSION}, {TLS_SUITE}, group {TLS_GROUP}, {TLS_KEY} certificate, "
+        "pinned in both configs and the load generator",
         "notes": notes,
     }
     try:

@@ -6,6 +6,8 @@
  * deadline), or parse more protocol than a session needs to know it succeeded.
  * Built at run time by bench/targets.py with the system cc; protocol with the harness is
  * line based on stdout: "MARK start", "MARK end", "READY n", then one "RESULT {json}" line.
+ * With OpenSSL (built without -DNO_TLS) -S puts implicit TLS under any mode, and the
+ * handshake mode measures TLS handshakes (full, or resumed from one ticket with -R).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -24,11 +26,15 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifndef NO_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 enum { P_IMAP, P_POP3, P_SMTP };
-enum { M_LOGIN, M_RELAY, M_IDLE };
+enum { M_LOGIN, M_RELAY, M_IDLE, M_HANDSHAKE };
 /* per-connection phases */
-enum { S_CONNECTING, S_SCRIPT, S_WAIT_EOF, S_RELAY, S_IDLE, S_DONE };
+enum { S_CONNECTING, S_TLS, S_SCRIPT, S_WAIT_EOF, S_RELAY, S_IDLE, S_DONE };
 
 #define RBUF 8192
 #define MAXSTEPS 6
@@ -42,6 +48,9 @@ typedef struct {
 } step_t;
 
 typedef struct {
+#ifndef NO_TLS
+    SSL *ssl;
+#endif
     int fd, state, step, nsteps, id;
     double t0, deadline;
     char *out;
@@ -63,7 +72,31 @@ static uint64_t relay_bytes;
 static char errsample[4][160];
 static int nerrsample;
 static unsigned char pattern[RELAY_CHUNK + 256];
+static int use_tls, resume, resumed;
+static const char *tls_suites = "TLS_AES_128_GCM_SHA256", *tls_groups = "X25519";
+static char tls_seen[160]; /* version, cipher and group of the first handshake */
+#ifndef NO_TLS
+static SSL_CTX *tls_ctx;
+static SSL_SESSION *tls_session; /* resumed from by every connection with -R */
 
+static void tls_init(void) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    /* pinned, so both proxies negotiate the same thing whatever their defaults */
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(tls_ctx, TLS1_3_VERSION);
+    if (SSL_CTX_set_ciphersuites(tls_ctx, tls_suites) != 1 ||
+        SSL_CTX_set1_groups_list(tls_ctx, tls_groups) != 1) {
+        fprintf(stderr, "loadgen: bad TLS ciphersuite or group\n");
+        exit(2);
+    }
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL); /* a bench certificate */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* no client cache: with it, OpenSSL retires a TLS 1.3 session after one resumption; the
+     * bench resumes every handshake from the one ticket it took after priming (stateless
+     * tickets: the server's work is the same for a fresh or a reused one) */
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+}
+#endif
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -109,7 +142,7 @@ static void build_script(conn_t *c) {
     char u[96];
     snprintf(u, sizeof(u), "%s%d", user, nusers > 1 ? c->id % nusers : 0);
     if (nusers <= 1) snprintf(u, sizeof(u), "%s", user);
-    int login_only = mode != M_LOGIN;
+    int login_only = mode != M_LOGIN && mode != M_HANDSHAKE;
     step_t *s = c->steps;
     int n = 0;
     if (proto == P_IMAP) {
@@ -139,8 +172,40 @@ static void build_script(conn_t *c) {
         s[n++] = (step_t){c->sendbuf[0], "235", 0};
         if (!login_only) s[n++] = (step_t){"QUIT\r\n", "221", 1};
     }
-    /* pre-auth idle: connected and greeted, nothing more */
-    c->nsteps = mode == M_IDLE && !strcmp(idle_state, "pre") ? 1 : n;
+    /* pre-auth idle and TLS handshakes: connected and greeted, nothing more */
+    c->nsteps = (mode == M_IDLE && !strcmp(idle_state, "pre")) || mode == M_HANDSHAKE ? 1 : n;
+}
+
+/* send/recv, through TLS when the connection has it; -1 with errno EAGAIN when it would block */
+static ssize_t io_send(conn_t *c, const void *b, size_t n) {
+#ifndef NO_TLS
+    if (c->ssl) {
+        ERR_clear_error();
+        int r = SSL_write(c->ssl, b, (int)n);
+        if (r > 0) return r;
+        int e = SSL_get_error(c->ssl, r);
+        errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN
+                : e == SSL_ERROR_SYSCALL && errno ? errno : EPROTO;
+        return -1;
+    }
+#endif
+    return send(c->fd, b, n, MSG_NOSIGNAL);
+}
+
+static ssize_t io_recv(conn_t *c, void *b, size_t n) {
+#ifndef NO_TLS
+    if (c->ssl) {
+        ERR_clear_error();
+        int r = SSL_read(c->ssl, b, (int)n);
+        if (r > 0) return r;
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) return 0;
+        errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN
+                : e == SSL_ERROR_SYSCALL && errno ? errno : EPROTO;
+        return -1;
+    }
+#endif
+    return recv(c->fd, b, n, 0);
 }
 
 static void set_events(conn_t *c, uint32_t ev) {
@@ -149,6 +214,13 @@ static void set_events(conn_t *c, uint32_t ev) {
 }
 
 static void conn_close(conn_t *c, int success) {
+#ifndef NO_TLS
+    if (c->ssl) {
+        if (success) SSL_shutdown(c->ssl); /* close_notify: a clean end for the proxy's log */
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+#endif
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     c->state = S_DONE;
@@ -159,7 +231,7 @@ static void conn_close(conn_t *c, int success) {
 
 static int flush_out(conn_t *c) {
     while (c->outoff < c->outlen) {
-        ssize_t w = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+        ssize_t w = io_send(c, c->out + c->outoff, c->outlen - c->outoff);
         if (w < 0) {
             if (errno == EAGAIN) {
                 set_events(c, EPOLLIN | EPOLLOUT);
@@ -188,7 +260,7 @@ static void start_step(conn_t *c) {
 static void relay_write(conn_t *c) {
     while (c->sent - c->recvd < RELAY_WINDOW) {
         size_t off = c->sent % 251;
-        ssize_t w = send(c->fd, pattern + off, RELAY_CHUNK, MSG_NOSIGNAL);
+        ssize_t w = io_send(c, pattern + off, RELAY_CHUNK);
         if (w < 0) {
             if (errno == EAGAIN) {
                 set_events(c, EPOLLIN | EPOLLOUT);
@@ -227,6 +299,15 @@ static void on_lines(conn_t *c) {
         if (n >= el && memcmp(line, st->expect, el) == 0) {
             c->step++;
             if (c->step == c->nsteps) {
+                if (mode == M_HANDSHAKE) {
+#ifndef NO_TLS
+                    /* the ticket came before the greeting: it is the session now */
+                    if (resume && !tls_session) tls_session = SSL_get1_session(c->ssl);
+#endif
+                    lat[nlat++] = now() - c->t0;
+                    conn_close(c, 1);
+                    return;
+                }
                 if (mode == M_LOGIN) {
                     lat[nlat++] = now() - c->t0;
                     c->state = S_WAIT_EOF;
@@ -262,7 +343,7 @@ static void on_readable(conn_t *c) {
     if (c->state == S_RELAY) {
         unsigned char buf[RELAY_CHUNK];
         for (;;) {
-            ssize_t r = recv(c->fd, buf, sizeof(buf), 0);
+            ssize_t r = io_recv(c, buf, sizeof(buf));
             if (r > 0) {
                 size_t off = c->recvd % 251;
                 if (memcmp(buf, pattern + off, r) != 0) {
@@ -285,7 +366,7 @@ static void on_readable(conn_t *c) {
         return;
     }
     for (;;) {
-        ssize_t r = recv(c->fd, c->in + c->inlen, RBUF - c->inlen, 0);
+        ssize_t r = io_recv(c, c->in + c->inlen, RBUF - c->inlen);
         if (r > 0) {
             if (c->state == S_WAIT_EOF || c->state == S_IDLE) continue; /* ignore */
             c->inlen += r;
@@ -319,6 +400,7 @@ static void on_readable(conn_t *c) {
 }
 
 static conn_t *conns;
+static void on_readable(conn_t *c);
 
 static int open_conn(int i) {
     conn_t *c = &conns[i];
@@ -351,6 +433,46 @@ static int open_conn(int i) {
     return 0;
 }
 
+static void tls_step(conn_t *c) {
+#ifndef NO_TLS
+    if (!c->ssl) {
+        c->ssl = SSL_new(tls_ctx);
+        SSL_set_fd(c->ssl, c->fd);
+        SSL_set_tlsext_host_name(c->ssl, "localhost");
+        if (resume && tls_session) SSL_set_session(c->ssl, tls_session);
+    }
+    ERR_clear_error();
+    int r = SSL_connect(c->ssl);
+    if (r == 1) {
+        if (SSL_session_reused(c->ssl)) resumed++;
+        if (!tls_seen[0]) {
+            int nid = SSL_get_negotiated_group(c->ssl);
+            snprintf(tls_seen, sizeof(tls_seen), "%s %s %s", SSL_get_version(c->ssl),
+                     SSL_get_cipher_name(c->ssl), nid ? OBJ_nid2sn(nid & 0xffff) : "?");
+        }
+        c->state = S_SCRIPT;
+        set_events(c, EPOLLIN);
+        start_step(c);
+        if (c->fd >= 0) on_readable(c); /* the greeting may sit in OpenSSL's buffer already */
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        set_events(c, EPOLLIN);
+    } else if (e == SSL_ERROR_WANT_WRITE) {
+        set_events(c, EPOLLIN | EPOLLOUT);
+    } else {
+        char why[120];
+        ERR_error_string_n(ERR_peek_last_error(), why, sizeof(why));
+        note_error(c, "TLS handshake:", why, strlen(why));
+        conn_close(c, 0);
+    }
+#else
+    note_error(c, "built without TLS", "", 0);
+    conn_close(c, 0);
+#endif
+}
+
 static void on_event(conn_t *c, uint32_t ev) {
     if (c->state == S_DONE) return;
     if (c->state == S_CONNECTING) {
@@ -362,10 +484,18 @@ static void on_event(conn_t *c, uint32_t ev) {
             conn_close(c, 0);
             return;
         }
-        c->state = S_SCRIPT;
-        set_events(c, EPOLLIN);
-        start_step(c);
-        if (c->fd < 0) return;
+        if (use_tls) {
+            c->state = S_TLS;
+        } else {
+            c->state = S_SCRIPT;
+            set_events(c, EPOLLIN);
+            start_step(c);
+            if (c->fd < 0) return;
+        }
+    }
+    if (c->state == S_TLS) {
+        tls_step(c);
+        return;
     }
     if ((ev & EPOLLOUT) && c->state == S_RELAY) {
         relay_write(c);
@@ -412,7 +542,7 @@ static void loop_until(double end, int (*done)(void)) {
                 }
             }
         }
-        if (mode == M_LOGIN)
+        if (mode == M_LOGIN || mode == M_HANDSHAKE)
             while (active < conc && started < total) open_conn(started);
     }
 }
@@ -420,22 +550,27 @@ static void loop_until(double end, int (*done)(void)) {
 static int login_done(void) { return finished >= total; }
 static int all_in(void) { return finished >= total; }
 static int never(void) { return 0; }
+static int __attribute__((unused)) primed(void) { return finished >= 1; }
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen -m login|relay|idle -p PORT -P imap|pop3|smtp [-c conc] [-n total]\n"
-            "  [-t max_secs] [-T step_timeout] [-d relay_secs] [-u user] [-U nusers] [-w pass]\n"
-            "  [-s pre|auth]  (idle: stop after the greeting, or after login)\n");
+            "usage: loadgen -m login|relay|idle|handshake -p PORT -P imap|pop3|smtp [-c conc]\n"
+            "  [-n total] [-t max_secs] [-T step_timeout] [-d relay_secs] [-u user] [-U nusers]\n"
+            "  [-w pass] [-s pre|auth]  (idle: stop after the greeting, or after login)\n"
+            "  [-S] implicit TLS (TLS 1.3 only)  [-R] resume every handshake from one ticket\n"
+            "  [-C ciphersuites] [-G groups]  (default TLS_AES_128_GCM_SHA256, X25519)\n"
+            "  handshake: connect, TLS handshake, greeting, close (implies -S)\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "m:p:P:c:n:t:T:d:u:U:w:s:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:p:P:c:n:t:T:d:u:U:w:s:SRC:G:")) != -1) {
         switch (opt) {
         case 'm':
             mode = !strcmp(optarg, "login") ? M_LOGIN : !strcmp(optarg, "relay") ? M_RELAY
-                   : !strcmp(optarg, "idle") ? M_IDLE : -1;
+                   : !strcmp(optarg, "idle") ? M_IDLE
+                   : !strcmp(optarg, "handshake") ? M_HANDSHAKE : -1;
             if (mode < 0) usage();
             break;
         case 'p': port = atoi(optarg); break;
@@ -453,12 +588,25 @@ int main(int argc, char **argv) {
         case 'U': nusers = atoi(optarg); break;
         case 'w': pass = optarg; break;
         case 's': idle_state = optarg; break;
+        case 'S': use_tls = 1; break;
+        case 'R': resume = 1; break;
+        case 'C': tls_suites = optarg; break;
+        case 'G': tls_groups = optarg; break;
         default: usage();
         }
     }
     if (strlen(user) > 60 || strlen(pass) > 60) usage();
     if (port <= 0 || port > 65535 || conc <= 0 || total <= 0 || max_secs <= 0) usage();
-    if (mode != M_LOGIN) conc = total;
+    if (mode == M_HANDSHAKE) use_tls = 1;
+    if (mode != M_LOGIN && mode != M_HANDSHAKE) conc = total;
+#ifdef NO_TLS
+    if (use_tls) {
+        fprintf(stderr, "loadgen: built without OpenSSL (libssl-dev missing): no TLS\n");
+        return 3;
+    }
+#else
+    if (use_tls) tls_init();
+#endif
     if (conc > total) conc = total;
 
     struct rlimit rl;
@@ -475,7 +623,23 @@ int main(int argc, char **argv) {
 
     double hard_end = now() + max_secs;
     double t_start = now(), t_end;
-    if (mode == M_LOGIN) {
+#ifndef NO_TLS
+    if (mode == M_HANDSHAKE && resume) {
+        /* one full handshake first: its ticket is what every measured connection resumes */
+        int want = total;
+        total = 1; /* loop_until must not open more than the primer */
+        open_conn(0);
+        loop_until(hard_end, primed);
+        total = want;
+        if (!tls_session) {
+            fprintf(stderr, "loadgen: the server sent no session ticket (%s)\n",
+                    nerrsample ? errsample[0] : "no error");
+            return 3;
+        }
+        started = finished = ok = errors = nlat = active = nerrsample = resumed = 0;
+    }
+#endif
+    if (mode == M_LOGIN || mode == M_HANDSHAKE) {
         printf("MARK start\n");
         loop_until(hard_end, login_done);
         t_end = now();
@@ -520,9 +684,11 @@ int main(int argc, char **argv) {
     int missing = total - finished;
     printf("RESULT {\"ok\": %d, \"errors\": %d, \"unfinished\": %d, \"elapsed\": %.6f, "
            "\"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, "
-           "\"relay_bytes\": %llu, \"cpu_s\": %.6f, \"errsample\": [",
+           "\"relay_bytes\": %llu, \"cpu_s\": %.6f, \"resumed\": %d, \"tls\": \"%s\", "
+           "\"errsample\": [",
            ok, errors, missing > 0 ? missing : 0, t_end - t_start, pct(0.5), pct(0.9),
-           pct(0.99), nlat ? lat[nlat - 1] * 1e6 : 0.0, (unsigned long long)relay_bytes, cpu);
+           pct(0.99), nlat ? lat[nlat - 1] * 1e6 : 0.0, (unsigned long long)relay_bytes, cpu,
+           resumed, tls_seen);
     for (int i = 0; i < nerrsample; i++) printf("%s\"%s\"", i ? ", " : "", errsample[i]);
     printf("]}\n");
     return 0;

@@ -48,11 +48,22 @@ FIGURES = {
         Figure("kib_per_conn", "RSS per idle logged-in session", "KiB", "lower", 1.0),
         Figure("base_rss_mib", "RSS before connections", "MiB", "lower"),
     ],
+    # no project goal names a TLS ratio: the table shows the ratio without ok/MISS
+    "tls-handshake": [
+        Figure("handshakes_per_s", "TLS handshakes/s", "1/s", "higher"),
+        Figure("proxy_us_per_handshake", "proxy CPU per handshake", "µs", "lower"),
+        Figure("p50_ms", "latency p50", "ms", "lower"),
+        Figure("p99_ms", "latency p99", "ms", "lower"),
+    ],
+    "tls-relay": [
+        Figure("mb_per_s", "TLS relay both ways", "MB/s", "higher"),
+        Figure("cpu_s_per_gb", "proxy CPU per GB", "CPU-s/GB", "lower"),
+    ],
 }
 
 
 def kind_of(scenario: str) -> str:
-    for kind in ("idle-pre", "idle-auth", "login", "relay", "tls"):
+    for kind in ("idle-pre", "idle-auth", "login", "relay", "tls-handshake", "tls-relay"):
         if scenario.startswith(kind):
             return kind
     return scenario
@@ -176,6 +187,20 @@ def harness_notes(runs: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def harness_table(runs: list[dict[str, Any]], targets: list[str]) -> list[str]:
+    """Per scenario and target: how busy the proxy, loadgen, backend and auth server were."""
+    keys = ("proxy_busy", "loadgen_busy", "backend_busy", "auth_busy")
+    out = ["| scenario | target | proxy | loadgen | backend | auth |", "|---|---|---|---|---|---|"]
+    for sc in dict.fromkeys(r["scenario"] for r in runs):
+        for t in targets:
+            hs = [r.get("harness") for r in runs if r["scenario"] == sc and r["target"] == t]
+            hs = [h for h in hs if h]
+            if hs:
+                cells = [f"{statistics.median(h[k] for h in hs):.0%}" for k in keys]
+                out.append(f"| {sc} | {t} | " + " | ".join(cells) + " |")
+    return out
+
+
 def _fmt(v: float) -> str:
     if v == 0:
         return "0"
@@ -252,11 +277,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"nginx {m.get('nginx') or 'absent'}, fastmail {m.get('fastmail') or '?'}, "
         f"servers: {m['servers']}, rounds: {m['rounds']}, workers: {m['workers']}.",
         f"Command: `{m['command']}`",
+        f"Load before the run (1/5/15 min): {m.get('load', '?')}.",
+        f"TLS: {m['params'].get('tls', '?')}"
+        + (f"; negotiated: {', '.join(m['tls_negotiated'])}" if m.get("tls_negotiated") else "")
+        + ".",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in b) + " |" for b in body]
+    lines += ["", "## Harness CPU (share of one core, median over runs)", ""]
+    lines += harness_table(result["runs"], result["meta"]["targets"])
     lines += ["", "## Parameters", "", "```", json.dumps(m["params"], indent=1), "```"]
     failures = result.get("failures", [])
     if failures:

@@ -1,9 +1,11 @@
 """Processes the bench runs: the proxies under test, the shared servers, and the load generator.
 
 Owns: one config template rendered for fastmail and for nginx (same listeners, same auth_http,
-one worker, `master_process off; daemon off;`), starting/stopping each proxy, the auth_http
-server and backend they share, building bench/loadgen.c with the system cc into a cache dir,
-and reading CPU (utime+stime) and RSS (smaps_rollup) from /proc for a process and its children.
+one worker, `master_process off; daemon off;`, and for TLS runs the same pinned TLS version,
+ciphersuite, group and certificate), starting/stopping each proxy, the auth_http server and
+backend they share, building bench/loadgen.c and bench/servers.c with the system cc into a
+cache dir, and reading CPU (utime+stime) and RSS (smaps_rollup) from /proc for a process and
+its children.
 Must not: bind anything but 127.0.0.1, touch system services, or judge results (report.py).
 """
 
@@ -24,9 +26,45 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN_SRC = Path(__file__).resolve().parent / "loadgen.c"
+SERVERS_SRC = Path(__file__).resolve().parent / "servers.c"
 NGINX_MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROTOCOLS = ("imap", "pop3", "smtp")
+
+# TLS pinned the same on both proxies and in the load generator: nginx 1.22 and fastmail
+# default to different protocol lists, and the handshake cost depends on all of these.
+TLS_VERSION = "TLSv1.3"
+TLS_SUITE = "TLS_AES_128_GCM_SHA256"
+TLS_GROUP = "X25519"
+TLS_KEY = "RSA 2048"  # server signature: the costly part of a full handshake, on the proxy
+
+TLS_SERVERS = """
+    server {{
+        listen 127.0.0.1:{imaps_full} ssl;
+        protocol imap;
+        imap_auth login plain;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols {tls_version};
+        ssl_conf_command Ciphersuites {tls_suite};
+        ssl_conf_command Groups {tls_group};
+        # full handshakes only: no tickets (NumTickets 0: TLS 1.3 sends none), no cache
+        ssl_session_tickets off;
+        ssl_session_cache off;
+        ssl_conf_command NumTickets 0;
+    }}
+    server {{
+        listen 127.0.0.1:{imaps_resume} ssl;
+        protocol imap;
+        imap_auth login plain;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols {tls_version};
+        ssl_conf_command Ciphersuites {tls_suite};
+        ssl_conf_command Groups {tls_group};
+        ssl_session_tickets on;
+    }}
+"""
 
 CONF_TEMPLATE = """\
 {load_module}
@@ -59,7 +97,7 @@ mail {{
         protocol smtp;
         smtp_auth login plain;
     }}
-}}
+{tls_servers}}}
 """
 
 
@@ -172,23 +210,72 @@ def cache_dir() -> Path:
     return d
 
 
-def build_loadgen() -> Path:
-    """Compile loadgen.c once per source version; the binary lives in the cache dir."""
-    src = LOADGEN_SRC.read_bytes()
-    exe = cache_dir() / f"loadgen-{hashlib.sha256(src).hexdigest()[:16]}"
+def build_c(src_path: Path, flags: tuple[str, ...] = (), libs: tuple[str, ...] = ()) -> Path:
+    """Compile a bench C program once per source version and flags, into the cache dir."""
+    src = src_path.read_bytes()
+    key = hashlib.sha256(src + " ".join([*flags, *libs]).encode()).hexdigest()[:16]
+    exe = cache_dir() / f"{src_path.stem}-{key}"
     if exe.exists():
         return exe
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        raise TargetError("no C compiler (cc) found: the load generator is built with it")
-    tmp = exe.with_suffix(".tmp")
+        raise TargetError(f"no C compiler (cc) found: {src_path.name} is built with it")
+    tmp = exe.with_suffix(f".tmp{os.getpid()}")
     r = subprocess.run(
-        [cc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_SRC)], capture_output=True, text=True
+        [cc, "-O2", "-Wall", *flags, "-o", str(tmp), str(src_path), *libs],
+        capture_output=True,
+        text=True,
     )
     if r.returncode:
-        raise TargetError(f"building loadgen failed:\n{r.stderr}")
+        raise TargetError(f"building {src_path.name} failed:\n{r.stderr[-1500:]}")
     tmp.replace(exe)
     return exe
+
+
+def openssl_headers() -> bool:
+    return any(Path(d, "openssl/ssl.h").exists() for d in ("/usr/include", "/usr/local/include"))
+
+
+def build_loadgen(install: bool = True, log: list[str] | None = None) -> tuple[Path, str | None]:
+    """The load generator, with OpenSSL when its headers are there (libssl-dev is installed
+    with apt when missing, if we are root and `install`). Returns (exe, why TLS is missing)."""
+    if not openssl_headers() and install and shutil.which("apt-get") and os.geteuid() == 0:
+        if log is not None:
+            log.append("OpenSSL headers missing: installing libssl-dev for the TLS scenarios")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "libssl-dev"], env=env, capture_output=True
+        )
+    if openssl_headers():
+        try:
+            return build_c(LOADGEN_SRC, libs=("-lssl", "-lcrypto")), None
+        except TargetError as e:
+            why = f"loadgen does not build with OpenSSL: {str(e)[-300:]}"
+    elif install:
+        why = "OpenSSL headers (libssl-dev) are missing and could not be installed (apt, root)"
+    else:
+        why = "OpenSSL headers (libssl-dev) are missing (--no-install: not installed)"
+    return build_c(LOADGEN_SRC, flags=("-DNO_TLS",)), why
+
+
+def make_cert(d: Path) -> tuple[Path, Path] | str:
+    """A self-signed RSA 2048 certificate for both proxies; a string says why there is none."""
+    cert, key = d / "bench-cert.pem", d / "bench-key.pem"
+    if cert.exists() and key.exists():
+        return cert, key
+    exe = shutil.which("openssl")
+    if not exe:
+        return "the openssl command is missing: no certificate for the TLS scenarios"
+    r = subprocess.run(
+        [exe, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode:
+        return f"openssl req failed: {r.stderr.strip()[-300:]}"
+    return cert, key
 
 
 # -- proxies ------------------------------------------------------------------------------------
@@ -199,6 +286,7 @@ class Ports:
     auth: int
     backend: dict[str, int]
     proxy: dict[str, int] = field(default_factory=dict)
+    tls: dict[str, int] = field(default_factory=dict)  # imaps_full, imaps_resume
 
 
 def nginx_binary() -> str | None:
@@ -241,8 +329,16 @@ def nginx_version(exe: str) -> str:
 class Proxy:
     """One proxy process (fastmail or nginx) started from the shared template."""
 
-    def __init__(self, name: str, workdir: Path, ports: Ports, workers: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        ports: Ports,
+        workers: int = 1,
+        cert: tuple[Path, Path] | None = None,
+    ) -> None:
         self.name = name
+        self.cert = cert  # TLS listeners only when given
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ports = ports
@@ -252,7 +348,18 @@ class Proxy:
         self.conf = self.dir / f"{name}.conf"
 
     def render(self) -> str:
+        tls = ""
+        if self.cert:
+            tls = TLS_SERVERS.format(
+                cert=self.cert[0],
+                key=self.cert[1],
+                tls_version=TLS_VERSION,
+                tls_suite=TLS_SUITE,
+                tls_group=TLS_GROUP,
+                **self.ports.tls,
+            )
         return CONF_TEMPLATE.format(
+            tls_servers=tls,
             load_module=f"load_module {NGINX_MAIL_MODULE};" if self.name == "nginx" else "",
             workers=self.workers,
             errlog=self.errlog,
@@ -281,9 +388,10 @@ class Proxy:
             preexec_fn=raise_nofile,
         )
         out.close()
-        wait_listening(
-            self.proc, list(self.ports.proxy.values()), timeout, self.name, self.log_tail
-        )
+        ports = list(self.ports.proxy.values())
+        if self.cert:
+            ports += list(self.ports.tls.values())
+        wait_listening(self.proc, ports, timeout, self.name, self.log_tail)
 
     def log_tail(self, n: int = 12) -> str:
         text = ""
@@ -341,9 +449,11 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
 class Servers:
     """The auth_http server and backend every target shares, as separate processes.
 
-    kind "testing" runs fastmail.testing's authd (SQLite users "user" and "echo", password
-    "pass") and two fake backends (the second echoes after login, for the relay scenario);
-    kind "stub" runs bench/stubs.py, which needs less CPU per session.
+    kind "c" (the default) runs bench/servers.c twice, as the auth_http server and as the
+    backend: any user with password "pass", users named echo* echo after login. kind
+    "testing" runs fastmail.testing's authd (SQLite users "user" and "echo", password "pass")
+    and two fake backends (the second echoes after login, for the relay scenario); kind "stub"
+    runs bench/stubs.py (Python, like testing but checks nothing).
     """
 
     def __init__(self, kind: str, workdir: Path) -> None:
@@ -352,6 +462,7 @@ class Servers:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ports = Ports(auth=free_port(), backend={p: free_port() for p in PROTOCOLS})
         self.ports.proxy = {p: free_port() for p in PROTOCOLS}
+        self.ports.tls = {"imaps_full": free_port(), "imaps_resume": free_port()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def _spawn(self, role: str, argv: list[str], ports: list[int]) -> None:
@@ -372,6 +483,14 @@ class Servers:
         py = sys.executable
         # relay sessions log in as "echo" and land on backends that echo after login
         self.echo_ports = {p: free_port() for p in PROTOCOLS}
+        if self.kind == "c":
+            exe = str(build_c(SERVERS_SRC))
+            b = ",".join(str(self.ports.backend[p]) for p in PROTOCOLS)
+            self._spawn("backend", [exe, "backend", "-b", b], list(self.ports.backend.values()))
+            self._spawn(
+                "auth", [exe, "auth", "-a", str(self.ports.auth), "-b", b], [self.ports.auth]
+            )
+            return
         if self.kind == "stub":
             b = ",".join(f"{p}={port}" for p, port in self.ports.backend.items())
             self._spawn(
