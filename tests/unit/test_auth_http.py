@@ -336,6 +336,42 @@ def test_body_after_headers_ignored() -> None:
     assert parse(OK + b"Auth-Status: nope\r\n\r\n").status == "ok"
 
 
+FAST_CASES = [
+    b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
+    b"Content-Length: 0\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nAuth-Status:   Invalid login  \r\nAuth-Wait: 3\r\n"
+    b"Connection: Keep-Alive\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nauth-status: OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 500 Internal\r\nAuth-Status:\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nAuth-Status: OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nContent-Length: 4\r\n\r\nab",
+    b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nContent-Length: 0\r\n\r\nextra",
+    b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nConnection: keep-alive\r\nConnection: close\r\n"
+    b"Content-Length: 0\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nConnection: close, keep-alive\r\n"
+    b"Content-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Pass: a\tb\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nAuth_Status: OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\n",
+]
+
+
+@pytest.mark.parametrize("data", FAST_CASES)
+def test_whole_answer_in_one_read_reads_as_in_pieces(data: bytes) -> None:
+    """The one-read shortcut and the general (httptools) path agree on every field."""
+    from fastmail.auth_http import ResponseReader
+
+    whole, pieces = ResponseReader(), ResponseReader()
+    done = whole.feed(data)
+    assert pieces.feed(data[:1]) is False
+    assert pieces.feed(data[1:]) is done
+    fields = ("headers", "error", "headers_complete", "message_complete", "keep_alive")
+    assert [getattr(whole, f) for f in fields] == [getattr(pieces, f) for f in fields]
+    assert whole.received == pieces.received == len(data)
+
+
 # --- the client against a real server ----------------------------------------------------------
 
 Responder = Callable[[bytes, int], Awaitable[bytes | None]]
