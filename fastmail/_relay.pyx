@@ -36,6 +36,7 @@ cdef extern from *:
     ssize_t splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t len,
                    unsigned int flags) nogil
     int pipe2(int *fds, int flags) nogil
+    int getpagesize() nogil
     int fcntl(int fd, int cmd, ...) nogil
     ssize_t send(int fd, const void *buf, size_t n, int flags) nogil
     int shutdown(int fd, int how) nogil
@@ -99,6 +100,9 @@ cdef int _pool_w[POOL_MAX]
 cdef int _pool_n = 0
 cdef int _pool_limit = 16      # idle pipes kept; the rest are closed when returned
 cdef long _pipes_open = 0      # live pipes (pooled + in use), for leak checks
+# Fewest buffer slots (pages) of any pipe made: a splice from a socket that moved fewer bytes
+# than this was not cut short by a full pipe, so the socket had no more (see _pump).
+cdef Py_ssize_t _min_slots = 1 << 30
 
 
 def pool_stats():
@@ -127,8 +131,9 @@ def pool_clear():
 
 
 cdef int _pipe_get(int *r, int *w) noexcept:
-    global _pool_n, _pipes_open
+    global _pool_n, _pipes_open, _min_slots
     cdef int fds[2]
+    cdef int size
     if _pool_n > 0:
         _pool_n -= 1
         r[0] = _pool_r[_pool_n]
@@ -137,7 +142,11 @@ cdef int _pipe_get(int *r, int *w) noexcept:
     if pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0:
         return -1
     # Fails with EPERM past pipe-user-pages-soft or pipe-max-size: the default size works too.
-    fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE)
+    size = fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE)
+    if size < 0:
+        size = fcntl(fds[1], F_GETPIPE_SZ)
+    if size // getpagesize() < _min_slots:
+        _min_slots = max(size // getpagesize(), 0)
     r[0] = fds[0]
     w[0] = fds[1]
     _pipes_open += 1
@@ -503,6 +512,7 @@ cdef class SpliceRelay(Watcher):
     cdef unsigned long long key[2]
     cdef bint rd[2]         # per side: bytes or EOF may be waiting
     cdef bint wr[2]         # per side: the socket may take more
+    cdef bint hup[2]        # per side: EOF or an error was signalled (read on until 0 / error)
     cdef bint resched
     cdef object loop
     cdef object on_close
@@ -558,6 +568,7 @@ cdef class SpliceRelay(Watcher):
             # the state at registration), so nothing is read speculatively.
             self.rd[i] = False
             self.wr[i] = True
+            self.hup[i] = False
             self.key[i] = 0
         self.pend = [to_backend, to_client]
         self._timeout = float(timeout) if timeout else 0.0
@@ -617,6 +628,8 @@ cdef class SpliceRelay(Watcher):
             return
         if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             self.rd[side] = True
+            if ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                self.hup[side] = True
         if ev & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.wr[side] = True
         if side == CLIENT:
@@ -717,6 +730,12 @@ cdef class SpliceRelay(Watcher):
             n = splice(d.src, NULL, d.pw, NULL, PIPE_SIZE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             if n > 0:
                 d.inpipe += n
+                if n < _min_slots and not self.hup[src]:
+                    # Each queued buffer takes at least one pipe slot, so the pipe did not
+                    # fill: the socket is empty (what arrives later is a new edge), and the
+                    # splice that would only say EAGAIN is saved. Without SO_PASSCRED (unix)
+                    # and urgent data (TCP), nothing else ends a nonblocking splice early.
+                    self.rd[src] = False
                 continue
             if n == 0:
                 d.eof = True

@@ -308,6 +308,118 @@ def test_take_fd_hands_a_uvloop_transport_over(loop: asyncio.AbstractEventLoop) 
     run(loop, main(), 10)
 
 
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_splice_many_small_exchanges_each_need_an_edge(
+    loop: asyncio.AbstractEventLoop, kind: str
+) -> None:
+    """Edge-triggered relaying: after a short read the relay waits for the next edge instead
+    of reading again; every line of a long dialogue still arrives, in both directions."""
+
+    async def main() -> None:
+        lp = asyncio.get_running_loop()
+        e = Ends(kind)
+        relay = SpliceRelay(lp, *e.fds, e.on_close)
+        relay.start()
+        for i in range(300):
+            line = b"a%d NOOP\r\n" % i
+            await lp.sock_sendall(e.client, line)
+            got = b""
+            while len(got) < len(line):
+                got += await lp.sock_recv(e.backend, 100)
+            assert got == line
+            await lp.sock_sendall(e.backend, got.upper())
+            back = b""
+            while len(back) < len(line):
+                back += await lp.sock_recv(e.client, 100)
+            assert back == line.upper()
+        assert (relay.bytes_up, relay.bytes_down) == (
+            sum(len(b"a%d NOOP\r\n" % i) for i in range(300)),
+        ) * 2
+        e.client.shutdown(socket.SHUT_WR)
+        e.backend.shutdown(socket.SHUT_WR)
+        assert (await e.closed).close_reason is None
+        e.close()
+
+    run(loop, main(), 20)
+
+
+def test_backend_socket_connect_login_and_hand_over(loop: asyncio.AbstractEventLoop) -> None:
+    """BackendSocket: connect, login dialogue through the login machine's actions, failure
+    text for a refused connect, and the move of its fd into a SpliceRelay."""
+    from fastmail._core import ACT_BACKEND, ACT_DONE, ACT_SEND
+    from fastmail._relay import BackendSocket
+
+    class Login:
+        phase = "connecting"
+
+        def __init__(self) -> None:
+            self.fed = b""
+
+        def start(self) -> int:
+            return 0
+
+        def feed(self, data: bytes) -> int:
+            self.fed += data
+            if self.fed == b"* OK hi\r\n":
+                return ACT_BACKEND
+            return ACT_DONE | ACT_SEND if self.fed.endswith(b"a OK\r\n") else 0
+
+        def take_backend_output(self) -> bytes:
+            return b"a LOGIN u p\r\n"
+
+    class Session:
+        def __init__(self) -> None:
+            self.acts: list[int] = []
+            self.failed: list[str] = []
+            self.event = asyncio.Event()
+
+        def _login_actions(self, acts: int) -> None:
+            self.acts.append(acts)
+            self.event.set()
+
+        def _backend_failed(self, reason: str) -> None:
+            self.failed.append(reason)
+            self.event.set()
+
+    async def main() -> None:
+        lp = asyncio.get_running_loop()
+        srv = socket.create_server(("127.0.0.1", 0))
+        port = srv.getsockname()[1]
+        srv.close()
+        s = Session()
+        b = BackendSocket(lp, "127.0.0.1", port, s, Login())
+        await asyncio.wait_for(s.event.wait(), 5)
+        assert s.failed == ["connect() failed (111: Connection refused)"]
+        b.close()
+
+        srv = socket.create_server(("127.0.0.1", 0))
+        srv.setblocking(False)
+        s = Session()
+        b = BackendSocket(lp, "127.0.0.1", srv.getsockname()[1], s, Login())
+        peer, _ = await lp.sock_accept(srv)
+        srv.close()
+        await lp.sock_sendall(peer, b"* OK hi\r\n")
+        assert await lp.sock_recv(peer, 100) == b"a LOGIN u p\r\n"
+        await lp.sock_sendall(peer, b"a OK\r\n")
+        await asyncio.wait_for(s.event.wait(), 5)
+        assert s.acts == [ACT_DONE | ACT_SEND] and not s.failed
+        client, cp = pair("unix")
+        closed = lp.create_future()
+        relay = SpliceRelay(lp, cp.detach(), b, closed.set_result, to_client=b"a OK\r\n")
+        relay.start()
+        assert b.closed and b.fd == -1
+        assert await lp.sock_recv(client, 100) == b"a OK\r\n"
+        await lp.sock_sendall(client, b"b LOGOUT\r\n")
+        assert await lp.sock_recv(peer, 100) == b"b LOGOUT\r\n"
+        client.shutdown(socket.SHUT_WR)
+        peer.shutdown(socket.SHUT_WR)
+        assert (await closed).close_reason is None
+        client.close()
+        peer.close()
+
+    run(loop, main(), 10)
+
+
 # --- BufferRelay ---------------------------------------------------------------------------
 
 
