@@ -66,6 +66,8 @@ static int mode = M_LOGIN, proto = P_IMAP, port, conc = 10, total = 100, nusers 
 static double max_secs = 10, step_timeout = 10, relay_secs = 2;
 static const char *user = "user", *pass = "pass", *idle_state = "pre";
 static int epfd, started, finished, ok, errors, active;
+static int parked;   /* idle mode: connections that reached their idle state */
+static int conc_set; /* -c given */
 static double *lat;
 static int nlat;
 static uint64_t relay_bytes;
@@ -283,6 +285,7 @@ static void logged_in(conn_t *c) {
     }
     finished++; /* "reached the target state"; the harness waits for all */
     ok++;
+    if (mode == M_IDLE) parked++;
     lat[nlat++] = now() - c->t0;
 }
 
@@ -393,6 +396,7 @@ static void on_readable(conn_t *c) {
         if (c->state == S_IDLE) { /* it was counted when it reached idle */
             ok--;
             finished--;
+            parked--;
         }
         conn_close(c, 0);
         return;
@@ -544,6 +548,10 @@ static void loop_until(double end, int (*done)(void)) {
         }
         if (mode == M_LOGIN || mode == M_HANDSHAKE)
             while (active < conc && started < total) open_conn(started);
+        /* idle: at most conc connections on their way in at once, so a burst of thousands of
+         * SYNs does not overflow the proxy's listen backlog and time out on retransmits */
+        if (mode == M_IDLE)
+            while (active - parked < conc && started < total) open_conn(started);
     }
 }
 
@@ -556,7 +564,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen -m login|relay|idle|handshake -p PORT -P imap|pop3|smtp [-c conc]\n"
             "  [-n total] [-t max_secs] [-T step_timeout] [-d relay_secs] [-u user] [-U nusers]\n"
-            "  [-w pass] [-s pre|auth]  (idle: stop after the greeting, or after login)\n"
+            "  [-w pass] [-s pre|auth]  (idle: stop after the greeting, or after login;\n"
+            "  -c: connections on their way in at once, default 128)\n"
             "  [-S] implicit TLS (TLS 1.3 only)  [-R] resume every handshake from one ticket\n"
             "  [-C ciphersuites] [-G groups]  (default TLS_AES_128_GCM_SHA256, X25519)\n"
             "  handshake: connect, TLS handshake, greeting, close (implies -S)\n");
@@ -579,7 +588,7 @@ int main(int argc, char **argv) {
                     : !strcmp(optarg, "smtp") ? P_SMTP : -1;
             if (proto < 0) usage();
             break;
-        case 'c': conc = atoi(optarg); break;
+        case 'c': conc = atoi(optarg), conc_set = 1; break;
         case 'n': total = atoi(optarg); break;
         case 't': max_secs = atof(optarg); break;
         case 'T': step_timeout = atof(optarg); break;
@@ -598,7 +607,8 @@ int main(int argc, char **argv) {
     if (strlen(user) > 60 || strlen(pass) > 60) usage();
     if (port <= 0 || port > 65535 || conc <= 0 || total <= 0 || max_secs <= 0) usage();
     if (mode == M_HANDSHAKE) use_tls = 1;
-    if (mode != M_LOGIN && mode != M_HANDSHAKE) conc = total;
+    if (mode == M_RELAY) conc = total;
+    if (mode == M_IDLE && !conc_set) conc = 128;
 #ifdef NO_TLS
     if (use_tls) {
         fprintf(stderr, "loadgen: built without OpenSSL (libssl-dev missing): no TLS\n");
@@ -645,8 +655,10 @@ int main(int argc, char **argv) {
         t_end = now();
         printf("MARK end\n");
     } else {
-        /* open every connection, pre-auth idle stops after the greeting */
-        for (int i = 0; i < total; i++) open_conn(i);
+        /* relay: every connection at once; idle: loop_until opens them, conc at a time;
+         * pre-auth idle stops after the greeting */
+        if (mode == M_RELAY)
+            for (int i = 0; i < total; i++) open_conn(i);
         loop_until(hard_end, all_in);
         if (mode == M_IDLE) {
             printf("READY %d\n", ok);
