@@ -37,6 +37,7 @@ from bench.targets import (
     build_loadgen,
     cpu_seconds,
     ensure_nginx,
+    machine_cpu_seconds,
     make_cert,
     make_workdir,
     nginx_version,
@@ -98,6 +99,7 @@ class Bench:
     def _sample(self, proxy: Proxy) -> dict[str, float]:
         s = self.servers.cpu()
         s["proxy"] = cpu_seconds(proxy.pid)
+        s["machine"] = machine_cpu_seconds()
         s["t"] = time.monotonic()
         return s
 
@@ -108,8 +110,12 @@ class Bench:
             "loadgen_busy": lg_cpu / wall,
             "backend_busy": (s1["backend"] - s0["backend"]) / wall,
             "auth_busy": (s1["auth"] - s0["auth"]) / wall,
+            "machine_busy": (s1["machine"] - s0["machine"]) / wall,
             "cores": os.cpu_count() or 1,
         }
+        ours = h["proxy_busy"] + h["loadgen_busy"] + h["backend_busy"] + h["auth_busy"]
+        # other helpers' tests, profilers...: what the machine did beyond this run
+        h["others_busy"] = max(0.0, h["machine_busy"] - ours)
         h["bounded_by_harness"] = h["proxy_busy"] < BUSY * self.a.workers
         return h
 
@@ -276,6 +282,19 @@ class Bench:
                 ]
         return out
 
+    def _wait_for_calm(self) -> None:
+        """Other helpers' tests share the machine: before a run, wait (at most --calm seconds)
+        for a second in which other processes used under a third of a core."""
+        if self.a.calm <= 0:
+            return
+        t_end = time.monotonic() + self.a.calm
+        while True:
+            m0 = machine_cpu_seconds()
+            time.sleep(1.0)
+            busy = machine_cpu_seconds() - m0
+            if busy < 0.33 or time.monotonic() >= t_end:
+                return
+
     def run_one(self, target: str, kind: str, proto: str) -> dict[str, Any]:
         self.servers.check_alive()
         ports = self.servers.ports
@@ -284,6 +303,7 @@ class Bench:
             {ports.auth, *ports.backend.values(), *ports.proxy.values(), *ports.tls.values()},
             self.a.max_time_wait,
         )
+        self._wait_for_calm()
         cert = self.cert if tls else None
         proxy = Proxy(target, self.workdir, self.servers.ports, self.a.workers, cert)
         proxy.start()
@@ -401,6 +421,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "ports are in TIME_WAIT",
     )
     p.add_argument("--settle", type=float, default=0.5, help="seconds before reading RSS")
+    p.add_argument(
+        "--calm",
+        type=float,
+        default=10,
+        help="before each run, wait up to this many seconds for the machine's other load to "
+        "drop under a third of a core (0: do not wait)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness runs")
     p.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -415,7 +442,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown protocol {sorted(bad)}")
     if a.smoke:
         a.rounds, a.concurrency, a.sessions, a.max_secs, a.handshakes = 1, 4, 40, 15, 40
-        a.relay_conns, a.relay_secs, a.idle, a.settle = 2, 0.3, 30, 0.1
+        a.relay_conns, a.relay_secs, a.idle, a.settle, a.calm = 2, 0.3, 30, 0.1, 0
     return a
 
 
@@ -471,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                 "relay_conns",
                 "relay_secs",
                 "idle",
+                "calm",
             )
         },
         "tls": f"{TLS_VERSION}, {TLS_SUITE}, group {TLS_GROUP}, {TLS_KEY} certificate, "

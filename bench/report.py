@@ -181,29 +181,37 @@ def harness_notes(runs: list[dict[str, Any]]) -> list[str]:
         if not h or not h.get("bounded_by_harness"):
             continue
         busy = h["proxy_busy"] + h["loadgen_busy"] + h["backend_busy"] + h["auth_busy"]
-        why = (
-            "the cores were taken (harness and proxy together)"
-            if busy > 0.85 * h.get("cores", 1)
-            else "cores were left: the proxy was waiting, not the harness"
-        )
+        others = h.get("others_busy", 0.0)
+        if busy + others > 0.85 * h.get("cores", 1):
+            why = "the cores were all busy: " + (
+                "other work on the machine took a share"
+                if others > 0.25
+                else "the harness took the rest"
+            )
+        else:
+            why = "cores were left idle: the proxy was waiting (latency), not short of CPU"
         notes.append(
             f"{r['scenario']} / {r['target']} round {r['round']}: proxy busy "
             f"{h['proxy_busy']:.0%} of a core per worker; loadgen {h['loadgen_busy']:.0%}, "
-            f"backend {h['backend_busy']:.0%}, auth {h['auth_busy']:.0%}: {why}"
+            f"backend {h['backend_busy']:.0%}, auth {h['auth_busy']:.0%}, "
+            f"other processes {others:.0%}: {why}"
         )
     return notes
 
 
 def harness_table(runs: list[dict[str, Any]], targets: list[str]) -> list[str]:
     """Per scenario and target: how busy the proxy, loadgen, backend and auth server were."""
-    keys = ("proxy_busy", "loadgen_busy", "backend_busy", "auth_busy")
-    out = ["| scenario | target | proxy | loadgen | backend | auth |", "|---|---|---|---|---|---|"]
+    keys = ("proxy_busy", "loadgen_busy", "backend_busy", "auth_busy", "others_busy")
+    out = [
+        "| scenario | target | proxy | loadgen | backend | auth | other processes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for sc in dict.fromkeys(r["scenario"] for r in runs):
         for t in targets:
             hs = [r.get("harness") for r in runs if r["scenario"] == sc and r["target"] == t]
             hs = [h for h in hs if h]
             if hs:
-                cells = [f"{statistics.median(h[k] for h in hs):.0%}" for k in keys]
+                cells = [f"{statistics.median(h.get(k, 0.0) for h in hs):.0%}" for k in keys]
                 out.append(f"| {sc} | {t} | " + " | ".join(cells) + " |")
     return out
 
@@ -293,7 +301,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in b) + " |" for b in body]
-    lines += ["", "## Harness CPU (share of one core, median over runs)", ""]
+    lines += ["", "## CPU use during the measured window (share of one core, median)", ""]
     lines += harness_table(result["runs"], result["meta"]["targets"])
     lines += ["", "## Parameters", "", "```", json.dumps(m["params"], indent=1), "```"]
     failures = result.get("failures", [])

@@ -153,6 +153,19 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat): with the proxy's and the
+    harness's own, it tells how much other work on the machine took."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    guest = sum(fields[8:10])  # already counted in user/nice
+    return (sum(fields) - idle - guest) / CLK_TCK
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of pid and its descendants (smaps_rollup Rss, else status VmRSS)."""
     total = 0
