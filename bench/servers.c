@@ -349,9 +349,13 @@ static void echo_io(conn_t *c) {
 
 static void on_event(conn_t *c, unsigned ev) {
     if (c->echo) {
-        echo_io(c);
+        /* the login reply goes out before any echoed byte */
+        if (c->outlen && flush(c))
+            set_events(c, EPOLLOUT);
+        else if (c->closing != 2)
+            echo_io(c);
     } else {
-        if (ev & EPOLLIN) {
+        if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
             for (;;) {
                 ssize_t r = recv(c->fd, c->in + c->inlen, LINEBUF - c->inlen, 0);
                 if (r > 0) {
