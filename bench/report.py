@@ -301,6 +301,13 @@ def markdown(result: dict[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in b) + " |" for b in body]
+    lines += [
+        "",
+        "Reading it: sessions/s, handshakes/s, MB/s and latency are the proxy's only when the "
+        "proxy was the busy process; where other processes took cores (the CPU table below), "
+        "compare the CPU per session, per handshake and per GB instead: they count the proxy's "
+        "own work per unit and hold under contention.",
+    ]
     lines += ["", "## CPU use during the measured window (share of one core, median)", ""]
     lines += harness_table(result["runs"], result["meta"]["targets"])
     lines += ["", "## Parameters", "", "```", json.dumps(m["params"], indent=1), "```"]
@@ -376,3 +383,23 @@ def write_outputs(result: dict[str, Any], outdir: Path) -> list[Path]:
     paths[0].write_text(json.dumps(result, indent=1, default=str) + "\n")
     paths[1].write_text(markdown(result))
     return paths + plot(result, outdir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m bench.report RESULTS.json [OUTDIR]: rewrite report.md and the PNGs."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m bench.report RESULTS.json [OUTDIR]", file=sys.stderr)
+        return 2
+    src = Path(args[0])
+    result = json.loads(src.read_text())
+    out = Path(args[1]) if len(args) > 1 else src.parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown(result))
+    for path in [out / "report.md", *plot(result, out)]:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
