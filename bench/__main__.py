@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -359,6 +360,8 @@ class Bench:
                             self.p.step(task, f"{t}: {figs}")
         finally:
             self.servers.stop()
+            if not self.a.keep_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
             meta["notes"] += self.notes
             if self.tls_seen:
                 meta["tls_negotiated"] = sorted(self.tls_seen)
@@ -429,7 +432,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "drop under a third of a core (0: do not wait)",
     )
     p.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness runs")
-    p.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
+    p.add_argument(
+        "--no-install", action="store_true", help="never apt-get install nginx or libssl-dev"
+    )
+    p.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the temp dir with configs, logs and certificate (removed by default)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
