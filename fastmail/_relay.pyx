@@ -4,18 +4,22 @@
 Owns: SpliceRelay (two plain socket fds; bytes move with splice(2) through pooled pipes and
 never enter Python), BufferRelay (two asyncio transports, e.g. TLS: bounded by proxy_buffer
 through write-buffer flow control), the per-process pipe pool, proxy_timeout (client
-inactivity, as nginx) and byte counters. The only Cython module that makes syscalls; it
-never parses protocol bytes and never logs: the driver reads close_reason/action/counters
-in on_close. Mirrors nginx ngx_mail_proxy_handler (spec proxy.md §1), except that
+inactivity, as nginx) and byte counters; and the sockets that end in a SpliceRelay, in one
+edge-triggered epoll set per loop (Poller): Listener/ClientConn (plain IPv4 clients, accepted
+without a uvloop transport) and BackendSocket (the backend from connect through the login).
+The only Cython module that makes syscalls; it never parses protocol bytes and never logs:
+the driver reads close_reason/action/counters in on_close. Mirrors nginx ngx_mail_proxy_handler (spec proxy.md §1), except that
 half_close=True (the default) forwards a FIN with shutdown(SHUT_WR) instead of closing both.
 """
 
-from libc.errno cimport errno, EAGAIN, EINTR, EPIPE, ECONNRESET, EINPROGRESS, ECONNREFUSED
+from libc.errno cimport (errno, EAGAIN, EINTR, EPIPE, ECONNRESET, EINPROGRESS, ECONNREFUSED,
+                        ECONNABORTED)
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close as c_close
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING
 
 from fastmail._core cimport ACT_BACKEND, ACT_DONE
 
@@ -56,7 +60,7 @@ cdef extern from "<sys/epoll.h>":
     int epoll_ctl(int epfd, int op, int fd, epoll_event *ev) nogil
     int epoll_wait(int epfd, epoll_event *evs, int n, int timeout) nogil
     uint32_t EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET, EPOLLERR, EPOLLHUP
-    int EPOLL_CTL_ADD, EPOLL_CLOEXEC
+    int EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CLOEXEC
 
 cdef extern from *:
     """
@@ -82,6 +86,10 @@ cdef extern from *:
         unsigned short sin6_port
         in6_addr sin6_addr
     int socket(int domain, int type, int protocol) nogil
+    int accept4(int fd, sockaddr *addr, socklen_t *len, int flags) nogil
+    int getsockname(int fd, sockaddr *addr, socklen_t *len) nogil
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size) nogil
+    unsigned short ntohs(unsigned short v) nogil
     int connect(int fd, const sockaddr *addr, socklen_t len) nogil
     ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
@@ -195,6 +203,7 @@ cdef class Poller:
     cdef dict handlers          # key (serial << 32 | fd) -> Watcher
     cdef unsigned long long serial
     cdef bint idle_check        # a check for "nothing registered any more" is scheduled
+    cdef int pinned             # listeners registered: the set stays even when idle
 
     def __init__(self, loop):
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -217,10 +226,21 @@ cdef class Poller:
         self.handlers[key] = w
         return key
 
+    cdef void pin(self, unsigned long long key):
+        self.pinned += 1
+
+    cdef void remove(self, int fd, unsigned long long key):
+        """For an fd that stays open elsewhere (a listening socket shared with the master)."""
+        cdef epoll_event ev
+        if self.epfd >= 0:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev)
+        self.pinned -= 1
+        self.forget(key)
+
     cdef inline void forget(self, unsigned long long key):
         # the fd is closed right after: the kernel drops it from the set then
         self.handlers.pop(key, None)
-        if not self.handlers and not self.idle_check and self.epfd >= 0:
+        if not self.handlers and not self.idle_check and self.epfd >= 0 and not self.pinned:
             # An idle worker holds no extra fd (what fd-leak checks expect); under load the
             # set is rarely empty for long, so it is not rebuilt per session.
             self.idle_check = True
@@ -470,6 +490,334 @@ cdef class BackendSocket(Watcher):
         self.session = self.login = None
 
 
+# --- accepted client connections without a uvloop transport ------------------------------
+
+cdef tuple _addr4(sockaddr_in *a):
+    cdef char buf[16]
+    inet_ntop(AF_INET, &a.sin_addr, buf, sizeof(buf))
+    return (buf.decode("ascii"), ntohs(a.sin_port))
+
+
+cdef class ClientConn(Watcher):
+    """An accepted plain TCP connection, edge-triggered in the loop's Poller, with the part
+    of the asyncio transport interface a session uses (write, close, abort, pause/resume
+    reading, write-buffer limits, get_extra_info). The protocol's callbacks come as from an
+    asyncio transport (connection_lost after close/abort, on the loop). A SpliceRelay takes
+    it over whole (SpliceRelay(loop, this, ...)): its fd and registration move, no syscall."""
+
+    cdef Poller poller
+    cdef object loop
+    cdef readonly int fd
+    cdef unsigned long long key
+    cdef object protocol
+    cdef tuple peer
+    cdef object local
+    cdef bytearray wbuf
+    cdef Py_ssize_t high
+    cdef Py_ssize_t low
+    cdef bint rd_ready
+    cdef bint paused
+    cdef bint closing
+    cdef bint closed
+    cdef bint proto_paused
+    cdef bint read_soon
+    cdef bint eof_pending   # write_eof() once the buffer is out
+
+    def __init__(self, loop, int fd, tuple peer, local):
+        self.loop = loop
+        self.fd = fd
+        self.peer = peer
+        self.local = local
+        self.wbuf = bytearray()
+        self.high = 65536
+        self.low = 16384
+        self.poller = _poller(loop)
+        self.key = self.poller.add(fd, self)
+
+    cdef void _attach(self, protocol):
+        self.protocol = protocol
+
+    # --- transport interface --------------------------------------------------------------
+
+    def write(self, data):
+        cdef ssize_t n
+        cdef int err
+        cdef Py_ssize_t size = len(data)
+        if self.closing or self.closed or self.eof_pending or size == 0:
+            return
+        if not self.wbuf:
+            if type(data) is not bytes:
+                data = bytes(data)
+            while True:
+                n = send(self.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL)
+                if n >= 0:
+                    break
+                err = errno
+                if err == EINTR:
+                    continue
+                if err == EAGAIN:
+                    n = 0
+                    break
+                self._finish(OSError(err, os.strerror(err)))
+                return
+            if n == size:
+                return
+            self.wbuf += data[n:]
+        else:
+            self.wbuf += data
+        if not self.proto_paused and len(self.wbuf) > self.high:
+            self.proto_paused = True
+            self.protocol.pause_writing()
+
+    def get_write_buffer_size(self):
+        return len(self.wbuf)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = 65536 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        self.high = high
+        self.low = low
+        if not self.proto_paused and len(self.wbuf) > self.high:
+            self.proto_paused = True
+            self.protocol.pause_writing()
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        if not self.paused or self.closing or self.closed:
+            return
+        self.paused = False
+        if self.rd_ready and not self.read_soon:
+            self.read_soon = True
+            self.loop.call_soon(self._read_soon)
+
+    def is_reading(self):
+        return not self.paused and not self.closed
+
+    def is_closing(self):
+        return self.closing or self.closed
+
+    def close(self):
+        """Writes what is buffered, then closes; connection_lost(None) follows."""
+        if self.closing or self.closed:
+            return
+        self.closing = True
+        if not self.wbuf:
+            self._finish(None)
+
+    def abort(self):
+        self._finish(None)
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self.closing or self.closed or self.eof_pending:
+            return
+        self.eof_pending = True
+        if not self.wbuf:
+            shutdown(self.fd, SHUT_WR)
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+
+    def get_protocol(self):
+        return self.protocol
+
+    def get_extra_info(self, name, default=None):
+        cdef sockaddr_storage sa
+        cdef socklen_t salen = sizeof(sockaddr_storage)
+        if name == "peername":
+            return self.peer
+        if name == "sockname":
+            if self.local is None and self.fd >= 0:
+                if getsockname(self.fd, <sockaddr *>&sa, &salen) == 0:
+                    self.local = _addr4(<sockaddr_in *>&sa)
+            return self.local if self.local is not None else default
+        if name == "socket":
+            return self
+        return default
+
+    def fileno(self):
+        return self.fd
+
+    # --- events ---------------------------------------------------------------------------
+
+    cdef void _event(self, int fd, uint32_t ev) except *:
+        if self.closed:
+            return
+        if ev & (EPOLLOUT | EPOLLERR | EPOLLHUP) and self.wbuf:
+            self._flush()
+            if self.closed:
+                return
+        if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.rd_ready = True
+            if not self.paused and not self.closing:
+                self._read()
+
+    def _read_soon(self):
+        self.read_soon = False
+        if not self.paused and not self.closing and not self.closed:
+            self._read()
+
+    cdef void _read(self) except *:
+        cdef ssize_t n
+        cdef int err
+        while self.rd_ready and not self.paused and not self.closing and not self.closed:
+            n = recv(self.fd, _rbuf, sizeof(_rbuf), 0)
+            if n > 0:
+                if n < <ssize_t>sizeof(_rbuf):
+                    self.rd_ready = False
+                self.protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
+                continue
+            if n == 0:
+                self.rd_ready = False
+                if not self.protocol.eof_received():
+                    self.close()
+                return
+            err = errno
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                self.rd_ready = False
+                return
+            self._finish(OSError(err, os.strerror(err)))
+            return
+
+    cdef void _flush(self) except *:
+        cdef ssize_t n
+        cdef int err
+        while self.wbuf:
+            n = send(self.fd, PyByteArray_AS_STRING(self.wbuf), len(self.wbuf), MSG_NOSIGNAL)
+            if n >= 0:
+                del self.wbuf[:n]
+                continue
+            err = errno
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                break
+            self._finish(OSError(err, os.strerror(err)))
+            return
+        if self.closing and not self.wbuf:
+            self._finish(None)
+            return
+        if self.eof_pending and not self.wbuf:
+            shutdown(self.fd, SHUT_WR)
+        if self.proto_paused and len(self.wbuf) <= self.low:
+            self.proto_paused = False
+            self.protocol.resume_writing()
+
+    cdef void _finish(self, exc) except *:
+        if self.closed:
+            return
+        self.closed = True
+        self.closing = True
+        self.wbuf = None
+        self.poller.forget(self.key)
+        c_close(self.fd)
+        self.fd = -1
+        self.loop.call_soon(self.protocol.connection_lost, exc)
+
+    cdef int _hand_over(self) except -1:
+        """The relay takes the fd and its registration; no callback follows."""
+        if self.closed or self.wbuf:
+            raise ValueError("client connection closed or with unsent bytes")
+        self.closed = self.closing = True
+        cdef int fd = self.fd
+        self.fd = -1
+        self.protocol = None
+        return fd
+
+
+cdef class Listener(Watcher):
+    """A listening TCP socket (IPv4, plain) accepted from in the loop's Poller, for
+    ClientConn sessions: accept4 gives the peer address, `local` (None: getsockname on
+    demand) is the socket's own address when it is bound to one. `factory()` makes the
+    protocol; its connection_made(ClientConn) runs at once. close() stops accepting (the
+    socket object is the caller's)."""
+
+    cdef Poller poller
+    cdef object loop
+    cdef object sock
+    cdef int fd
+    cdef unsigned long long key
+    cdef object factory
+    cdef object local
+    cdef object _retry
+    cdef readonly bint closed
+
+    def __init__(self, loop, sock, factory, local=None):
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.factory = factory
+        self.local = local
+        self._retry = None
+        self.poller = _poller(loop)
+        self.key = self.poller.add(self.fd, self)
+        self.poller.pin(self.key)
+
+    cdef void _event(self, int fd, uint32_t ev) except *:
+        if not self.closed and ev & EPOLLIN:
+            self._accept()
+
+    def _accept_again(self):
+        self._retry = None
+        if not self.closed:
+            self._accept()
+
+    cdef void _accept(self) except *:
+        cdef sockaddr_in sa
+        cdef socklen_t salen
+        cdef int cfd, err, one = 1, i
+        cdef ClientConn conn
+        for i in range(64):
+            salen = sizeof(sa)
+            cfd = accept4(self.fd, <sockaddr *>&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if cfd < 0:
+                err = errno
+                if err == EAGAIN:
+                    return
+                if err == EINTR or err == ECONNABORTED:
+                    continue
+                # EMFILE, ENFILE, ENOBUFS...: the backlog waits; try again a little later
+                if self._retry is None:
+                    self._retry = self.loop.call_later(0.5, self._accept_again)
+                return
+            setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
+            try:
+                conn = ClientConn(self.loop, cfd, _addr4(&sa), self.local)
+            except OSError:
+                c_close(cfd)
+                continue
+            try:
+                proto = self.factory()
+                conn._attach(proto)
+                proto.connection_made(conn)
+            except Exception as e:
+                conn.abort()
+                self.loop.call_exception_handler(
+                    {"message": "fastmail connection_made failed", "exception": e})
+        # edge-triggered: more may wait; let other work run first
+        if self._retry is None:
+            self._retry = self.loop.call_later(0, self._accept_again)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        # the master's copy keeps the socket open: leave the set explicitly
+        self.poller.remove(self.fd, self.key)
+        self.sock.close()
+
+
 # One direction of a SpliceRelay: src -> pipe -> dst.
 cdef struct Dir:
     int src
@@ -529,11 +877,19 @@ cdef class SpliceRelay(Watcher):
     cdef public str action
     cdef public int error
 
-    def __init__(self, loop, int client_fd, backend_fd, on_close, *, bytes to_backend=b"",
+    def __init__(self, loop, client, backend_fd, on_close, *, bytes to_backend=b"",
                  bytes to_client=b"", timeout=None, bint half_close=True,
                  bint nonblocking=False):
-        cdef int i, fl, bfd
+        cdef int i, fl, bfd, client_fd
         cdef BackendSocket bs = None
+        cdef ClientConn cc = None
+        if isinstance(client, ClientConn):
+            cc = <ClientConn>client
+            if cc.closed or cc.wbuf:
+                raise ValueError("client connection closed or with unsent bytes")
+            client_fd = cc.fd
+        else:
+            client_fd = client
         if isinstance(backend_fd, BackendSocket):
             bs = <BackendSocket>backend_fd
             if bs.closed or bs.fd < 0:
@@ -543,7 +899,7 @@ cdef class SpliceRelay(Watcher):
             bfd = backend_fd
         if not nonblocking:
             for fd in (client_fd, bfd):
-                if bs is not None and fd == bfd:
+                if (bs is not None and fd == bfd) or (cc is not None and fd == client_fd):
                     continue
                 fl = fcntl(fd, F_GETFL)
                 if fl < 0:
@@ -588,7 +944,13 @@ cdef class SpliceRelay(Watcher):
             bs.session = bs.login = None
         else:
             self.key[BACKEND] = self.poller.add(bfd, self)
-        self.key[CLIENT] = self.poller.add(client_fd, self)
+        if cc is not None:
+            self.rd[CLIENT] = cc.rd_ready
+            self.key[CLIENT] = cc.key
+            self.poller.handlers[cc.key] = self
+            cc._hand_over()
+        else:
+            self.key[CLIENT] = self.poller.add(client_fd, self)
 
     # --- public ---------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from fastmail._core import (
     ACT_STARTTLS,
     ACT_TIMER,
 )
-from fastmail._relay import BackendSocket
+from fastmail._relay import BackendSocket, ClientConn
 from fastmail.log import ALERT, ERROR, INFO
 
 if TYPE_CHECKING:
@@ -495,8 +495,12 @@ class ClientSession(asyncio.Protocol):
         the transport dropped (design.md: uvloop hand-over), the backend socket moves."""
         self.handover = True
         backend = self.backend
-        client_fd = os.dup(self.sock.fileno())  # type: ignore[union-attr]
-        self.transport.abort()  # type: ignore[union-attr]
+        client = self.transport
+        if isinstance(client, ClientConn):
+            client_fd: int | ClientConn = client  # its fd and poller registration move as is
+        else:
+            client_fd = os.dup(self.sock.fileno())  # type: ignore[union-attr]
+            client.abort()  # type: ignore[union-attr]
         self.transport = None
         self.backend = None
         to_backend = self.machine.take_input()  # type: ignore[union-attr]

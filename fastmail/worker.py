@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from fastmail._relay import BackendSocket, BufferRelay, SpliceRelay
+from fastmail._relay import BackendSocket, BufferRelay, ClientConn, Listener, SpliceRelay
 from fastmail.log import INFO, ErrorLog
 from fastmail.server import ServerRuntime, install_sni
 from fastmail.session import ClientSession
@@ -40,7 +40,7 @@ class Worker:
         self.runtimes: dict[int, ServerRuntime] = {}
         self.sessions: set[ClientSession] = set()
         self.relays: dict[SpliceRelay, ClientSession] = {}
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[asyncio.AbstractServer | Listener] = []
         self._ids = 0
         self._stopping = False
         self._done: asyncio.Future[None] | None = None
@@ -85,10 +85,31 @@ class Worker:
                 self.runtimes[id(s)] = ServerRuntime(s, loop, self._server_log(s.error_log))
             install_sni(self.config)
         for ls, sock in self.sockets:
+            if _plain_ipv4(ls):
+                # accepted in _relay's poller: no uvloop transport to build and unwind
+                lst = ls.listen
+                one = len(ls.entries) == 1 and not lst.wildcard and lst.port
+                self.servers.append(
+                    Listener(
+                        loop,
+                        sock,
+                        lambda ls=ls: ClientSession(self, ls),
+                        (lst.host, lst.port) if one else None,
+                    )
+                )
+                continue
             srv = await loop.create_server(
                 lambda ls=ls: ClientSession(self, ls), sock=sock, backlog=ls.listen.backlog
             )
             self.servers.append(srv)
+        if any(isinstance(s, Listener) for s in self.servers):
+            # libuv opens its spare fd for EMFILE (/dev/null) with the loop's first stream; a
+            # uvloop server does that at startup, the first auth_http connection would do it
+            # mid-run: open it now so the worker's fd count is steady from the start
+            a, b = socket.socketpair()
+            t, _ = await loop.create_unix_connection(asyncio.Protocol, sock=a)
+            t.close()
+            b.close()
         loop.add_signal_handler(signal.SIGQUIT, self.stop, True)
         loop.add_signal_handler(signal.SIGTERM, self.stop, False)
         loop.add_signal_handler(signal.SIGINT, self.stop, False)
@@ -137,7 +158,7 @@ class Worker:
     def start_relay(
         self,
         session: ClientSession,
-        client_fd: int,
+        client_fd: int | ClientConn,
         backend: BackendSocket,
         to_backend: bytes,
         to_client: bytes,
@@ -194,3 +215,14 @@ class Worker:
     def session_closed(self, session: ClientSession) -> None:
         self.sessions.discard(session)
         self._maybe_done()
+
+
+def _plain_ipv4(ls: ListenSocket) -> bool:
+    """A socket whose sessions never need an asyncio transport: IPv4, no TLS (implicit or
+    STARTTLS) and no PROXY header on any server it serves."""
+    if ls.listen.family != socket.AF_INET:
+        return False
+    for e in ls.entries:
+        if e.ssl or e.proxy_protocol or e.server is None or e.server.ssl_context is not None:
+            return False
+    return True
