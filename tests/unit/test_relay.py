@@ -420,6 +420,93 @@ def test_backend_socket_connect_login_and_hand_over(loop: asyncio.AbstractEventL
     run(loop, main(), 10)
 
 
+def test_listener_client_conn_acts_as_a_transport_then_hands_over(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Listener + ClientConn: connection_made with the peer address, greeting written,
+    bytes delivered, pause/resume, EOF closes, connection_lost after abort; a connection
+    that is logged in moves into a SpliceRelay with its pipelined bytes."""
+    from fastmail._relay import ClientConn, Listener
+
+    events: list[object] = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+            events.append(("made", transport.get_extra_info("peername")))
+            transport.write(b"* OK hi\r\n")  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            events.append(data)
+
+        def eof_received(self) -> bool:
+            events.append("eof")
+            return False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            events.append(("lost", exc))
+
+    async def main() -> None:
+        lp = asyncio.get_running_loop()
+        srv = socket.create_server(("127.0.0.1", 0))
+        srv.setblocking(False)
+        port = srv.getsockname()[1]
+        protos: list[P] = []
+
+        def factory() -> P:
+            protos.append(P())
+            return protos[-1]
+
+        lst = Listener(lp, srv, factory, ("127.0.0.1", port))
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setblocking(False)
+        assert await lp.sock_recv(c, 100) == b"* OK hi\r\n"
+        t = protos[0].t
+        assert isinstance(t, ClientConn)
+        assert events[0] == ("made", c.getsockname())
+        assert t.get_extra_info("sockname") == ("127.0.0.1", port)
+        await lp.sock_sendall(c, b"a LOGIN u p\r\n")
+        while len(events) < 2:
+            await asyncio.sleep(0.01)
+        assert events[1] == b"a LOGIN u p\r\n"
+        t.pause_reading()
+        await lp.sock_sendall(c, b"b NOOP\r\n")
+        await asyncio.sleep(0.05)
+        assert len(events) == 2  # paused: nothing delivered
+        t.resume_reading()
+        await asyncio.sleep(0.05)
+        assert events[2] == b"b NOOP\r\n"
+        c.shutdown(socket.SHUT_WR)
+        await asyncio.sleep(0.05)
+        assert events[3:] == ["eof", ("lost", None)]
+        assert await lp.sock_recv(c, 100) == b""
+        c.close()
+
+        # the hand-over: pipelined bytes wait in the socket for the relay
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setblocking(False)
+        assert await lp.sock_recv(c, 100) == b"* OK hi\r\n"
+        t = protos[1].t
+        t.pause_reading()
+        await lp.sock_sendall(c, b"c NOOP\r\n")
+        await asyncio.sleep(0.05)
+        bp, backend = pair("unix")
+        closed = lp.create_future()
+        relay = SpliceRelay(lp, t, bp.detach(), closed.set_result, to_client=b"a OK\r\n")
+        relay.start()
+        assert await lp.sock_recv(c, 100) == b"a OK\r\n"
+        assert await lp.sock_recv(backend, 100) == b"c NOOP\r\n"
+        c.shutdown(socket.SHUT_WR)
+        backend.shutdown(socket.SHUT_WR)
+        assert (await closed).close_reason is None
+        c.close()
+        backend.close()
+        lst.close()
+        assert len(protos) == 2 and not any(e == ("lost", None) for e in events[5:])
+
+    run(loop, main(), 10)
+
+
 # --- BufferRelay ---------------------------------------------------------------------------
 
 
