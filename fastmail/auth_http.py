@@ -387,8 +387,20 @@ def _parse_ipv4(text: bytes) -> str | None:
     return ".".join(map(str, nums))
 
 
+_ADDR_CACHE: dict[bytes, str | None] = {}  # Auth-Server texts seen (a few backends, mostly)
+
+
 def parse_server_addr(text: bytes) -> str | None:
     """Auth-Server as nginx accepts it: an IPv4 dotted quad or IPv6 text without brackets."""
+    addr = _ADDR_CACHE.get(text, False)
+    if addr is False:
+        addr = _parse_server_addr(text)
+        if len(_ADDR_CACHE) < 4096:
+            _ADDR_CACHE[text] = addr
+    return addr  # type: ignore[return-value]
+
+
+def _parse_server_addr(text: bytes) -> str | None:
     if not text or not text.isascii():
         return None
     v4 = _parse_ipv4(text)
@@ -428,6 +440,8 @@ def interpret(
     server = port = user = passwd = wait_txt = code = sasl = ssl_backend = None
     for raw_name, value in headers:
         name = raw_name.lower()
+        if not name.startswith(b"auth-"):
+            continue  # Content-Length, Connection, ...
         if name == b"auth-status":
             if value == b"OK":
                 pass
