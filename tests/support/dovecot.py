@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import MissingPackage
 from .certs import TestCerts, make_certs
-from .clients import wait_greeting
-from .ports import PortClash, free_port, retry_on_port_clash
+from .ports import free_port
+from .process import Runner, find_binary, start_failure, wait_text
 
 MAIL_UID = 10000
 
@@ -37,11 +34,7 @@ DEFAULT_USERS = {"alice": "secret", "bob": "pw", "carol": "carol-pass"}
 
 
 def dovecot_binary() -> str:
-    path = shutil.which("dovecot") or (
-        "/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None
-    )
-    if not path:
-        raise MissingPackage("dovecot", "dovecot-imapd")
+    path = find_binary("dovecot", "dovecot-imapd")
     if not os.path.exists("/usr/lib/dovecot/pop3-login"):
         raise MissingPackage("dovecot pop3-login", "dovecot-pop3d")
     return path
@@ -112,10 +105,11 @@ service auth {{
 """
 
 
-class Dovecot:
+class Dovecot(Runner):
     """One Dovecot instance. Ports are attributes after `start()`; `dir` is its temp dir."""
 
     _count = 0
+    log_names = ("dovecot.log", "dovecot.stderr")
 
     def __init__(
         self,
@@ -127,12 +121,10 @@ class Dovecot:
         self.binary = dovecot_binary()
         self.users = dict(users)
         self.messages = {"alice": ALICE_MESSAGES} if messages is None else dict(messages)
-        self.dir = Path(tempfile.mkdtemp(prefix="fastmail-dovecot-"))
-        os.chmod(self.dir, 0o755)
+        super().__init__("fastmail-dovecot-")
         self.certs = certs or make_certs(self.dir / "tls")
         self.mail_dir = Path(mail_dir) if mail_dir else self.dir / "mail"
         self.conf = self.dir / "dovecot.conf"
-        self.proc: subprocess.Popen[bytes] | None = None
         Dovecot._count += 1
         self.name = f"fm-dovecot-{os.getpid()}-{Dovecot._count}"
         self.imap_port = self.imaps_port = self.imap_proxy_port = 0
@@ -192,11 +184,7 @@ class Dovecot:
         self._write_users()
         self.mail_dir.mkdir(parents=True, exist_ok=True)
         self._seed()
-        try:
-            retry_on_port_clash(lambda: self._start_once(timeout))
-        except BaseException:
-            self.stop()
-            raise
+        self._start_retrying(lambda: self._start_once(timeout))
         return self
 
     def _start_once(self, timeout: float) -> None:
@@ -212,57 +200,19 @@ class Dovecot:
                 [self.binary, "-F", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=err
             )
         try:
-            alive = lambda: self.proc is not None and self.proc.poll() is None  # noqa: E731
-            wait_greeting("127.0.0.1", self.imap_port, b"* OK", timeout, alive)
-            wait_greeting("127.0.0.1", self.pop3_port, b"+OK", timeout, alive)
+            self._wait_greetings([(self.imap_port, b"* OK"), (self.pop3_port, b"+OK")], timeout)
         except (RuntimeError, TimeoutError) as exc:
             log = self.log()
             self._kill()
-            if "Address already in use" in log:
-                raise PortClash(log) from exc
-            raise RuntimeError(f"dovecot did not start: {exc}\n{log[-2000:]}") from exc
-
-    def _kill(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def stop(self) -> None:
-        """Stop the daemon (SIGTERM, ~1 s) and remove the temp dir."""
-        self._kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Dovecot:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            raise start_failure("dovecot did not start", exc, log) from exc
 
     # -- inspection
 
     def log(self) -> str:
-        parts = []
-        for name in ("dovecot.log", "dovecot.stderr"):
-            p = self.dir / name
-            if p.exists():
-                parts.append(p.read_text(errors="replace"))
-        return "".join(parts)
+        return self._read_logs()
 
     def wait_log(self, text: str, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if text in log:
-                return log
-            time.sleep(0.05)
-        raise TimeoutError(f"{text!r} not in dovecot log:\n{self.log()[-2000:]}")
+        return wait_text(self.log, text, "dovecot log", timeout, 0.05, 2000)
 
     def maildir(self, user: str) -> Path:
         return self.mail_dir / user / "Maildir"

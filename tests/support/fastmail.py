@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .clients import wait_greeting
 from .nginx import Nginx
+from .process import Runner, wait_text
 
 if TYPE_CHECKING:
     from fastmail.testing.authd import AuthServer
@@ -52,11 +49,12 @@ _TCP_STATES = {
 }  # fmt: skip
 
 
-class Fastmail:
+class Fastmail(Runner):
     """fastmail running `mail { <mail> }`. `greetings` are (port, first-line prefix) pairs
     that must answer before `start()` returns, e.g. [(p, b"* OK")]."""
 
     name = "fastmail"
+    log_names = ("error.log", "stderr.log")
 
     def __init__(
         self,
@@ -68,12 +66,10 @@ class Fastmail:
         self.mail = mail
         self.main = main
         self.greetings = list(greetings)
-        self.dir = Path(tempfile.mkdtemp(prefix="fastmail-proxy-"))
-        os.chmod(self.dir, 0o755)
+        super().__init__("fastmail-proxy-")
         (self.dir / "logs").mkdir()  # the prefix's default log directory
         self.conf = self.dir / "fastmail.conf"
         self.conf.write_text(CONF.format(T=self.dir, level=log_level, main=main, mail=mail))
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def _cmd(self, *extra: str) -> list[str]:
         return [
@@ -95,32 +91,12 @@ class Fastmail:
                 self._cmd(), stdout=subprocess.DEVNULL, stderr=err, cwd=self.dir
             )
         try:
-            alive = lambda: self.proc is not None and self.proc.poll() is None  # noqa: E731
-            for port, prefix in self.greetings:
-                wait_greeting("127.0.0.1", port, prefix, timeout, alive)
+            self._wait_greetings(self.greetings, timeout)
         except BaseException as exc:
             log = self.error_log()
             self.stop()
             raise RuntimeError(f"fastmail did not start: {exc}\n{log[-3000:]}") from exc
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Fastmail:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def serving_pid(self) -> int:
@@ -129,21 +105,10 @@ class Fastmail:
         return self.proc.pid
 
     def error_log(self) -> str:
-        out = []
-        for name in ("error.log", "stderr.log"):
-            p = self.dir / name
-            if p.exists():
-                out.append(p.read_text(errors="replace"))
-        return "".join(out)
+        return self._read_logs()
 
     def wait_log(self, text: str, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.error_log()
-            if text in log:
-                return log
-            time.sleep(0.02)
-        raise TimeoutError(f"{text!r} not in fastmail error log:\n{self.error_log()[-3000:]}")
+        return wait_text(self.error_log, text, "fastmail error log", timeout, 0.02, 3000)
 
 
 # ---------------------------------------------------------------------------------------------

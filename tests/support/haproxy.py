@@ -5,18 +5,13 @@ the stats socket, never from probing the frontend (a probe would reach a backend
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from . import MissingPackage
-from .ports import PortClash, free_port, retry_on_port_clash
+from .ports import PortClash, free_port
+from .process import Runner, find_binary
 
 CONF = """\
 global
@@ -40,10 +35,13 @@ backend be
 """
 
 
-class HAProxy:
+class HAProxy(Runner):
     """HAProxy forwarding `127.0.0.1:port` to `servers` [(host, port)], each with `send_proxy`
     ("send-proxy-v2", "send-proxy" or "" for none). `check=True` adds health checks every
     500 ms (these send a v2 LOCAL header and then reset the connection)."""
+
+    log_names = ("haproxy.log",)
+    grace = 5.0
 
     def __init__(
         self,
@@ -53,21 +51,15 @@ class HAProxy:
         balance: str = "roundrobin",
         bind: str = "127.0.0.1",
     ) -> None:
-        self.binary = shutil.which("haproxy") or (
-            "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
-        )
-        if not self.binary:
-            raise MissingPackage("haproxy", "haproxy")
+        self.binary = find_binary("haproxy", "haproxy")
         self.servers = list(servers)
         self.send_proxy = send_proxy
         self.check = check
         self.balance = balance
         self.bind = bind
-        self.dir = Path(tempfile.mkdtemp(prefix="fastmail-haproxy-"))
-        os.chmod(self.dir, 0o755)
+        super().__init__("fastmail-haproxy-")
         self.conf = self.dir / "haproxy.cfg"
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def _write(self) -> None:
         self.port = free_port()
@@ -88,11 +80,7 @@ class HAProxy:
         )
 
     def start(self, timeout: float = 10.0) -> HAProxy:
-        try:
-            retry_on_port_clash(lambda: self._start_once(timeout))
-        except BaseException:
-            self.stop()
-            raise
+        self._start_retrying(lambda: self._start_once(timeout))
         return self
 
     def _start_once(self, timeout: float) -> None:
@@ -141,24 +129,5 @@ class HAProxy:
                 out[cols[1]] = cols[17]
         return out
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> HAProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def log(self) -> str:
-        p = self.dir / "haproxy.log"
-        return p.read_text(errors="replace") if p.exists() else ""
+        return self._read_logs()

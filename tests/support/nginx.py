@@ -5,16 +5,11 @@ the reference fastmail is compared with. Collects the error log; never uses /etc
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from . import MissingPackage
-from .clients import wait_greeting
+from .process import Runner, find_binary, wait_text
 
 MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
 
@@ -35,9 +30,11 @@ mail {{
 """
 
 
-class Nginx:
+class Nginx(Runner):
     """nginx running `mail { <mail> }`. `greetings` are (port, first-line prefix) pairs that
     must answer before `start()` returns, e.g. [(p, b"* OK")]."""
+
+    log_names = ("error.log", "stderr.log")
 
     def __init__(
         self,
@@ -46,26 +43,19 @@ class Nginx:
         main: str = "",
         log_level: str = "info",
     ) -> None:
-        self.binary = shutil.which("nginx") or (
-            "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
-        )
-        if not self.binary:
-            raise MissingPackage("nginx", "nginx-light")
+        self.binary = find_binary("nginx", "nginx-light")
         if not os.path.exists(MAIL_MODULE):
             raise MissingPackage("ngx_mail_module", "libnginx-mod-mail")
         self.mail = mail
         self.main = main
         self.greetings = list(greetings)
-        self.dir = Path(tempfile.mkdtemp(prefix="fastmail-nginx-"))
-        os.chmod(self.dir, 0o755)
+        super().__init__("fastmail-nginx-")
         self.conf = self.dir / "nginx.conf"
         self.conf.write_text(
             CONF.format(module=MAIL_MODULE, T=self.dir, level=log_level, main=main, mail=mail)
         )
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def _cmd(self, *extra: str) -> list[str]:
-        assert self.binary
         return [
             self.binary,
             "-p",
@@ -85,46 +75,15 @@ class Nginx:
         with open(self.dir / "stderr.log", "wb") as err:
             self.proc = subprocess.Popen(self._cmd(), stdout=subprocess.DEVNULL, stderr=err)
         try:
-            alive = lambda: self.proc is not None and self.proc.poll() is None  # noqa: E731
-            for port, prefix in self.greetings:
-                wait_greeting("127.0.0.1", port, prefix, timeout, alive)
+            self._wait_greetings(self.greetings, timeout)
         except BaseException as exc:
             log = self.error_log()
             self.stop()
             raise RuntimeError(f"nginx did not start: {exc}\n{log[-2000:]}") from exc
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Nginx:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def error_log(self) -> str:
-        out = []
-        for name in ("error.log", "stderr.log"):
-            p = self.dir / name
-            if p.exists():
-                out.append(p.read_text(errors="replace"))
-        return "".join(out)
+        return self._read_logs()
 
     def wait_log(self, text: str, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.error_log()
-            if text in log:
-                return log
-            time.sleep(0.02)
-        raise TimeoutError(f"{text!r} not in nginx error log:\n{self.error_log()[-2000:]}")
+        return wait_text(self.error_log, text, "nginx error log", timeout, 0.02, 2000)

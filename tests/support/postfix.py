@@ -12,15 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import MissingPackage
 from .certs import TestCerts, make_certs
 from .clients import wait_greeting
-from .ports import PortClash, free_port, retry_on_port_clash
+from .ports import PortClash, free_port
+from .process import Runner, find_binary, start_failure
 
 MAIL_UID = 10000
 
@@ -83,18 +82,11 @@ postlog unix-dgram n - n - 1 postlogd
 """
 
 
-def postfix_binary() -> str:
-    path = shutil.which("postfix") or (
-        "/usr/sbin/postfix" if os.path.exists("/usr/sbin/postfix") else None
-    )
-    if not path:
-        raise MissingPackage("postfix", "postfix")
-    return path
-
-
-class Postfix:
+class Postfix(Runner):
     """One Postfix instance. `users` are local parts in `domain`; mail for them lands in
     `mail_dir/<user>/Maildir/new/` (pass Dovecot's `mail_dir` to read it over IMAP)."""
+
+    log_names = ("maillog",)
 
     def __init__(
         self,
@@ -105,13 +97,12 @@ class Postfix:
         certs: TestCerts | None = None,
         hostname: str = "backend.example.test",
     ) -> None:
-        self.binary = postfix_binary()
+        self.binary = find_binary("postfix", "postfix")
         self.users = list(users)
         self.domain = domain
         self.hostname = hostname
         self.sasl_port = sasl_port
-        self.dir = Path(tempfile.mkdtemp(prefix="fastmail-postfix-"))
-        os.chmod(self.dir, 0o755)
+        super().__init__("fastmail-postfix-")
         self.certs = certs or make_certs(self.dir / "tls")
         self.mail_dir = Path(mail_dir) if mail_dir else self.dir / "mail"
         self.etc = self.dir / "etc"
@@ -162,11 +153,7 @@ class Postfix:
             box = self.mail_dir / u
             box.mkdir(exist_ok=True)
             os.chown(box, MAIL_UID, MAIL_UID)
-        try:
-            retry_on_port_clash(lambda: self._start_once(timeout))
-        except BaseException:
-            self.stop()
-            raise
+        self._start_retrying(lambda: self._start_once(timeout))
         return self
 
     def _start_once(self, timeout: float) -> None:
@@ -182,12 +169,11 @@ class Postfix:
             wait_greeting("127.0.0.1", self.smtp_port, b"220 ", timeout)
         except TimeoutError as exc:
             log = self.log()
-            self._stop_daemon()
-            if "Address already in use" in log:
-                raise PortClash(log) from exc
-            raise RuntimeError(f"postfix did not greet: {exc}\n{log[-2000:]}") from exc
+            self._kill()
+            raise start_failure("postfix did not greet", exc, log) from exc
 
-    def _stop_daemon(self) -> None:
+    def _kill(self) -> None:
+        # `postfix stop`, not a signal: the master is not our child (start-fg's setsid)
         if not self.running:
             return
         self._postfix("stop")
@@ -208,19 +194,8 @@ class Postfix:
                     pass
         self.running = False
 
-    def stop(self) -> None:
-        self._stop_daemon()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Postfix:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def log(self) -> str:
-        p = self.dir / "maillog"
-        return p.read_text(errors="replace") if p.exists() else ""
+        return self._read_logs()
 
     def maildir(self, user: str) -> Path:
         return self.mail_dir / user / "Maildir"
