@@ -55,3 +55,21 @@ cpdef object sasl_cram_md5(bytes data)
 cpdef bytes make_salt(bytes server_name)
 cpdef bytes encode_base64(bytes data)
 cpdef bint has_ctl(bytes data)
+cpdef object sasl_xoauth2(bytes data)
+cpdef object sasl_name(bytes s)
+cpdef object sasl_oauthbearer(bytes data, bint need_end, bint need_user)
+
+# imap_auth/smtp_auth bits, in nginx's advertising order (POP3 has APOP at bit 2: its own).
+cdef enum:
+    M_PLAIN = 1
+    M_LOGIN = 2
+    M_CRAM_MD5 = 4
+    M_EXTERNAL = 8
+    M_XOAUTH2 = 16
+    M_OAUTHBEARER = 32
+
+# starttls off/on/only
+cdef enum:
+    TLS_OFF = 0
+    TLS_ON = 1
+    TLS_ONLY = 2

@@ -135,5 +135,66 @@ cpdef bint has_ctl(bytes data):
     return b"\r" in data or b"\n" in data or b"\0" in data
 
 
+# --- bearer-token SASL messages (freenginx 1.27.1, spec imap.md §10.7, smtp.md) ----------------
+
+cpdef object sasl_xoauth2(bytes data):
+    """Decoded XOAUTH2 `user=<id>\\x01auth=Bearer <token>\\x01\\x01` -> (id, token), or
+    None; both keywords are case-insensitive."""
+    cdef Py_ssize_t i = data.find(b"\x01")
+    if i < 5 or data[:5].lower() != b"user=":
+        return None
+    rest = data[i + 1:]
+    if len(rest) < 14 or rest[:12].lower() != b"auth=bearer " or not rest.endswith(b"\x01\x01"):
+        return None
+    return data[5:i], rest[12:len(rest) - 2]
+
+
+cpdef object sasl_name(bytes s):
+    """RFC 5801 saslname: =2C -> `,` and =3D -> `=`; any other `=` makes it None."""
+    cdef Py_ssize_t i = s.find(b"="), start = 0
+    if i < 0:
+        return s
+    out = bytearray()
+    while i >= 0:
+        out += s[start:i]
+        esc = s[i:i + 3]
+        if esc == b"=2C":
+            out += b","
+        elif esc == b"=3D":
+            out += b"="
+        else:
+            return None
+        start = i + 3
+        i = s.find(b"=", start)
+    out += s[start:]
+    return bytes(out)
+
+
+cpdef object sasl_oauthbearer(bytes data, bint need_end, bint need_user):
+    """Decoded OAUTHBEARER (RFC 7628) `n,a=<id>,\\x01...auth=Bearer <token>\\x01\\x01` ->
+    (id, token), or None. The id is the first gs2 field after the first comma that starts
+    with `a=`, as a saslname; the token follows the first `auth=Bearer ` (any case) field.
+    The machines were written apart and differ, which the flags keep: `need_end` wants the
+    final \\x01\\x01 (IMAP, SMTP), `need_user` an a= field (SMTP; else the id is b"")."""
+    cdef Py_ssize_t i = data.find(b"\x01")
+    if i < 0 or (need_end and not data.endswith(b"\x01\x01")):
+        return None
+    user = None
+    for f in data[:i].split(b",")[1:]:
+        if f[:2] == b"a=":
+            user = sasl_name(f[2:])
+            if user is None:
+                return None
+            break
+    if user is None:
+        if need_user:
+            return None
+        user = b""
+    for f in data[i + 1:].split(b"\x01"):
+        if f[:12].lower() == b"auth=bearer ":
+            return user, f[12:]
+    return None
+
+
 # Python-level names for the drivers (cdef code uses the enum directly).
 globals().update({a.name: int(a) for a in Action})

@@ -11,8 +11,10 @@ auth_http: it returns action bits and the driver (session.py) does the I/O.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 from fastmail._core cimport (
-    ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, AuthRequest, Machine,
-    decode_base64, encode_base64, make_salt, sasl_cram_md5, sasl_plain,
+    ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, M_CRAM_MD5, M_EXTERNAL, M_LOGIN,
+    M_OAUTHBEARER, M_PLAIN, M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine,
+    decode_base64, encode_base64, make_salt, sasl_cram_md5, sasl_oauthbearer, sasl_plain,
+    sasl_xoauth2,
 )
 
 # Reply bytes (ngx_mail_imap_handler.c); fastmail's own additions are marked.
@@ -29,25 +31,12 @@ INTERNAL_ERROR = b"* BAD internal server error\r\n"
 ID_NIL = b"* ID NIL\r\n"                # fastmail: RFC 2971 answer instead of BAD
 OK_ID = b"OK ID completed\r\n"
 
-# imap_auth values; the bit order is nginx's fixed AUTH= advertising order.
-cdef enum:
-    M_PLAIN = 1
-    M_LOGIN = 2
-    M_CRAM_MD5 = 4
-    M_EXTERNAL = 8
-    M_XOAUTH2 = 16
-    M_OAUTHBEARER = 32
-
+# imap_auth values (bits from _core: nginx's fixed AUTH= advertising order).
 _METHODS = {"plain": M_PLAIN, "login": M_LOGIN, "cram-md5": M_CRAM_MD5,
             "external": M_EXTERNAL, "xoauth2": M_XOAUTH2, "oauthbearer": M_OAUTHBEARER}
 _AUTH_WORDS = ((M_PLAIN, b" AUTH=PLAIN"), (M_LOGIN, b" AUTH=LOGIN"),
                (M_CRAM_MD5, b" AUTH=CRAM-MD5"), (M_EXTERNAL, b" AUTH=EXTERNAL"),
                (M_XOAUTH2, b" AUTH=XOAUTH2"), (M_OAUTHBEARER, b" AUTH=OAUTHBEARER"))
-
-cdef enum:
-    TLS_OFF = 0
-    TLS_ON = 1
-    TLS_ONLY = 2
 
 # Session states.  Those below S_WAIT read client lines; the others do not.
 cdef enum:
@@ -156,41 +145,6 @@ cdef bytes _unescape(bytes raw):
         out.append(raw[i])
         i += 1
     return bytes(out)
-
-
-cdef object _xoauth2(bytes data):
-    """freenginx: user=<id>\\x01auth=Bearer <token>\\x01\\x01 -> (id, token) or None."""
-    cdef Py_ssize_t sep = data.find(b"\x01")
-    if sep < 0:
-        return None
-    head = data[:sep]
-    rest = data[sep + 1:]
-    if head[:5].lower() != b"user=" or rest[:12].lower() != b"auth=bearer ":
-        return None
-    if len(rest) < 14 or not rest.endswith(b"\x01\x01"):
-        return None
-    return head[5:], rest[12:len(rest) - 2]
-
-
-cdef object _oauthbearer(bytes data):
-    """RFC 7628 as freenginx reads it: identity from the gs2 header's a= field
-    (=2C and =3D decoded, any other = is an error), token from auth=Bearer."""
-    cdef Py_ssize_t sep = data.find(b"\x01")
-    if sep < 0 or not data.endswith(b"\x01\x01"):
-        return None
-    user = b""
-    fields = data[:sep].split(b",")
-    for f in fields[1:]:
-        if f[:2] == b"a=":
-            user = f[2:].replace(b"=2C", b",").replace(b"=3D", b"\x00")
-            if b"=" in user:
-                return None
-            user = user.replace(b"\x00", b"=")
-            break
-    for kv in data[sep + 1:].split(b"\x01"):
-        if kv[:12].lower() == b"auth=bearer ":
-            return user, kv[12:]
-    return None
 
 
 cdef class ImapProfile:
@@ -787,14 +741,15 @@ cdef class ImapSession(Machine):
         if state == S_EXTERNAL:
             return self._ask(b"external", M_EXTERNAL, decoded, b"")
         if state == S_XOAUTH2:
-            pair = _xoauth2(decoded)
+            pair = sasl_xoauth2(decoded)
             if pair is None:
                 return self._bad()
             return self._ask(b"xoauth2", M_XOAUTH2, pair[0], pair[1])
-        pair = _oauthbearer(decoded)
+        pair = sasl_oauthbearer(decoded, True, False)
         if pair is None:
             return self._bad()
-        return self._ask(b"oauthbearer", M_OAUTHBEARER, pair[0], pair[1])
+        # IMAP alone has always passed a NUL in the a= identity on as `=`; kept as it was
+        return self._ask(b"oauthbearer", M_OAUTHBEARER, pair[0].replace(b"\0", b"="), pair[1])
 
     cdef int _sasl_error_answer(self, bytes data):
         cdef bint good

@@ -14,8 +14,10 @@ from libc.string cimport memchr
 
 from fastmail._core cimport (
     ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, AuthRequest, Machine, decode_base64,
-    encode_base64, has_ctl, make_salt, sasl_plain,
+    encode_base64, has_ctl, make_salt, sasl_oauthbearer, sasl_plain, sasl_xoauth2,
 )
+from fastmail._core cimport TLS_OFF as STARTTLS_OFF, TLS_ON as STARTTLS_ON
+from fastmail._core cimport TLS_ONLY as STARTTLS_ONLY
 
 # --- prebuilt replies (ngx_mail_pop3_handler.c) ----------------------------------------------
 
@@ -33,11 +35,6 @@ GREETING = R_GREETING
 OK = R_OK
 ERR_INVALID = R_ERR
 ERR_INTERNAL = R_INTERNAL
-
-cdef enum:
-    STARTTLS_OFF = 0
-    STARTTLS_ON = 1
-    STARTTLS_ONLY = 2
 
 # pop3_auth bits, in the order nginx lists the SASL names
 cdef enum:
@@ -224,43 +221,6 @@ cdef int parse_line(const unsigned char *p, Py_ssize_t n, bint sasl, Line *ln) n
         else:
             return P_OK if ch == b'\n' else P_INVALID
     return P_INVALID
-
-
-# --- SASL bearer-token messages (freenginx 1.27.1, imap.md §10.7) ----------------------------
-
-cdef object _xoauth2(bytes d):
-    """user=<id>^Aauth=Bearer <token>^A^A -> (id, token) or None."""
-    cdef Py_ssize_t i = d.find(b"\x01")
-    if i < 0 or d[:5].lower() != b"user=" or i < 5:
-        return None
-    rest = d[i + 1:]
-    if len(rest) < 14 or rest[:12].lower() != b"auth=bearer " or not rest.endswith(b"\x01\x01"):
-        return None
-    return d[5:i], rest[12:len(rest) - 2]
-
-
-cdef object _oauthbearer(bytes d):
-    """n,a=<id>,^Akey=val^A...auth=Bearer <token>^A^A -> (id, token) or None (RFC 7628)."""
-    cdef Py_ssize_t i = d.find(b"\x01")
-    if i < 0:
-        return None
-    user = b""
-    for f in d[:i].split(b",")[1:]:
-        if f[:2] == b"a=":
-            parts = f[2:].split(b"=")
-            user = parts[0]
-            for part in parts[1:]:
-                if part[:2] == b"2C":
-                    user += b"," + part[2:]
-                elif part[:2] == b"3D":
-                    user += b"=" + part[2:]
-                else:
-                    return None
-            break
-    for f in d[i + 1:].split(b"\x01"):
-        if f[:12].lower() == b"auth=bearer ":
-            return user, f[12:]
-    return None
 
 
 # --- the session ------------------------------------------------------------------------------
@@ -641,7 +601,11 @@ cdef class Pop3Session(Machine):
         elif state == S_EXTERNAL:
             self._auth(b"external", data, b"", b"")
         else:
-            creds = _xoauth2(data) if state == S_XOAUTH2 else _oauthbearer(data)
+            # no final ^A^A needed here, unlike IMAP and SMTP (kept as it was)
+            if state == S_XOAUTH2:
+                creds = sasl_xoauth2(data)
+            else:
+                creds = sasl_oauthbearer(data, False, False)
             if creds is None:
                 self._invalid()
             else:

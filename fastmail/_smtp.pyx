@@ -14,8 +14,10 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memchr
 
 from fastmail._core cimport (
-    ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, ACT_TIMER, AuthRequest, Machine,
-    decode_base64, encode_base64, make_salt, sasl_cram_md5, sasl_plain,
+    ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, ACT_TIMER, M_CRAM_MD5, M_EXTERNAL, M_LOGIN,
+    M_OAUTHBEARER, M_PLAIN, M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine,
+    decode_base64, encode_base64, make_salt, sasl_cram_md5, sasl_oauthbearer, sasl_plain,
+    sasl_xoauth2,
 )
 
 # Reply constants, nginx's exact bytes (spec/smtp.md §9).
@@ -33,14 +35,9 @@ S503_PIPELINING = b"503 5.5.0 Improper use of SMTP command pipelining\r\n"
 S530_AUTH_REQUIRED = b"530 5.7.1 Authentication required\r\n"
 S535_DEFAULT_CODE = b"535 5.7.0"
 
-# Auth method bits (smtp_auth), in the order the EHLO AUTH line lists them.
+# Auth method bits (smtp_auth), in the order the EHLO AUTH line lists them: _core's six,
+# then `none`.
 cdef enum:
-    M_PLAIN = 1
-    M_LOGIN = 2
-    M_CRAM_MD5 = 4
-    M_EXTERNAL = 8
-    M_XOAUTH2 = 16
-    M_OAUTHBEARER = 32
     M_NONE = 64
 
 _METHOD_BITS = {
@@ -50,11 +47,6 @@ _METHOD_BITS = {
 _AUTH_WORDS = ((M_PLAIN, b" PLAIN"), (M_LOGIN, b" LOGIN"), (M_CRAM_MD5, b" CRAM-MD5"),
                (M_EXTERNAL, b" EXTERNAL"), (M_XOAUTH2, b" XOAUTH2"),
                (M_OAUTHBEARER, b" OAUTHBEARER"))
-
-cdef enum:
-    TLS_OFF = 0
-    TLS_ON = 1
-    TLS_ONLY = 2
 
 # Session states (nginx's ngx_smtp_state_e plus the driver waits).
 cdef enum:
@@ -142,63 +134,6 @@ cdef str _log_text(bytes data, bint underscores):
     if underscores:
         data = data.replace(b"\r", b"_").replace(b"\n", b"_")
     return data.decode("utf-8", "backslashreplace")
-
-
-cdef object _xoauth2(bytes d):
-    """freenginx's XOAUTH2: `user=<login>\\x01auth=Bearer <token>\\x01\\x01` -> (login, token),
-    or None for an invalid login/token."""
-    cdef Py_ssize_t i = d.find(b"\x01")
-    if i < 5 or not _ieq(d[:5], b"USER="):
-        return None
-    rest = d[i + 1:]
-    if len(rest) < 14 or not _ieq(rest[:12], b"AUTH=BEARER ") or not rest.endswith(b"\x01\x01"):
-        return None
-    return d[5:i], rest[12:len(rest) - 2]
-
-
-cdef object _unescape_saslname(bytes s):
-    # RFC 5801 saslname: only =2C and =3D are valid escapes.
-    cdef Py_ssize_t i = s.find(b"=")
-    if i < 0:
-        return s
-    out = bytearray()
-    start = 0
-    while i >= 0:
-        out += s[start:i]
-        esc = s[i:i + 3]
-        if esc == b"=2C":
-            out += b","
-        elif esc == b"=3D":
-            out += b"="
-        else:
-            return None
-        start = i + 3
-        i = s.find(b"=", start)
-    out += s[start:]
-    return bytes(out)
-
-
-cdef object _oauthbearer(bytes d):
-    """RFC 7628 client response `n,a=<login>,\\x01...auth=Bearer <token>\\x01\\x01` ->
-    (login, token), or None."""
-    cdef Py_ssize_t i = d.find(b"\x01"), c
-    if i < 0 or not d.endswith(b"\x01\x01"):
-        return None
-    gs2 = d[:i]
-    c = gs2.find(b",")
-    if c < 0:
-        return None
-    login = None
-    for f in gs2[c + 1:].split(b","):
-        if f.startswith(b"a="):
-            login = _unescape_saslname(f[2:])
-            break
-    if login is None:
-        return None
-    for f in d[i + 1:len(d) - 2].split(b"\x01"):
-        if len(f) >= 12 and _ieq(f[:12], b"AUTH=BEARER "):
-            return login, f[12:]
-    return None
 
 
 def _reply_lines(list lines):
@@ -738,7 +673,7 @@ cdef class SmtpSession(Machine):
         data = decode_base64(arg)
         if data is None:
             return self._invalid()
-        creds = _xoauth2(data) if xo else _oauthbearer(data)
+        creds = sasl_xoauth2(data) if xo else sasl_oauthbearer(data, True, True)
         if creds is None:
             return self._invalid()
         return self._ask_auth(_M_XOAUTH2 if xo else _M_OAUTHBEARER, creds[0], creds[1], b"")
