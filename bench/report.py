@@ -306,7 +306,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Reading it: sessions/s, handshakes/s, MB/s and latency are the proxy's only when the "
         "proxy was the busy process; where other processes took cores (the CPU table below), "
         "compare the CPU per session, per handshake and per GB instead: they count the proxy's "
-        "own work per unit and hold under contention.",
+        "own work per unit and vary less under contention (not nothing: a descheduled proxy "
+        "handles fewer bytes or sessions per wakeup, which costs more per unit).",
     ]
     lines += ["", "## CPU use during the measured window (share of one core, median)", ""]
     lines += harness_table(result["runs"], result["meta"]["targets"])
