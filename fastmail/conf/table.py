@@ -160,36 +160,23 @@ def set_flag(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
     _store(ld, ctx, d, v == "on")
 
 
-def set_num(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
-    _dup(ld, ctx, d)
-    n = parse_number(args[0])
-    if n is None:
-        raise ld.error(f'"{d.name}" directive invalid number')
-    _store(ld, ctx, d, n)
+def _set_parsed(parse: Callable[[str], int | None], error: str) -> Handler:
+    """A setter storing `parse(args[0])`; None from the parser is `"<name>" directive <error>`."""
+
+    def setter(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+        _dup(ld, ctx, d)
+        n = parse(args[0])
+        if n is None:
+            raise ld.error(f'"{d.name}" directive {error}')
+        _store(ld, ctx, d, n)
+
+    return setter
 
 
-def set_size(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
-    _dup(ld, ctx, d)
-    n = parse_size(args[0])
-    if n is None:
-        raise ld.error(f'"{d.name}" directive invalid value')
-    _store(ld, ctx, d, n)
-
-
-def set_msec(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
-    _dup(ld, ctx, d)
-    n = parse_time(args[0])
-    if n is None:
-        raise ld.error(f'"{d.name}" directive invalid value')
-    _store(ld, ctx, d, n)
-
-
-def set_sec(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
-    _dup(ld, ctx, d)
-    n = parse_time(args[0], is_sec=True)
-    if n is None:
-        raise ld.error(f'"{d.name}" directive invalid value')
-    _store(ld, ctx, d, n)
+set_num = _set_parsed(parse_number, "invalid number")
+set_size = _set_parsed(parse_size, "invalid value")
+set_msec = _set_parsed(parse_time, "invalid value")
+set_sec = _set_parsed(lambda s: parse_time(s, is_sec=True), "invalid value")
 
 
 def set_str(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
