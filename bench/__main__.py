@@ -399,10 +399,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--protocols", default="imap,pop3,smtp")
     p.add_argument(
         "--servers",
-        choices=("c", "testing", "stub"),
+        choices=("c", "testing"),
         default="c",
         help="auth_http server and backend: c (bench/servers.c, fast: the default), testing "
-        "(fastmail.testing's Python authd and backend), stub (bench/stubs.py)",
+        "(fastmail.testing's Python authd and backend)",
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)

@@ -465,8 +465,7 @@ class Servers:
     kind "c" (the default) runs bench/servers.c twice, as the auth_http server and as the
     backend: any user with password "pass", users named echo* echo after login. kind
     "testing" runs fastmail.testing's authd (SQLite users "user" and "echo", password "pass")
-    and two fake backends (the second echoes after login, for the relay scenario); kind "stub"
-    runs bench/stubs.py (Python, like testing but checks nothing).
+    and two fake backends (the second echoes after login, for the relay scenario).
     """
 
     def __init__(self, kind: str, workdir: Path) -> None:
@@ -502,19 +501,6 @@ class Servers:
             self._spawn("backend", [exe, "backend", "-b", b], list(self.ports.backend.values()))
             self._spawn(
                 "auth", [exe, "auth", "-a", str(self.ports.auth), "-b", b], [self.ports.auth]
-            )
-            return
-        if self.kind == "stub":
-            b = ",".join(f"{p}={port}" for p, port in self.ports.backend.items())
-            self._spawn(
-                "backend",
-                [py, "-m", "bench.stubs", "backend", "--backends", b],
-                list(self.ports.backend.values()),
-            )
-            self._spawn(
-                "auth",
-                [py, "-m", "bench.stubs", "auth", "--port", str(self.ports.auth), "--backends", b],
-                [self.ports.auth],
             )
             return
         db = str(self.dir / "users.sqlite")
