@@ -849,7 +849,7 @@ class AuthHttpClient:
         path: bytes,
         host_header: bytes,
         timeout_s: float,
-        pool_size: int = 16,
+        pool_size: int = 64,
         *,
         unix_path: str | None = None,
         extra_headers: list[tuple[bytes, bytes]] | None = None,

@@ -102,13 +102,13 @@ DIRECTIVES: tuple[Directive, ...] = (
         TAKE1,
         set_num,
         "auth_http_keepalive",
-        default=16,
-        default_doc="16",
+        default=64,
+        default_doc="64",
         syntax="number",
         module="auth_http",
         ext=True,
-        doc="Idle HTTP/1.1 connections to the auth_http server kept for reuse per worker; "
-        "0 sends nginx's one HTTP/1.0 request per connection.",
+        doc="Idle HTTP/1.1 connections to the auth_http server kept for reuse per worker "
+        "(at least the logins in flight at once, or the surplus is closed and reopened); 0 sends nginx's one HTTP/1.0 request per connection.",
     ),
 )
 

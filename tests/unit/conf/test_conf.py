@@ -393,4 +393,4 @@ def test_auth_http_keepalive_extension_defaults_to_a_pool_and_inherits(tmp_path:
         tmp_path,
         EV + "mail {\n" + AUTH + "\n server { listen 127.0.0.1:1143; protocol imap; }\n}\n",
     )
-    assert plain.mail.servers[0].auth_http_keepalive == 16
+    assert plain.mail.servers[0].auth_http_keepalive == 64
