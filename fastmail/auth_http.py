@@ -187,7 +187,7 @@ _FAST_RE = re.compile(
     rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: [ -~]*)?\r\n"
     rb"((?:[A-Za-z0-9][A-Za-z0-9-]*:[ -~]*\r\n)*)\r\n"
 )
-_FAST_HEADER_RE = re.compile(rb"([A-Za-z0-9][A-Za-z0-9-]*): *([ -~]*?) *\r\n")
+_FRAMING = frozenset((b"content-length", b"connection", b"transfer-encoding", b"upgrade"))
 
 
 class ResponseReader:
@@ -332,10 +332,16 @@ class ResponseReader:
         m = _FAST_RE.match(data)
         if m is None or m.end() > MAX_HEADER_BLOCK // 2 or m.group(2) in (b"204", b"304"):
             return False
-        headers = _FAST_HEADER_RE.findall(m.group(3))
+        # the match allowed only `name:[ -~]*` lines, so splitting them is exact
+        headers: list[tuple[bytes, bytes]] = []
         length = conn = None
-        for name, value in headers:
+        for line in m.group(3).split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            value = value.strip(b" ")
+            headers.append((name, value))
             low = name.lower()
+            if low not in _FRAMING:
+                continue
             if low == b"content-length":
                 if length is not None or not value.isdigit() or len(value) > 9:
                     return False
@@ -496,7 +502,7 @@ def interpret(
     if n is None or not 1 <= n <= 65535:
         v = port.decode("utf-8", "backslashreplace")
         return _error(f'auth http server {peer} sent invalid server port:"{v}"', **base)
-    return AuthResult("ok", server=server, port=n, addr=addr, ssl_backend=ssl_backend, **base)
+    return AuthResult("ok", server, n, addr, user, passwd, ssl_backend=ssl_backend)
 
 
 def _no_password(auth: AuthRequest) -> bool:

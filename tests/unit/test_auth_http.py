@@ -355,6 +355,8 @@ FAST_CASES = [
     b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Pass: a\tb\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nAuth_Status: OK\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Empty:   \r\nX-Tight:v\r\nAuth-Status:  a  b  \r\n"
+    b"CONTENT-LENGTH: 1\r\nCONNECTION: KEEP-ALIVE\r\n\r\nx",
 ]
 
 
