@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Literal
 
 import httptools
 
+from fastmail.deadlines import Deadline, Deadlines
+
 if TYPE_CHECKING:
     from fastmail._core import AuthRequest
     from fastmail.resolver import Resolver
@@ -668,7 +670,7 @@ class _Ask:
         self.connect_task: asyncio.Task[object] | None = None
         self.retried = False
         # One deadline for connect, send and the whole header block, never re-armed (spec §2).
-        self.timer = client.loop.call_later(client.timeout_s, self._timed_out)
+        self.timer = client._deadline(self._timed_out)
 
     def start(self, fresh: bool = False) -> None:
         conn = None if fresh else self.client._acquire()
@@ -881,7 +883,14 @@ class AuthHttpClient:
             self.peer = f"{url_host}:{url_port}"
         self._idle: list[_Conn] = []
         self._open: set[_Conn] = set()
+        self._deadlines = Deadlines(loop, timeout_s)
         self.connections_made = 0  # for tests and counters
+
+    def _deadline(self, callback: Callable[[], object]) -> Deadline:
+        """A request's timeout: one loop timer serves every request of this client."""
+        if self._deadlines.delay != self.timeout_s:
+            self._deadlines = Deadlines(self.loop, self.timeout_s)
+        return self._deadlines.add(callback)
 
     # pool
     async def _connect(self, conn: _Conn) -> None:

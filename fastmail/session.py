@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from fastmail._core import Machine
     from fastmail.auth_http import AuthCall, AuthResult
+    from fastmail.deadlines import Deadline
     from fastmail.resolver import ClientHost, Lookup
     from fastmail.server import ServerRuntime
     from fastmail.worker import Worker
@@ -67,7 +68,7 @@ class ClientSession(asyncio.Protocol):
         self.state = DIALOGUE
         self.machine: Machine | None = None
         self.login: _login.BackendLogin | None = None
-        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline: Deadline | None = None  # `timeout`: one loop timer for all sessions
         self.timer: asyncio.TimerHandle | None = None
         self.pending = bytearray()
         self.auth_call: AuthCall | None = None
@@ -117,7 +118,7 @@ class ClientSession(asyncio.Protocol):
                 f"client {self._peer_text()} connected to {self._local_text()}",
                 self.id,
             )
-        self.deadline = self.loop.call_later(self.rt.timeout_s, self._timed_out)
+        self.deadline = self.worker.deadline(self.rt.timeout_s, self._timed_out)
         self.implicit = entry.ssl and self.rt.conf.ssl_context is not None
         if entry.proxy_protocol:
             self.state = PROXY_HEADER
@@ -368,7 +369,7 @@ class ClientSession(asyncio.Protocol):
             self.transport.resume_reading()  # type: ignore[union-attr]
         self.held = 0
         if retry:
-            self.deadline = self.loop.call_later(self.rt.timeout_s, self._timed_out)
+            self.deadline = self.worker.deadline(self.rt.timeout_s, self._timed_out)
         acts = self.machine.on_auth_fail(  # type: ignore[union-attr]
             res.error_message or b"", res.error_code, retry, res.sasl_error
         )
@@ -422,7 +423,7 @@ class ClientSession(asyncio.Protocol):
                 proxy_header=header,
             )
         self.login = login
-        self.deadline = self.loop.call_later(rt.timeout_s, self._timed_out)
+        self.deadline = self.worker.deadline(rt.timeout_s, self._timed_out)
         if transport_backend:
             name = conf.proxy_ssl_name or res.server.decode("latin-1")  # type: ignore[union-attr]
             self.backend = TransportBackend(  # type: ignore[assignment]

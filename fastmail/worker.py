@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import uvloop
 
 from fastmail._relay import BackendSocket, BufferRelay, ClientConn, Listener, SpliceRelay
+from fastmail.deadlines import Deadline, Deadlines
 from fastmail.log import INFO, ErrorLog
 from fastmail.server import ServerRuntime, install_sni
 from fastmail.session import ClientSession
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 class Worker:
     __slots__ = (
         "config", "sockets", "log", "loop", "runtimes", "sessions", "relays", "servers",
-        "_ids", "_stopping", "_done", "_logs",
+        "_ids", "_stopping", "_done", "_logs", "_deadlines",
     )  # fmt: skip
 
     def __init__(
@@ -45,6 +47,7 @@ class Worker:
         self._stopping = False
         self._done: asyncio.Future[None] | None = None
         self._logs: dict[tuple[object, ...], ErrorLog] = {}
+        self._deadlines: dict[float, Deadlines] = {}
 
     def connections(self) -> int:
         """Open connections, counted as nginx counts them against worker_connections."""
@@ -53,6 +56,14 @@ class Worker:
     def next_id(self) -> int:
         self._ids += 1
         return self._ids
+
+    def deadline(self, delay: float, callback: Callable[[], object]) -> Deadline:
+        """`callback()` after `delay` seconds unless cancelled: the sessions' `timeout`, one
+        loop timer per distinct delay instead of a TimerHandle per session and phase."""
+        q = self._deadlines.get(delay)
+        if q is None:
+            q = self._deadlines[delay] = Deadlines(self.loop, delay)
+        return q.add(callback)
 
     def _server_log(self, targets: list) -> ErrorLog:
         if not targets or targets == self.config.main.error_log:
