@@ -119,3 +119,37 @@ def test_master_workers_reload_reopen_and_quit(prefix: Path) -> None:
         if master.poll() is None:
             os.kill(master.pid, signal.SIGKILL)
             master.wait()
+
+
+def test_worker_connections_bounds_open_connections(prefix: Path) -> None:
+    port = free_port()
+    text = (
+        CONF.format(d=prefix, servers=server(port))
+        .replace("worker_connections 64;", "worker_connections 2;")
+        .replace("master_process on;", "master_process off;")
+    )
+    (prefix / "fastmail.conf").write_text(text)
+    cmd = [sys.executable, "-m", "fastmail", "-p", f"{prefix}/", "-c", f"{prefix}/fastmail.conf"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        assert greeting(port) == b"* OK IMAP4 ready\r\n"  # a probe, closed again
+        time.sleep(0.3)  # ... and reaped by the server
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        for c in held:
+            assert c.recv(100) == b"* OK IMAP4 ready\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            assert extra.recv(100) == b""  # closed at once, no greeting
+        log = (prefix / "error.log").read_text()
+        assert "[alert]" in log and "2 worker_connections are not enough" in log
+        for c in held:
+            c.close()
+        deadline = time.monotonic() + 5
+        while True:  # once the others have gone, a new client is served again
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as again:
+                if again.recv(100) == b"* OK IMAP4 ready\r\n":
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(10)
