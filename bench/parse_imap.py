@@ -4,22 +4,16 @@ Feeds each recorded session (greeting, client lines up to the auth request, the 
 result) through a fresh machine, as the driver would, and prints sessions/s, commands/s
 and CPU microseconds per session (time.process_time). No sockets, no auth_http: this is
 what the pre-auth phase costs in fastmail.
-Run: python bench/parse_imap.py [--seconds 2]
+Run: python -m bench.parse_imap [--seconds 2]
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
-import os
-import sys
-import time
-from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fastmail._core import ACT_AUTH  # noqa: E402
-from fastmail._imap import ImapProfile, ImapSession  # noqa: E402
+from bench import machines
+from bench.machines import Recorded
+from fastmail._imap import ImapProfile, ImapSession
 
 DEFAULT = ImapProfile()
 FULL = ImapProfile(
@@ -29,15 +23,6 @@ FULL = ImapProfile(
     tls_available=True,
     server_name=b"mail.example.com",
 )
-
-
-@dataclass(frozen=True)
-class Recorded:
-    name: str
-    chunks: tuple[bytes, ...]  # what the client sent, one read() each
-    commands: int  # lines the machine parsed (literal headers excluded)
-    profile: ImapProfile
-    retry: bool = False  # answer the first auth request with a retryable failure
 
 
 SESSIONS = [
@@ -90,51 +75,12 @@ SESSIONS = [
 ]
 
 
-def run_once(rec: Recorded) -> None:
-    m = ImapSession(rec.profile)
-    m.start()
-    m.take_output()
-    retry = rec.retry
-    for chunk in rec.chunks:
-        act = m.feed(chunk)
-        m.take_output()
-        if act & ACT_AUTH:
-            if retry:
-                retry = False
-                m.on_auth_fail(b"Invalid login or password", None, True)
-                m.take_output()
-                continue
-            m.on_auth_ok()
-            m.take_input()
-            break
-    else:
-        raise AssertionError(f"{rec.name}: no auth request")
-
-
-def measure(rec: Recorded, seconds: float) -> tuple[float, float]:
-    """Returns (sessions per CPU second, CPU µs per session)."""
-    run_once(rec)  # warm-up and sanity check
-    n = 0
-    batch = 1000
-    start = time.process_time()
-    while True:
-        for _ in range(batch):
-            run_once(rec)
-        n += batch
-        used = time.process_time() - start
-        if used >= seconds:
-            break
-    return n / used, used / n * 1e6
+def make(rec: Recorded) -> ImapSession:
+    return ImapSession(rec.profile)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.0, help="CPU seconds per session kind")
-    args = ap.parse_args(argv)
-    print(f"{'IMAP session':<50} {'sessions/s':>12} {'commands/s':>12} {'µs/session':>11}")
-    for rec in SESSIONS:
-        rate, us = measure(rec, args.seconds)
-        print(f"{rec.name:<50} {rate:>12,.0f} {rate * rec.commands:>12,.0f} {us:>11.2f}")
+    machines.main("IMAP session", SESSIONS, make, argv)
 
 
 if __name__ == "__main__":

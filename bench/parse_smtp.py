@@ -8,25 +8,15 @@ Run: python -m bench.parse_smtp [--seconds 2]
 
 from __future__ import annotations
 
-import argparse
 import base64
-import time
-from dataclasses import dataclass
 
-from fastmail._core import ACT_AUTH
+from bench import machines
+from bench.machines import Recorded
 from fastmail._smtp import SmtpProfile, SmtpSession
 
 
 def _b64(data: bytes) -> bytes:
     return base64.b64encode(data)
-
-
-@dataclass(frozen=True)
-class Recorded:
-    name: str
-    chunks: tuple[bytes, ...]  # client reads, as they arrived
-    commands: int
-    profile: SmtpProfile
 
 
 PLAIN = SmtpProfile(
@@ -79,40 +69,12 @@ SESSIONS = [
 ]
 
 
-def run_once(rec: Recorded) -> None:
-    m = SmtpSession(rec.profile)
-    m.start()
-    m.take_output()
-    for chunk in rec.chunks:
-        act = m.feed(chunk)
-        m.take_output()
-        if act & ACT_AUTH:
-            m.on_auth_ok()
-            m.take_input()
-            break
-
-
-def bench(rec: Recorded, seconds: float) -> tuple[float, float]:
-    n = 0
-    batch = 2000
-    cpu0 = time.process_time()
-    wall0 = time.perf_counter()
-    while time.perf_counter() - wall0 < seconds:
-        for _ in range(batch):
-            run_once(rec)
-        n += batch
-    cpu = time.process_time() - cpu0
-    return n / cpu, cpu / n * 1e6
+def make(rec: Recorded) -> SmtpSession:
+    return SmtpSession(rec.profile)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.parse_smtp")
-    p.add_argument("--seconds", type=float, default=2.0, help="time per recorded session")
-    a = p.parse_args(argv)
-    print(f"{'session':48} {'sessions/s':>12} {'commands/s':>12} {'us CPU/session':>15}")
-    for rec in SESSIONS:
-        rate, us = bench(rec, a.seconds)
-        print(f"{rec.name:48} {rate:12,.0f} {rate * rec.commands:12,.0f} {us:15.2f}")
+    machines.main("SMTP session", SESSIONS, make, argv)
 
 
 if __name__ == "__main__":
