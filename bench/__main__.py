@@ -122,14 +122,16 @@ class Bench:
 
     # -- scenarios ------------------------------------------------------------------------------
 
-    def login(self, proxy: Proxy, proto: str) -> dict[str, Any]:
-        port = str(self.servers.ports.proxy[proto])
-        base = ["-m", "login", "-p", port, "-P", proto, "-u", "user", "-w", "pass"]
+    def _storm(
+        self, proxy: Proxy, base: list[str], count: int
+    ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, float], int, float]:
+        """A warm-up, then `count` sessions at the set concurrency (split over --procs load
+        generators): (results, CPU samples before and after, sessions ok, elapsed)."""
         # warm-up: code paths, auth_http cache, first allocations
-        self._loadgen([*base, "-c", "2", "-n", str(min(50, self.a.sessions)), "-t", "10"])
+        self._loadgen([*base, "-c", "2", "-n", str(min(50, count)), "-t", "10"])
         procs = max(1, self.a.procs)
         per = ["-c", str(max(1, self.a.concurrency // procs))]
-        per += ["-n", str(max(1, self.a.sessions // procs)), "-t", str(self.a.max_secs)]
+        per += ["-n", str(max(1, count // procs)), "-t", str(self.a.max_secs)]
         s0 = self._sample(proxy)
         if procs == 1:
             results = [self._loadgen([*base, *per])]
@@ -138,6 +140,12 @@ class Bench:
         s1 = self._sample(proxy)
         ok = sum(r["ok"] for r in results)
         elapsed = max(r["elapsed"] for r in results)
+        return results, s0, s1, ok, elapsed
+
+    def login(self, proxy: Proxy, proto: str) -> dict[str, Any]:
+        port = str(self.servers.ports.proxy[proto])
+        base = ["-m", "login", "-p", port, "-P", proto, "-u", "user", "-w", "pass"]
+        results, s0, s1, ok, elapsed = self._storm(proxy, base, self.a.sessions)
         figures = {
             "sessions_per_s": ok / elapsed if elapsed else 0.0,
             "proxy_us_per_session": (s1["proxy"] - s0["proxy"]) / ok * 1e6 if ok else 0.0,
@@ -152,18 +160,7 @@ class Bench:
         ports = self.servers.ports.tls
         port = ports["imaps_resume" if resume else "imaps_full"]
         base = ["-m", "handshake", "-p", str(port), "-P", "imap", *(["-R"] if resume else [])]
-        self._loadgen([*base, "-c", "2", "-n", str(min(50, self.a.handshakes)), "-t", "10"])
-        procs = max(1, self.a.procs)
-        per = ["-c", str(max(1, self.a.concurrency // procs))]
-        per += ["-n", str(max(1, self.a.handshakes // procs)), "-t", str(self.a.max_secs)]
-        s0 = self._sample(proxy)
-        if procs == 1:
-            results = [self._loadgen([*base, *per])]
-        else:
-            results = self._parallel([[*base, *per]] * procs)
-        s1 = self._sample(proxy)
-        ok = sum(r["ok"] for r in results)
-        elapsed = max(r["elapsed"] for r in results)
+        results, s0, s1, ok, elapsed = self._storm(proxy, base, self.a.handshakes)
         figures = {
             "handshakes_per_s": ok / elapsed if elapsed else 0.0,
             "proxy_us_per_handshake": (s1["proxy"] - s0["proxy"]) / ok * 1e6 if ok else 0.0,
