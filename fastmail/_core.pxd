@@ -45,8 +45,23 @@ cdef class Machine:
     cdef inline void send(self, bytes data):
         self._out += data
 
+    # The machine contract: every call returns ACT_* bits (see docs/internals.md).
+    cpdef int start(self)
+    cpdef int feed(self, bytes data)
+    cpdef int on_auth_ok(self)
+    cpdef int on_auth_fail(self, bytes message, object error_code=*, bint retry=*,
+                           object sasl=*)
+    cpdef int on_auth_error(self)
+    cpdef int on_tls_done(self)
+    cpdef int on_timeout(self)
+    cpdef int on_timer(self)
     cpdef bytes take_output(self)
     cpdef bytes take_input(self)
+
+
+cdef class Profile:
+    # One per server{} block: limits and prebuilt replies; makes the session machines.
+    cpdef Machine new_session(self, bint tls)
 
 
 cpdef object decode_base64(bytes data)

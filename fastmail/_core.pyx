@@ -47,6 +47,31 @@ cdef class Machine:
         self.close_reason = None
         self.auth = None
 
+    cpdef int start(self):
+        return 0
+
+    cpdef int feed(self, bytes data):
+        return 0
+
+    cpdef int on_auth_ok(self):
+        return 0
+
+    cpdef int on_auth_fail(self, bytes message, object error_code=None, bint retry=False,
+                           object sasl=None):
+        return 0
+
+    cpdef int on_auth_error(self):
+        return 0
+
+    cpdef int on_tls_done(self):
+        return 0
+
+    cpdef int on_timeout(self):
+        return 0
+
+    cpdef int on_timer(self):
+        return 0
+
     cpdef bytes take_output(self):
         """Bytes to write to the client, in order; empties the output."""
         cdef bytes out = bytes(self._out)
@@ -58,6 +83,13 @@ cdef class Machine:
         cdef bytes rest = bytes(self.buf)
         del self.buf[:]
         return rest
+
+
+cdef class Profile:
+    """Base of the per-server{} profiles (ImapProfile, Pop3Profile, SmtpProfile)."""
+
+    cpdef Machine new_session(self, bint tls):
+        raise NotImplementedError
 
 
 # --- SASL helpers (ngx_mail_handler.c) ----------------------------------------

@@ -12,7 +12,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 from fastmail._core cimport (
     ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, M_CRAM_MD5, M_EXTERNAL, M_LOGIN,
-    M_OAUTHBEARER, M_PLAIN, M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine,
+    M_OAUTHBEARER, M_PLAIN, M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine, Profile,
     decode_base64, encode_base64, make_salt, sasl_cram_md5, sasl_oauthbearer, sasl_plain,
     sasl_xoauth2,
 )
@@ -147,7 +147,7 @@ cdef bytes _unescape(bytes raw):
     return bytes(out)
 
 
-cdef class ImapProfile:
+cdef class ImapProfile(Profile):
     """Per server block: prebuilt replies (nginx ngx_mail_imap_merge_srv_conf) and limits."""
 
     cdef readonly bytes greeting
@@ -190,7 +190,9 @@ cdef class ImapProfile:
         self.cap_starttls = b"* CAPABILITY" + words + auth + b" STARTTLS\r\n"
         self.cap_sto = b"* CAPABILITY" + words + b" STARTTLS LOGINDISABLED\r\n"
 
-
+    cpdef Machine new_session(self, bint tls):
+        """A session machine for one client connection of this server{}."""
+        return ImapSession(self, tls)
 cdef class ImapSession(Machine):
     """One client connection before login (sans-IO); see docs/internals.md."""
 
@@ -231,7 +233,7 @@ cdef class ImapSession(Machine):
         self.send(self.p.greeting)
         return ACT_SEND | self._run()
 
-    cpdef int feed(self, data):
+    cpdef int feed(self, bytes data):
         if self.state == S_CLOSED or self.state == S_TLS:
             # after STARTTLS any plaintext is dropped (CVE-2011-0411 class)
             return 0
@@ -244,7 +246,8 @@ cdef class ImapSession(Machine):
         self.state = S_DONE
         return 0
 
-    def on_auth_fail(self, bytes message, error_code=None, bint retry=False, sasl=None):
+    cpdef int on_auth_fail(self, bytes message, object error_code=None, bint retry=False,
+                           object sasl=None):
         """auth_http refused: `<tag>NO <message>`, or the Auth-Error-SASL challenge
         first for XOAUTH2/OAUTHBEARER; retry=True returns to START."""
         if self.state != S_AUTH:

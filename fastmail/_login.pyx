@@ -72,19 +72,6 @@ cdef inline bint _ctl(bytes data):
 cdef class BackendLogin:
     """Shared reply reading (ngx_mail_proxy_read_response) and endings. Use a subclass."""
 
-    cdef bytearray rbuf
-    cdef bytearray _out
-    cdef bytearray _bout
-    cdef Py_ssize_t limit
-    cdef bint pass_error
-    cdef int state
-    cdef bytes proxy_header
-    cdef bytes internal_error
-    cdef readonly AuthRequest auth
-    cdef public str phase          # nginx's log action ("reading response from upstream")
-    cdef public str close_reason   # log text after ACT_CLOSE (no " while ..." part)
-    cdef public str log_level      # "error" or "info" for close_reason
-
     def __cinit__(self, *args, **kwargs):
         self.rbuf = bytearray()
         self._out = bytearray()
@@ -145,7 +132,7 @@ cdef class BackendLogin:
             return 0
         return self._on_reply()
 
-    def on_error(self, str reason=None):
+    cpdef int on_error(self, str reason=None):
         """The backend failed outside a reply (connect refused, EOF, timeout, write error):
         the protocol's internal-error reply whatever proxy_pass_error_message says."""
         if self.state == FINISHED:
@@ -382,3 +369,51 @@ cdef bytes _b(value):
     if isinstance(value, str):
         return (<str>value).encode("latin-1")
     return bytes(value)
+
+
+# --- per-server{} settings: what the engine calls to make a login ------------------------------
+
+cdef class LoginConf:
+    """The proxy_* settings of one server{} block; new_login() makes the backend login."""
+
+    def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False):
+        self.proxy_buffer = proxy_buffer
+        self.pass_error_message = pass_error_message
+
+    cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
+                                 bytes proxy_header):
+        raise NotImplementedError
+
+
+cdef class ImapLoginConf(LoginConf):
+    cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
+                                 bytes proxy_header):
+        return ImapLogin(auth, proxy_buffer=self.proxy_buffer,
+                         pass_error_message=self.pass_error_message, proxy_header=proxy_header)
+
+
+cdef class Pop3LoginConf(LoginConf):
+    cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
+                                 bytes proxy_header):
+        return Pop3Login(auth, proxy_buffer=self.proxy_buffer,
+                         pass_error_message=self.pass_error_message, proxy_header=proxy_header)
+
+
+cdef class SmtpLoginConf(LoginConf):
+    cdef public bytes server_name
+    cdef public bint xclient
+    cdef public bint proxy_smtp_auth
+
+    def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False, *,
+                 server_name=b"localhost", bint xclient=True, bint proxy_smtp_auth=False):
+        LoginConf.__init__(self, proxy_buffer, pass_error_message)
+        self.server_name = _b(server_name)
+        self.xclient = xclient
+        self.proxy_smtp_auth = proxy_smtp_auth
+
+    cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
+                                 bytes proxy_header):
+        return SmtpLogin(auth, server_name=self.server_name, client_addr=client_addr,
+                         client_host=client_host, xclient=self.xclient,
+                         proxy_smtp_auth=self.proxy_smtp_auth, proxy_buffer=self.proxy_buffer,
+                         pass_error_message=self.pass_error_message, proxy_header=proxy_header)

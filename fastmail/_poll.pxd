@@ -22,6 +22,8 @@ cdef class Watcher:
     # (0 or 1: a session registers its client and its backend socket).
     cdef int io(self, int side, uint32_t events) except -1
     cdef int expired(self, int kind) except -1
+    # an operation the watcher started finished (an auth_http answer, a DNS lookup)
+    cpdef int completed(self, int kind, object result) except -1
 
 
 cdef class Handle:

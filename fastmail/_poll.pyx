@@ -66,6 +66,9 @@ cdef class Watcher:
     cdef int expired(self, int kind) except -1:
         return 0
 
+    cpdef int completed(self, int kind, object result) except -1:
+        return 0
+
 
 # --- timers ------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memchr
 
 from fastmail._core cimport (
-    ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, AuthRequest, Machine, decode_base64,
+    ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, AuthRequest, Machine, Profile, decode_base64,
     encode_base64, has_ctl, make_salt, sasl_oauthbearer, sasl_plain, sasl_xoauth2,
 )
 from fastmail._core cimport TLS_OFF as STARTTLS_OFF, TLS_ON as STARTTLS_ON
@@ -56,7 +56,7 @@ _SASL_NAMES = (
 _STARTTLS = {"off": STARTTLS_OFF, "on": STARTTLS_ON, "only": STARTTLS_ONLY}
 
 
-cdef class Pop3Profile:
+cdef class Pop3Profile(Profile):
     """Per server block: prebuilt replies and limits (ngx_mail_pop3_merge_srv_conf)."""
 
     cdef readonly bytes capa            # TLS, starttls off, or the USER state
@@ -107,6 +107,10 @@ cdef class Pop3Profile:
     def needs_salt(self):
         """APOP or CRAM-MD5 enabled: the greeting carries <random.time@server_name>."""
         return bool(self.methods & (M_APOP | M_CRAM))
+
+    cpdef Machine new_session(self, bint tls):
+        """A session machine for one client connection of this server{}."""
+        return Pop3Session(self, tls)
 
 
 # --- the line parser (ngx_mail_parse.c:ngx_mail_pop3_parse_command) --------------------------
@@ -242,8 +246,6 @@ cdef enum:
     S_DONE              # logged in: input is kept for the relay
     S_TLS               # STLS handshake: plaintext input is dropped
     S_CLOSED
-
-
 cdef class Pop3Session(Machine):
     """One POP3 client before login, as nginx 1.22.1 answers it, with freenginx's fixes.
 
@@ -324,7 +326,8 @@ cdef class Pop3Session(Machine):
         self.phase = "in http auth state"
         return 0
 
-    cpdef int on_auth_fail(self, message, error_code=None, bint retry=False, sasl=None):
+    cpdef int on_auth_fail(self, bytes message, object error_code=None, bint retry=False,
+                           object sasl=None):
         """auth_http said no: `-ERR <message>`; retry=True (Auth-Wait given) goes back to the
         start state and processes queued input. `sasl` is Auth-Error-SASL, honoured for
         XOAUTH2/OAUTHBEARER only: its challenge is sent first and the -ERR follows the ack."""

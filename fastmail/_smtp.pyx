@@ -15,7 +15,7 @@ from libc.string cimport memchr
 
 from fastmail._core cimport (
     ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, ACT_TIMER, M_CRAM_MD5, M_EXTERNAL, M_LOGIN,
-    M_OAUTHBEARER, M_PLAIN, M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine,
+    M_OAUTHBEARER, M_PLAIN, M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine, Profile,
     decode_base64, encode_base64, make_salt, sasl_cram_md5, sasl_oauthbearer, sasl_plain,
     sasl_xoauth2,
 )
@@ -142,7 +142,7 @@ def _reply_lines(list lines):
             + b"250 " + lines[last] + b"\r\n")
 
 
-cdef class SmtpProfile:
+cdef class SmtpProfile(Profile):
     """Per server block: prebuilt greeting/HELO/EHLO replies and limits."""
 
     cdef readonly bytes greeting, helo_reply, ehlo_plain, ehlo_starttls, ehlo_starttls_only
@@ -186,7 +186,9 @@ cdef class SmtpProfile:
         """True when smtp_auth lists this method."""
         return bool(self.methods & _METHOD_BITS[method])
 
-
+    cpdef Machine new_session(self, bint tls):
+        """A session machine for one client connection of this server{}."""
+        return SmtpSession(self, tls)
 cdef class SmtpSession(Machine):
     """One client connection, pre-login. See docs/internals.md for the driver contract."""
 
@@ -276,21 +278,21 @@ cdef class SmtpSession(Machine):
         self.phase = ""
         return 0
 
-    def on_auth_fail(self, bytes message, error_code=None, bint retry=False,
-                     sasl_error=None):
-        """auth_http said no. `sasl_error` is the Auth-Error-SASL value (freenginx): for
+    cpdef int on_auth_fail(self, bytes message, object error_code=None, bint retry=False,
+                           object sasl=None):
+        """auth_http said no. `sasl` is the Auth-Error-SASL value (freenginx): for
         XOAUTH2/OAUTHBEARER it is sent as a 334 challenge first, and the failure reply
         follows the client's answer."""
         if self.state != SMTP_WAIT_AUTH:
             return 0
         reply = ((error_code if error_code else S535_DEFAULT_CODE) + b" " + message + b"\r\n")
         self.phase = "in auth state"
-        if sasl_error is not None and (self.method == _M_XOAUTH2
+        if sasl is not None and (self.method == _M_XOAUTH2
                                        or self.method == _M_OAUTHBEARER):
             self.fail_reply = reply
             self.fail_retry = retry
             self.state = SMTP_SASL_ERROR
-            self.send(b"334 " + bytes(sasl_error) + b"\r\n")
+            self.send(b"334 " + bytes(sasl) + b"\r\n")
             return ACT_SEND | self._process()
         self.send(reply)
         if not retry:

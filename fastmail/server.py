@@ -1,24 +1,24 @@
 """Listeners: the sockets `listen` names, and what each accepted connection is served with.
 
 Owns: binding listen sockets (done in the master, before workers fork, as nginx does), and
-one `ServerRuntime` per `server {}` a worker serves: the machine profile with its prebuilt
-replies, the auth_http client with its keep-alive pool, the resolver, the realip networks.
-Must not speak any mail protocol: session.py drives the machines. Mirrors ngx_mail.c
+the engine's `Server` for each `server {}` a worker serves (the machine profile with its
+prebuilt replies, the backend login settings, the auth_http client, the resolver, the realip
+networks) and the `Entry` list each listening socket serves. Must not speak any mail
+protocol: the engine (_session.pyx) drives the machines. Mirrors ngx_mail.c
 (ngx_mail_optimize_servers) and ngx_mail_core_module.c.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import stat
-from collections.abc import Iterable
 
-from fastmail import _imap, _pop3, _smtp
-from fastmail.auth_http import AuthHttpClient
+from fastmail._poll import Loop
+from fastmail._session import Entry, Server
 from fastmail.conf.model import Config, ListenSocket, ServerConf
 from fastmail.log import ErrorLog
+from fastmail.protocols import PROTOCOLS
 from fastmail.proxy_protocol import TrustedNetworks
 
 
@@ -75,116 +75,57 @@ def bind_all(config: Config) -> list[tuple[ListenSocket, socket.socket]]:
     return bound
 
 
-class ServerRuntime:
-    """What one worker needs to serve one `server {}`: built once, shared by its sessions."""
+def make_server(conf: ServerConf, loop: Loop, log: ErrorLog) -> Server:
+    """The engine's view of one server{} block, built once per worker."""
+    proto = PROTOCOLS[conf.protocol]
+    srv = Server()
+    srv.conf = conf
+    srv.profile = proto.profile(conf)
+    srv.login_conf = proto.login(conf)
+    srv.log = log
+    srv.log_level = log.level
+    srv.smtp = proto.client_host
+    srv.timeout = conf.timeout
+    srv.proxy_timeout = conf.proxy_timeout
+    srv.proxy_protocol = conf.proxy_protocol
+    srv.tls = None
+    srv.resolver = None
+    if conf.resolver is not None:
+        from fastmail.resolver import Resolver
 
-    __slots__ = (
-        "conf", "protocol", "profile", "auth", "resolver", "trusted", "log", "server_name",
-        "timeout_s", "proxy_timeout_s", "machine_class",
-    )  # fmt: skip
-
-    def __init__(self, conf: ServerConf, loop: asyncio.AbstractEventLoop, log: ErrorLog) -> None:
-        self.conf = conf
-        self.protocol = conf.protocol
-        self.server_name = conf.server_name.encode()
-        self.log = log
-        self.timeout_s = conf.timeout / 1000
-        self.proxy_timeout_s = conf.proxy_timeout / 1000
-        tls = conf.ssl_context is not None
-        if conf.protocol == "imap":
-            self.profile = _imap.ImapProfile(
-                capabilities=[c.encode() for c in conf.imap_capabilities],
-                auth_methods=conf.imap_auth,
-                starttls=conf.starttls,
-                tls_available=tls,
-                client_buffer=conf.imap_client_buffer,
-                max_errors=conf.max_errors,
-                max_commands=conf.max_commands,
-                server_name=self.server_name,
-            )
-            self.machine_class = _imap.ImapSession
-        elif conf.protocol == "pop3":
-            self.profile = _pop3.Pop3Profile(
-                capabilities=[c.encode() for c in conf.pop3_capabilities],
-                auth_methods=conf.pop3_auth,
-                starttls=conf.starttls,
-                tls_available=tls,
-                max_errors=conf.max_errors,
-                max_commands=conf.max_commands,
-                server_name=self.server_name,
-            )
-            self.machine_class = _pop3.Pop3Session
-        else:
-            self.profile = _smtp.SmtpProfile(
-                capabilities=[c.encode() for c in conf.smtp_capabilities],
-                auth_methods=conf.smtp_auth,
-                starttls=conf.starttls if tls else "off",
-                tls_available=tls,
-                client_buffer=conf.smtp_client_buffer,
-                max_errors=conf.max_errors,
-                max_commands=conf.max_commands,
-                server_name=self.server_name,
-                greeting_delay=conf.smtp_greeting_delay,
-            )
-            self.machine_class = _smtp.SmtpSession
-        self.resolver = None
-        if conf.resolver is not None:
-            from fastmail.resolver import Resolver
-
-            self.resolver = Resolver(
-                loop,
-                servers=[(host, port) for _, host, port in conf.resolver.servers],
-                valid_s=conf.resolver.valid,
-                ipv4=conf.resolver.ipv4,
-                ipv6=conf.resolver.ipv6,
-                timeout_s=conf.resolver_timeout / 1000,
-            )
-        url = conf.auth_http
-        self.auth = AuthHttpClient(
+        srv.resolver = Resolver(
             loop,
-            url.host or None,
-            url.port,
-            url.uri.encode(),
-            url.host_header.encode(),
-            conf.auth_http_timeout / 1000,
-            conf.auth_http_keepalive,
-            unix_path=url.path,
-            extra_headers=[(k.encode(), v.encode()) for k, v in conf.auth_http_header],
-            pass_client_cert=conf.auth_http_pass_client_cert,
-            resolver=self.resolver,
+            servers=[(host, port) for _, host, port in conf.resolver.servers],
+            valid_s=conf.resolver.valid,
+            ipv4=conf.resolver.ipv4,
+            ipv6=conf.resolver.ipv6,
+            timeout_s=conf.resolver_timeout / 1000,
         )
-        self.trusted = TrustedNetworks.from_entries(conf.set_real_ip_from)
+    from fastmail._interim_auth import InterimAuthClient
 
-    def close(self) -> None:
-        self.auth.close()
-        if self.resolver is not None:
-            self.resolver.close()
-
-
-def install_sni(config: Config) -> None:
-    """Beyond nginx: server{} blocks sharing one TLS address are chosen by the client's SNI
-    name against their server_name; the first one declared is the default."""
-    from fastmail import tls
-
-    if config.mail is None:
-        return
-    for ls in config.mail.sockets:
-        groups: dict[str, list[ServerConf]] = {}
-        for e in ls.entries:
-            if e.ssl and e.server is not None and e.server.ssl_context is not None:
-                groups.setdefault(e.addr_text, []).append(e.server)
-        for servers in groups.values():
-            if len(servers) < 2:
-                continue
-            sni = tls.SniMap()
-            for srv in servers:
-                sni.add([srv.server_name], srv.ssl_context, srv)  # type: ignore[arg-type]
-            tls.install_sni(servers[0].ssl_context, sni)  # type: ignore[arg-type]
+    srv.auth = InterimAuthClient(loop, conf, srv.resolver)
+    srv.trusted = TrustedNetworks.from_entries(conf.set_real_ip_from)
+    return srv
 
 
-def runtimes_for(
-    config: Config, loop: asyncio.AbstractEventLoop, log: ErrorLog
-) -> dict[int, ServerRuntime]:
-    """One runtime per server block, keyed by id(ServerConf)."""
-    servers: Iterable[ServerConf] = config.mail.servers if config.mail else ()
-    return {id(s): ServerRuntime(s, loop, log) for s in servers}
+def close_server(srv: Server) -> None:
+    srv.auth.close()
+    if srv.resolver is not None:
+        srv.resolver.close()
+
+
+def entries_for(ls: ListenSocket, servers: dict[int, Server]) -> list[Entry]:
+    """What a listening socket serves, in the engine's terms (ListenSocket.entry_for's order)."""
+    out = []
+    for e in ls.entries:
+        if e.server is None:
+            continue
+        entry = Entry()
+        entry.server = servers[id(e.server)]
+        entry.host = e.host.encode()
+        entry.wildcard = e.wildcard
+        entry.ssl = e.ssl
+        entry.proxy_protocol = e.proxy_protocol
+        entry.addr_text = e.addr_text
+        out.append(entry)
+    return out

@@ -92,7 +92,7 @@ def call(m: SmtpSession, ev: tuple[object, ...]) -> int:
     if kind == "ok":
         return m.on_auth_ok()
     if kind == "fail":
-        return m.on_auth_fail(ev[1], ev[2], ev[3], sasl_error=ev[4])
+        return m.on_auth_fail(ev[1], ev[2], ev[3], sasl=ev[4])
     if kind == "error":
         return m.on_auth_error()
     if kind == "tls":

@@ -524,27 +524,27 @@ def test_auth_error_sasl() -> None:
     sasl = b"eyJzdGF0dXMiOiI0MDEifQ=="
     c = Client(**OAUTH)
     c.send(b"AUTH XOAUTH2 " + XO_TOKEN + b"\r\n")
-    assert c.fail(b"auth-failed", sasl_error=sasl) == b"334 " + sasl + b"\r\n"
+    assert c.fail(b"auth-failed", sasl=sasl) == b"334 " + sasl + b"\r\n"
     assert not c.closed
     assert c.send(b"\r\n") == b"535 5.7.0 auth-failed\r\n" and c.closed
     # OAUTHBEARER with Auth-Wait: dummy AQ== then failure, session continues.
     c = Client(**OAUTH)
     c.send(b"AUTH OAUTHBEARER " + OB_TOKEN + b"\r\n")
-    c.fail(b"auth-failed", retry=True, sasl_error=sasl)
+    c.fail(b"auth-failed", retry=True, sasl=sasl)
     assert c.send(b"AQ==\r\n") == b"535 5.7.0 auth-failed\r\n" and not c.closed
     c.send(b"AUTH OAUTHBEARER " + OB_TOKEN + b"\r\n")
-    c.fail(b"auth-failed", retry=True, sasl_error=sasl)
+    c.fail(b"auth-failed", retry=True, sasl=sasl)
     assert c.send(b"foo\r\n") == INVALID and not c.closed
     c.send(b"AUTH OAUTHBEARER " + OB_TOKEN + b"\r\n")
     assert c.asks_auth and c.m.auth.login_attempt == 3
     # Without Auth-Wait a wrong answer closes; SASL error ignored for other methods.
     c = Client(**OAUTH)
     c.send(b"AUTH XOAUTH2 " + XO_TOKEN + b"\r\n")
-    c.fail(sasl_error=sasl)
+    c.fail(sasl=sasl)
     assert c.send(b"foo\r\n") == INVALID and c.closed
     c = Client(**OAUTH)
     c.send(b"AUTH PLAIN " + b64(b"\0a\0b") + b"\r\n")
-    assert c.fail(b"x", sasl_error=sasl) == b"535 5.7.0 x\r\n" and c.closed
+    assert c.fail(b"x", sasl=sasl) == b"535 5.7.0 x\r\n" and c.closed
 
 
 # --- auth results --------------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+# Backend login machines: the dialogue with the backend between connect and relay.
+
+from fastmail._core cimport AuthRequest
+
+
+cdef class BackendLogin:
+    cdef bytearray rbuf
+    cdef bytearray _out
+    cdef bytearray _bout
+    cdef Py_ssize_t limit
+    cdef bint pass_error
+    cdef int state
+    cdef bytes proxy_header
+    cdef bytes internal_error
+    cdef readonly AuthRequest auth
+    cdef public str phase          # nginx's log action ("reading response from upstream")
+    cdef public str close_reason   # log text after ACT_CLOSE (no " while ..." part)
+    cdef public str log_level      # "error" or "info" for close_reason
+
+    cpdef int start(self)
+    cpdef int feed(self, bytes data)
+    cpdef int on_error(self, str reason=*)
+    cpdef bytes take_output(self)
+    cpdef bytes take_backend_output(self)
+    cdef void _setup(self, AuthRequest auth, Py_ssize_t proxy_buffer, bint pass_error_message,
+                     bytes proxy_header)
+    cdef bint _unsafe(self)
+    cdef int _on_reply(self) except -1
+    cdef int _send(self, bytes line, int state)
+    cdef int _internal(self, str reason, str level)
+    cdef int _invalid(self)
+    cdef int _done(self, bytes client_bytes)
+
+
+cdef class LoginConf:
+    # One per server{} block: the proxy_* settings a backend login reads, made at config time.
+    cdef public Py_ssize_t proxy_buffer
+    cdef public bint pass_error_message
+    cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
+                                 bytes proxy_header)

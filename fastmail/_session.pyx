@@ -1,0 +1,749 @@
+# cython: language_level=3
+"""The session engine: one client connection from accept to the end of its relay.
+
+Owns the per-connection driver (nginx's ngx_mail_handler.c, the session side of
+ngx_mail_auth_http_module.c and ngx_mail_proxy_module.c): the PROXY header and realip, the
+TLS handshake, feeding the client machine and carrying out its actions, the auth_http
+request, the backend connection and its login machine, then the relay (a Session *is* its
+Relay: no hand-over, no second object). Must not parse a mail protocol (the machines do),
+build auth_http bytes (the auth client does) nor decide policy (the Python layer: resolver,
+config); those are reached through small typed calls, and Python only for rare events.
+
+Theory of operation. A session is in one state at a time:
+
+    PROXY ─► [HANDSHAKE] ─► [RESOLVE] ─► DIALOGUE ◄─► HANDSHAKE (STARTTLS)
+                                            │  ▲
+                                  ACT_AUTH  ▼  │ fail + retry / error
+                                          AUTH ─► AUTH_WAIT (Auth-Wait delay)
+                                            │ ok
+                                            ▼
+                                         BACKEND (connect, login machine)
+                                            │ ACT_DONE
+                                            ▼
+                                          RELAY ─► CLOSED
+    any state ─► CLOSING (the client's last reply being written) ─► CLOSED
+
+Events come as io(side, events) for the client (side 0) and backend (side 1) sockets, both
+registered once, edge-triggered; expired(T_MAIN) is nginx's `timeout` (one deadline for the
+whole dialogue, re-armed for the backend login) and, while relaying, proxy_timeout;
+expired(T_AUX) is the machine's timer (smtp_greeting_delay) or an Auth-Wait delay;
+completed() brings an auth_http answer or a Client-Host lookup. The client's readiness is
+kept in its Sock (rd_ready): a state that does not read now leaves it set, and the state that
+reads next drains it; edge-triggered epoll sends no second notice.
+"""
+
+from libc.stdint cimport uint32_t, int64_t
+from libc.stdlib cimport free
+from posix.unistd cimport close as c_close
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from fastmail._poll cimport (Loop, Watcher, TNode, TimerQueue, timer_cancel, timer_armed,
+                             FASTMAIL_DEBUG, EPOLLIN, EPOLLOUT, EPOLLET, EPOLLRDHUP,
+                             EPOLLERR, EPOLLHUP)
+from fastmail._conn cimport (Sock, sock_init, sock_recv, sock_write_bytes, sock_flush,
+                             sock_close, sock_connect, sock_pending, os_error, sockaddr_ip,
+                             Acceptor, Listener, sockaddr, sockaddr_storage, socklen_t,
+                             IO_AGAIN, IO_ERROR)
+from fastmail._relay cimport (Relay, UP, DOWN, CLIENT, BACKEND, END_DONE, END_READ_CLIENT,
+                              END_READ_BACKEND, END_SEND_CLIENT, END_SEND_BACKEND, END_PIPE,
+                              END_TIMEOUT, END_CLOSED)
+from fastmail._core cimport (Machine, Profile, AuthRequest, ACT_SEND, ACT_AUTH, ACT_STARTTLS,
+                             ACT_CLOSE, ACT_TIMER, ACT_BACKEND, ACT_DONE)
+from fastmail._login cimport BackendLogin, LoginConf
+
+from fastmail import proxy_protocol
+
+cdef extern from *:
+    """
+    #include <sys/socket.h>
+    """
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
+    int getsockname(int fd, sockaddr *addr, socklen_t *len) nogil
+    int SOL_SOCKET, SO_ERROR
+
+# nginx's log levels (fastmail.log)
+DEF ERROR = 4
+DEF INFO = 7
+
+DEF PROXY_HEADER_LIMIT = 4096   # mainline nginx's PROXY protocol read size
+DEF HOLD_LIMIT = 65536          # client bytes read on while auth_http or the backend runs
+
+cdef enum:
+    S_PROXY = 0
+    S_HANDSHAKE
+    S_RESOLVE
+    S_DIALOGUE
+    S_AUTH
+    S_AUTH_WAIT
+    S_BACKEND
+    S_RELAY
+    S_CLOSING
+    S_CLOSED
+
+cdef enum:
+    T_MAIN = 0      # Relay.t_main: timeout, then proxy_timeout
+    T_AUX = 1       # t_aux: the machine's timer, an Auth-Wait delay
+
+# completed(kind, result)
+cdef enum:
+    DONE_AUTH = 1
+    DONE_CLIENT_HOST = 2
+
+cdef char _rbuf[65536]
+
+cdef class Session
+
+
+cdef class Server:
+    """What one worker needs to serve one server{} block, built once (server.py) and read by
+    every session at C speed."""
+
+    cdef public object conf
+    cdef public Profile profile
+    cdef public LoginConf login_conf
+    cdef public object auth             # the auth_http client
+    cdef public object resolver         # fastmail.resolver.Resolver, or None
+    cdef public object trusted          # realip networks (proxy_protocol.TrustedNetworks)
+    cdef public object log              # fastmail.log.ErrorLog
+    cdef public int log_level
+    cdef public bint smtp               # Client-Host goes to auth_http (and is resolved)
+    cdef public int64_t timeout         # ms
+    cdef public int64_t proxy_timeout   # ms
+    cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
+    cdef public object tls              # the server TLS context, or None
+
+
+cdef class Entry:
+    """One address a listening socket serves: which server{}, and its listen flags."""
+
+    cdef public Server server
+    cdef public bytes host              # the address text; b"" for unix sockets
+    cdef public bint wildcard
+    cdef public bint ssl
+    cdef public bint proxy_protocol
+    cdef public str addr_text           # nginx's text for log lines ("127.0.0.1:143")
+
+
+cdef class Engine(Acceptor):
+    """A worker's sessions: accepts on its listeners, counts connections against
+    worker_connections, and knows when a stopping worker has nothing left to do."""
+
+    cdef public Loop loop
+    cdef public set sessions
+    cdef public long connections        # client and backend sockets open
+    cdef public long max_connections    # worker_connections
+    cdef public object log              # the main error log (alerts)
+    cdef public object on_idle          # called once stopping and the last session ended
+    cdef public bint stopping
+    cdef long ids
+
+    def __init__(self, Loop loop, log, long max_connections):
+        self.loop = loop
+        self.log = log
+        self.max_connections = max_connections
+        self.sessions = set()
+        self.connections = 0
+        self.ids = 0
+
+    cdef int accepted(self, Listener lst, int fd, sockaddr *sa) except -1:
+        cdef int port = 0
+        cdef Session s
+        cdef list entries = lst.data
+        cdef Entry e
+        ip = sockaddr_ip(sa, &port)
+        if self.connections >= self.max_connections:
+            # nginx counts every socket; the alert and the refusal are its words and way
+            c_close(fd)
+            self.log.log(2, f"{self.max_connections} worker_connections are not enough")
+            return 0
+        e = entries[0] if len(entries) == 1 else _entry_for(entries, fd)
+        s = Session.__new__(Session)
+        self.ids += 1
+        self.connections += 1
+        self.sessions.add(s)
+        s.begin(self, e, fd, ip, port, self.ids)
+        return 0
+
+    cdef int ended(self, Session s) except -1:
+        self.sessions.discard(s)
+        if self.stopping and not self.sessions and self.on_idle is not None:
+            cb = self.on_idle
+            self.on_idle = None
+            self.loop.call_soon(cb)
+        return 0
+
+    def close_all(self, str reason=None):
+        """TERM, or worker_shutdown_timeout: every session ends now."""
+        cdef Session s
+        for s in list(self.sessions):
+            s.shut(reason)
+
+
+cdef Entry _entry_for(list entries, int fd):
+    """The entry for the address the client reached (a wildcard socket serving several)."""
+    cdef sockaddr_storage ss
+    cdef socklen_t n = sizeof(ss)
+    cdef int port = 0
+    cdef Entry e
+    if getsockname(fd, <sockaddr *>&ss, &n) == 0:
+        local = sockaddr_ip(<sockaddr *>&ss, &port)
+        for e in entries:
+            if not e.wildcard and e.host == local:
+                return e
+    for e in entries:
+        if e.wildcard:
+            return e
+    return entries[0]
+
+
+cdef class Session(Relay):
+    cdef Engine eng
+    cdef Server srv
+    cdef Entry entry
+    cdef Machine m
+    cdef BackendLogin login
+    cdef readonly int state
+    cdef readonly long id
+    cdef bytes client_ip                # after realip
+    cdef int client_port
+    cdef bytes client_host              # SMTP Client-Host
+    cdef object pp                      # the PROXY header read, or None
+    cdef bytearray pending              # PROXY header bytes; bytes read while resolving
+    cdef object auth_handle             # the running auth_http request
+    cdef object lookup                  # the running Client-Host lookup
+    cdef object result                  # an auth failure waiting out Auth-Wait
+    cdef str upstream                   # "server:port" once auth_http named the backend
+    cdef bytes user                     # the login, for log lines after the machine is gone
+    cdef TNode t_aux
+    cdef Py_ssize_t held
+    cdef bint connected                 # the backend connect completed
+    cdef bint tls
+    cdef bint starttls
+    cdef str shut_reason
+
+    # --- start ---------------------------------------------------------------------------------
+
+    cdef int begin(self, Engine eng, Entry e, int fd, bytes ip, int port, long cid) except -1:
+        cdef Server srv = e.server
+        self.eng = eng
+        self.loop = eng.loop
+        self.srv = srv
+        self.entry = e
+        self.id = cid
+        self.client_ip = ip
+        self.client_port = port
+        self.client_host = b"[UNAVAILABLE]"
+        self.half_close = True
+        self.proxy_timeout = srv.proxy_timeout
+        sock_init(&self.c, fd)
+        sock_init(&self.b, -1)
+        self.loop.register(fd, self, CLIENT, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+        if srv.log_level >= INFO:
+            srv.log.log(INFO, f"client {self._peer_text()} connected to {self._local_text()}",
+                        cid)
+        self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
+        if e.proxy_protocol:
+            self.state = S_PROXY
+            self.pending = bytearray()
+        else:
+            self._start()
+        return 0
+
+    cdef int _start(self) except -1:
+        """After any PROXY header: implicit TLS, else the client lookup or the greeting."""
+        if self.entry.ssl and self.srv.tls is not None:
+            return self._start_tls(True)
+        return self._resolve()
+
+    cdef int _resolve(self) except -1:
+        if self.srv.smtp and self.srv.resolver is not None:
+            self.state = S_RESOLVE
+            if self.pending is None:
+                self.pending = bytearray()
+            ip = None if self.client_ip == b"unix:" else self.client_ip.decode()
+            self.lookup = self.srv.resolver.client_host(ip, self._resolved)
+            return 0
+        return self._start_machine()
+
+    def _resolved(self, result):
+        self.completed(DONE_CLIENT_HOST, result)
+
+    cdef int _start_machine(self) except -1:
+        self.state = S_DIALOGUE
+        self.m = self.srv.profile.new_session(self.tls)
+        self.run(self.m.start())
+        if self.state == S_DIALOGUE and self.pending:
+            data = bytes(self.pending)
+            self.pending = None
+            self.run(self.m.feed(data))
+        else:
+            self.pending = None
+        if self.state == S_DIALOGUE and self.c.rd_ready:
+            self._read_client()
+        return 0
+
+    # --- events --------------------------------------------------------------------------------
+
+    cdef int io(self, int side, uint32_t events) except -1:
+        cdef Sock *s
+        if self.state == S_RELAY:
+            return self.relay_io(side, events)
+        if self.state == S_CLOSED:
+            return 0
+        s = &self.c if side == CLIENT else &self.b
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            s.rd_ready = True
+            if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                s.hup = True
+        if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+            s.wr_ready = True
+        if side == BACKEND:
+            return self._backend_io(events)
+        if s.out != NULL and s.wr_ready:
+            if sock_flush(s) == IO_ERROR:
+                return self.finish()
+        if self.state == S_CLOSING:
+            if s.out == NULL:
+                return self.finish()
+            return 0
+        if s.rd_ready:
+            return self._read_client()
+        return 0
+
+    cdef int _read_client(self) except -1:
+        cdef Py_ssize_t n
+        cdef int st
+        while self.c.rd_ready:
+            st = self.state
+            if st == S_DIALOGUE or st == S_PROXY or st == S_RESOLVE:
+                pass
+            elif st == S_AUTH or st == S_AUTH_WAIT or st == S_BACKEND:
+                if self.held > HOLD_LIMIT:
+                    return 0        # read on once the login is through (the relay does)
+            else:
+                return 0            # HANDSHAKE (the TLS layer reads), RELAY, CLOSING
+            n = sock_recv(&self.c, _rbuf, sizeof(_rbuf))
+            if n > 0:
+                data = PyBytes_FromStringAndSize(_rbuf, n)
+                if st == S_DIALOGUE:
+                    self.run(self.m.feed(data))
+                elif st == S_PROXY:
+                    self._proxy_header(data)
+                elif st == S_RESOLVE:
+                    self.pending += data
+                else:
+                    # kept for the relay (or the next login after a failure); nginx leaves
+                    # such bytes in the kernel: we read on to notice a client that leaves
+                    self.m.feed(data)
+                    self.held += n
+                continue
+            if n == IO_AGAIN:
+                return 0
+            # EOF or an error before the relay: the client left, nginx logs nothing
+            return self.finish()
+        return 0
+
+    cdef int expired(self, int kind) except -1:
+        cdef int st = self.state
+        if st == S_RELAY:
+            return self.relay_timer()
+        if kind == T_AUX:
+            if st == S_AUTH_WAIT:
+                return self._auth_failed(True)
+            if st == S_DIALOGUE:
+                return self.run(self.m.on_timer())
+            return 0
+        # T_MAIN: nginx's `timeout`
+        if st == S_BACKEND:
+            # nginx logs the backend timeout at info, other backend failures at error
+            return self._backend_failed("upstream timed out (110: Connection timed out)", INFO)
+        if st == S_CLOSING:
+            return self.finish()
+        if st == S_HANDSHAKE:
+            self._log(INFO, "client timed out (110: Connection timed out)", self._hs_action())
+            return self.finish()
+        if st == S_PROXY or st == S_RESOLVE or st == S_DIALOGUE:
+            self._log(INFO, "client timed out (110: Connection timed out)",
+                      "reading PROXY protocol" if st == S_PROXY else None)
+            if self.m is not None:
+                if self.m.on_timeout() & ACT_SEND:
+                    self._send(self.m.take_output())
+            return self.close()
+        return 0
+
+    cpdef int completed(self, int kind, object result) except -1:
+        if kind == DONE_AUTH:
+            self.auth_handle = None
+            if self.state == S_AUTH:
+                return self._auth_done(result)
+            return 0
+        if kind == DONE_CLIENT_HOST:
+            self.lookup = None
+            if self.state != S_RESOLVE:
+                return 0
+            self.client_host = result.host
+            if result.log_message:
+                self._log(ERROR, result.log_message, result.log_action)
+            return self._start_machine()
+        return 0
+
+    # --- the PROXY header (beyond nginx: one split over several reads is reassembled) --------
+
+    cdef int _proxy_header(self, bytes data) except -1:
+        self.pending += data
+        res = proxy_protocol.parse(bytes(self.pending), limit=PROXY_HEADER_LIMIT)
+        if res is proxy_protocol.NEED_MORE:
+            return 0
+        if isinstance(res, proxy_protocol.ProxyError):
+            if res.message:
+                self._log(ERROR, res.message, "reading PROXY protocol")
+            return self.finish()
+        self.pp = res
+        rest = bytes(self.pending[res.consumed:])
+        self.pending = None
+        peer = None if self.client_ip == b"unix:" else self.client_ip.decode()
+        real = proxy_protocol.realip(peer, res, self.srv.trusted)
+        if real is not None:
+            self.client_ip = real[0].encode()
+            self.client_port = real[1]
+        if rest:
+            self.pending = bytearray(rest)
+        return self._start()
+
+    # --- the client machine's actions ----------------------------------------------------------
+
+    cdef int run(self, int acts) except -1:
+        cdef Machine m = self.m
+        if acts & ACT_SEND:
+            if self._send(m.take_output()) < 0:
+                return self.finish()
+        if acts & ACT_STARTTLS and not acts & ACT_CLOSE:
+            # the machine dropped what followed the command (CVE-2014-3556); bytes still in
+            # the kernel become handshake input, as in nginx
+            self.starttls = True
+            return self._start_tls(False)
+        if acts & ACT_CLOSE:
+            if m.close_reason:
+                self._log(INFO, m.close_reason, None)
+            return self.close()
+        if acts & ACT_TIMER:
+            self.loop.queue(m.timer_ms).add(&self.t_aux, self, T_AUX)
+        if acts & ACT_AUTH:
+            return self._ask_auth()
+        return 0
+
+    cdef int _send(self, bytes data) except -2:
+        if sock_write_bytes(&self.c, data) == IO_ERROR:
+            return -1
+        return 0
+
+    # --- TLS (the client side) -----------------------------------------------------------------
+
+    cdef str _hs_action(self):
+        return "in starttls state" if self.starttls else "SSL handshaking"
+
+    cdef int _start_tls(self, bint implicit) except -1:
+        raise NotImplementedError("TLS in the engine")
+
+    # --- auth_http -----------------------------------------------------------------------------
+
+    cdef int _ask_auth(self) except -1:
+        cdef Server srv = self.srv
+        self.state = S_AUTH
+        timer_cancel(&self.t_main)      # nginx drops the client timer while auth_http runs
+        pp = None
+        h = self.pp
+        if h is not None and h.src_addr is not None:
+            pp = (h.src_addr.encode(), h.src_port, (h.dst_addr or "").encode(), h.dst_port)
+        self.auth_handle = srv.auth.ask(
+            self, self.m.auth, self.client_ip, self.client_host if srv.smtp else None, pp,
+            self._ssl_info())
+        return 0
+
+    cdef object _ssl_info(self):
+        return None
+
+    cdef int _auth_done(self, res) except -1:
+        cdef Machine m = self.m
+        if res.log_message:
+            self._log(ERROR if res.log_level == "error" else INFO, res.log_message,
+                      "in http auth state")
+        status = res.status
+        if status == "ok":
+            m.on_auth_ok()
+            return self._connect_backend(res)
+        if status == "fail":
+            self.result = res
+            if res.wait > 0:
+                # nginx reads nothing and answers after Auth-Wait, then takes a new login
+                self.state = S_AUTH_WAIT
+                self.loop.queue(res.wait * 1000).add(&self.t_aux, self, T_AUX)
+                return 0
+            return self._auth_failed(False)
+        self.state = S_DIALOGUE
+        return self.run(m.on_auth_error())
+
+    cdef int _auth_failed(self, bint retry) except -1:
+        res = self.result
+        self.result = None
+        self.state = S_DIALOGUE
+        self.held = 0
+        if retry:
+            self.loop.queue(self.srv.timeout).add(&self.t_main, self, T_MAIN)
+        self.run(self.m.on_auth_fail(res.error_message or b"", res.error_code, retry,
+                                     res.sasl_error))
+        if self.state == S_DIALOGUE and self.c.rd_ready:
+            self._read_client()
+        return 0
+
+    # --- the backend ---------------------------------------------------------------------------
+
+    cdef int _connect_backend(self, res) except -1:
+        cdef Server srv = self.srv
+        cdef AuthRequest auth = self.m.auth
+        self.state = S_BACKEND
+        self.user = auth.user
+        self.upstream = f"{res.server.decode('latin-1')}:{res.port}"
+        header = b""
+        if srv.proxy_protocol != "off":
+            header = self._backend_proxy_header()
+        self.login = srv.login_conf.new_login(auth, self.client_ip, self.client_host, header)
+        self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
+        if sock_connect(&self.b, res.addr.encode() if res.addr else b"", res.port or 0) < 0:
+            return self._backend_failed(os_error("connect", self.b.err), ERROR)
+        self.eng.connections += 1
+        self.loop.register(self.b.fd, self, BACKEND, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+        return 0
+
+    cdef bytes _backend_proxy_header(self):
+        unix = self.client_ip == b"unix:"
+        client = None if unix else (self.client_ip.decode(), self.client_port)
+        local = self._local_addr()
+        if self.srv.proxy_protocol == "v2":
+            return proxy_protocol.build_v2(client, local)
+        return proxy_protocol.build_v1(client, local)
+
+    cdef int _backend_io(self, uint32_t events) except -1:
+        cdef int err = 0
+        cdef socklen_t elen = sizeof(int)
+        cdef Py_ssize_t n
+        if self.state != S_BACKEND:
+            return 0
+        if not self.connected:
+            if events & (EPOLLERR | EPOLLHUP):
+                getsockopt(self.b.fd, SOL_SOCKET, SO_ERROR, &err, &elen)
+                return self._backend_failed(os_error("connect", err or 111), ERROR)
+            if not events & EPOLLOUT:
+                return 0
+            self.connected = True
+            self._login_actions(self.login.start())
+            if self.state != S_BACKEND:
+                return 0
+        if self.b.out != NULL and self.b.wr_ready:
+            if sock_flush(&self.b) == IO_ERROR:
+                return self._backend_failed(os_error("send", self.b.err), ERROR)
+        while self.b.rd_ready and self.state == S_BACKEND:
+            n = sock_recv(&self.b, _rbuf, sizeof(_rbuf))
+            if n > 0:
+                self._login_actions(self.login.feed(PyBytes_FromStringAndSize(_rbuf, n)))
+                continue
+            if n == IO_AGAIN:
+                return 0
+            self.login.phase = "reading response from upstream"
+            if n == 0:
+                return self._backend_failed("upstream prematurely closed connection", ERROR)
+            return self._backend_failed(os_error("recv", self.b.err), ERROR)
+        return 0
+
+    cdef int _login_actions(self, int acts) except -1:
+        cdef BackendLogin login = self.login
+        if acts & ACT_BACKEND:
+            if sock_write_bytes(&self.b, login.take_backend_output()) == IO_ERROR:
+                return self._backend_failed(os_error("send", self.b.err), ERROR)
+        if acts & ACT_SEND and not acts & ACT_DONE:
+            if self._send(login.take_output()) < 0:
+                return self.finish()
+        if acts & ACT_CLOSE:
+            if login.close_reason:
+                self._log(ERROR if login.log_level == "error" else INFO, login.close_reason,
+                          login.phase)
+            return self.close()
+        if acts & ACT_DONE:
+            return self._logged_in()
+        return 0
+
+    cdef int _backend_failed(self, str reason, int level) except -1:
+        if self.login is None or self.state != S_BACKEND:
+            return 0
+        acts = self.login.on_error(reason)
+        self.login.log_level = "error" if level == ERROR else "info"
+        return self._login_actions(acts)
+
+    # --- the relay -----------------------------------------------------------------------------
+
+    cdef int _logged_in(self) except -1:
+        cdef Server srv = self.srv
+        cdef bytes to_backend, to_client
+        timer_cancel(&self.t_main)
+        if srv.log_level >= INFO:
+            srv.log.log(
+                INFO,
+                f"client logged in, client: {self.client_ip.decode()}, server: "
+                f"{self.entry.addr_text}, login: \"{self.user.decode('latin-1')}\", "
+                f"upstream: {self.upstream}",
+                self.id)
+        to_backend = self.m.take_input()
+        to_client = self.login.take_output()
+        # whatever the sockets did not take yet goes first, in order
+        if self.c.out != NULL:
+            to_client = self._take_out(&self.c) + to_client
+        if self.b.out != NULL:
+            to_backend = self._take_out(&self.b) + to_backend
+        self.m = None
+        self.login = None
+        self.state = S_RELAY
+        return self.relay_start(to_backend, to_client)
+
+    cdef bytes _take_out(self, Sock *s):
+        cdef bytes rest = PyBytes_FromStringAndSize(s.out + s.out_off, s.out_len - s.out_off)
+        if s.out != NULL:
+            free(s.out)
+            s.out = NULL
+            s.out_len = s.out_off = 0
+        return rest
+
+    cdef int relay_closed(self) except -1:
+        cdef Server srv = self.srv
+        cdef int why = self.why
+        self.state = S_CLOSED
+        self.eng.connections -= 2
+        if srv.log_level >= INFO:
+            if why == END_DONE or (why == END_CLOSED and self.shut_reason is None):
+                # nginx's usual suffix, login and upstream included, only without " while"
+                ctx = self._context("-")
+                srv.log.log(INFO, "proxied session done" + ctx[ctx.index(","):], self.id)
+            elif why == END_TIMEOUT:
+                self._log(INFO, "client timed out (110: Connection timed out)", "proxying")
+            elif why == END_READ_CLIENT:
+                self._log(INFO, os_error("recv", self.error), "proxying and reading from client")
+            elif why == END_READ_BACKEND:
+                self._log(INFO, os_error("recv", self.error),
+                          "proxying and reading from upstream")
+            elif why == END_SEND_CLIENT:
+                self._log(INFO, os_error("send", self.error), "proxying and sending to client")
+            elif why == END_SEND_BACKEND:
+                self._log(INFO, os_error("send", self.error), "proxying and sending to upstream")
+            elif why == END_PIPE:
+                self._log(INFO, os_error("pipe2", self.error), "proxying")
+            else:
+                self._log(INFO, self.shut_reason, "proxying")
+        self.eng.ended(self)
+        return 0
+
+    # --- ending --------------------------------------------------------------------------------
+
+    cdef int close(self) except -1:
+        """Ends the session once the client's pending output is written (bounded by the
+        `timeout`: a client that reads nothing does not keep it)."""
+        if self.state == S_CLOSED or self.state == S_CLOSING:
+            return 0
+        self._stop_work()
+        if self.c.out == NULL or self.c.fd < 0:
+            return self.finish()
+        self.state = S_CLOSING
+        self.loop.queue(self.srv.timeout).add(&self.t_main, self, T_MAIN)
+        return 0
+
+    cdef int _stop_work(self) except -1:
+        timer_cancel(&self.t_main)
+        timer_cancel(&self.t_aux)
+        if self.auth_handle is not None:
+            self.srv.auth.cancel(self.auth_handle)
+            self.auth_handle = None
+        if self.lookup is not None:
+            self.lookup.cancel()
+            self.lookup = None
+        if self.b.fd >= 0:
+            self.loop.unregister(self)
+            sock_close(&self.b)
+            self.eng.connections -= 1
+        self.m = None
+        self.login = None
+        return 0
+
+    cdef int finish(self) except -1:
+        """Ends the session now."""
+        if self.state == S_CLOSED:
+            return 0
+        if self.state == S_RELAY:
+            return self.relay_end(END_CLOSED, 0)
+        self._stop_work()
+        self.state = S_CLOSED
+        if self.c.fd >= 0:
+            self.loop.unregister(self)
+            sock_close(&self.c)
+            self.eng.connections -= 1
+        self.eng.ended(self)
+        return 0
+
+    cdef int shut(self, str reason) except -1:
+        self.shut_reason = reason
+        return self.finish()
+
+    # --- log lines -----------------------------------------------------------------------------
+
+    cdef str _peer_text(self):
+        if self.client_ip == b"unix:":
+            return "unix:"
+        return f"{self.client_ip.decode()}:{self.client_port}"
+
+    cdef object _local_addr(self):
+        cdef sockaddr_storage ss
+        cdef socklen_t n = sizeof(ss)
+        cdef int port = 0
+        if self.entry.host == b"" or self.c.fd < 0:
+            return None
+        if not self.entry.wildcard:
+            return (self.entry.host.decode(), _port(self.entry.addr_text))
+        if getsockname(self.c.fd, <sockaddr *>&ss, &n) != 0:
+            return None
+        ip = sockaddr_ip(<sockaddr *>&ss, &port)
+        return (ip.decode(), port)
+
+    cdef str _local_text(self):
+        local = self._local_addr()
+        if local is None:
+            return self.entry.addr_text
+        if ":" in local[0]:
+            return f"[{local[0]}]:{local[1]}"
+        return f"{local[0]}:{local[1]}"
+
+    cdef str _context(self, str action):
+        """nginx's ` while ACTION, client: ..., server: ...[, login: "..."]` suffix."""
+        cdef str text
+        if action is None:
+            action = self.m.phase if self.m is not None else "in auth state"
+        text = (f" while {action}, client: {self.client_ip.decode()}"
+                f"{' using starttls' if self.starttls else ''}, server: {self.entry.addr_text}")
+        user = self.user
+        if user is None and self.m is not None and self.m.auth is not None:
+            user = self.m.auth.user
+        if user:
+            text += f', login: "{user.decode("latin-1")}"'
+        if self.upstream:
+            text += f", upstream: {self.upstream}"
+        return text
+
+    cdef int _log(self, int level, str message, str action) except -1:
+        cdef Server srv = self.srv
+        if srv.log_level >= level:
+            srv.log.log(level, message + self._context(action), self.id)
+        return 0
+
+
+cdef int _port(str addr_text):
+    cdef Py_ssize_t i = addr_text.rfind(":")
+    try:
+        return int(addr_text[i + 1:])
+    except ValueError:
+        return 0

@@ -1,0 +1,103 @@
+"""The protocol table: one record per mail protocol, as nginx's ngx_mail_protocol_t.
+
+Owns what differs between IMAP, POP3 and SMTP outside the machines themselves: the default
+ports (which also choose the protocol of a `listen` without a `protocol` directive), how a
+server{} block's directives become the client machine's profile and the backend login's
+settings, and whether Client-Host is resolved and sent to auth_http. Everything else (the
+engine, the auth client, the config loader) reads this table instead of testing the protocol
+name. Must not hold per-connection state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastmail import _imap, _login, _pop3, _smtp
+from fastmail._core import Profile
+from fastmail._login import LoginConf
+
+if TYPE_CHECKING:  # conf/ reads the ports from here: no import cycle
+    from fastmail.conf.model import ServerConf
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    name: str
+    ports: tuple[int, ...]  # the first is the plain port
+    profile: Callable[[ServerConf], Profile]
+    login: Callable[[ServerConf], LoginConf]
+    client_host: bool  # nginx resolves the client's name and sends Client-Host (SMTP only)
+
+
+def _imap_profile(c: ServerConf) -> Profile:
+    return _imap.ImapProfile(
+        capabilities=[s.encode() for s in c.imap_capabilities],
+        auth_methods=c.imap_auth,
+        starttls=c.starttls,
+        tls_available=c.ssl_context is not None,
+        client_buffer=c.imap_client_buffer,
+        max_errors=c.max_errors,
+        max_commands=c.max_commands,
+        server_name=c.server_name.encode(),
+    )
+
+
+def _pop3_profile(c: ServerConf) -> Profile:
+    return _pop3.Pop3Profile(
+        capabilities=[s.encode() for s in c.pop3_capabilities],
+        auth_methods=c.pop3_auth,
+        starttls=c.starttls,
+        tls_available=c.ssl_context is not None,
+        max_errors=c.max_errors,
+        max_commands=c.max_commands,
+        server_name=c.server_name.encode(),
+    )
+
+
+def _smtp_profile(c: ServerConf) -> Profile:
+    tls = c.ssl_context is not None
+    return _smtp.SmtpProfile(
+        capabilities=[s.encode() for s in c.smtp_capabilities],
+        auth_methods=c.smtp_auth,
+        starttls=c.starttls if tls else "off",
+        tls_available=tls,
+        client_buffer=c.smtp_client_buffer,
+        max_errors=c.max_errors,
+        max_commands=c.max_commands,
+        server_name=c.server_name.encode(),
+        greeting_delay=c.smtp_greeting_delay,
+    )
+
+
+def _login_conf(cls: type[LoginConf]) -> Callable[[ServerConf], LoginConf]:
+    def make(c: ServerConf) -> LoginConf:
+        return cls(c.proxy_buffer, c.proxy_pass_error_message)
+
+    return make
+
+
+def _smtp_login(c: ServerConf) -> LoginConf:
+    return _login.SmtpLoginConf(
+        c.proxy_buffer,
+        c.proxy_pass_error_message,
+        server_name=c.server_name.encode(),
+        xclient=c.xclient,
+        proxy_smtp_auth=c.proxy_smtp_auth,
+    )
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "imap": Protocol("imap", (143, 993), _imap_profile, _login_conf(_login.ImapLoginConf), False),
+    "pop3": Protocol("pop3", (110, 995), _pop3_profile, _login_conf(_login.Pop3LoginConf), False),
+    "smtp": Protocol("smtp", (25, 465, 587), _smtp_profile, _smtp_login, True),
+}
+
+
+def for_port(port: int) -> str | None:
+    """The protocol a `listen` port implies when no `protocol` directive says (nginx)."""
+    for p in PROTOCOLS.values():
+        if port in p.ports:
+            return p.name
+    return None
