@@ -1,0 +1,56 @@
+"""nginx's config files and command line, judged by `fastmail -t` and `nginx -t` side by side.
+
+nginx (Debian's, with its mail module) is the oracle; where it is missing, fastmail's text is
+still checked against nginx's wording written here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from support import MissingPackage
+from support import fastmail as fm
+from support import nginx as ng
+from support.process import config_messages
+
+
+def nginx_t(
+    *args: str, cwd: str | os.PathLike[str] | None = None
+) -> subprocess.CompletedProcess[str] | None:
+    """`nginx -t`, or None where Debian's nginx with its mail module is not installed."""
+    try:
+        return ng.config_test(*args, cwd=cwd)
+    except MissingPackage:
+        return None
+
+
+def same_text(
+    ng_run: subprocess.CompletedProcess[str] | None, fm_run: subprocess.CompletedProcess[str]
+) -> None:
+    """nginx (where installed) reaches fastmail's verdict with the same error texts."""
+    if ng_run is None:
+        return
+    assert ng_run.returncode == fm_run.returncode, (ng_run.stderr, fm_run.stderr)
+    assert config_messages(ng_run.stderr) == config_messages(fm_run.stderr), (
+        ng_run.stderr,
+        fm_run.stderr,
+    )
+
+
+# -- messages
+
+
+@pytest.mark.parametrize("quote", ["'", '"'])
+def test_unterminated_quote_message(tmp_path, quote):
+    (tmp_path / "logs").mkdir()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"events {{}}\nworker_processes {quote}{'a' * 5000}\n")
+    args = ("-p", f"{tmp_path}/", "-c", str(conf), "-e", f"{tmp_path}/logs/s.log")
+    r = fm.config_test(*args)
+    assert config_messages(r.stderr) == [
+        f'too long parameter, probably missing terminating "{quote}" character in {conf}:2'
+    ]
+    same_text(nginx_t(*args, "-g", f"pid {tmp_path}/nginx.pid;"), r)
