@@ -54,3 +54,28 @@ def test_unterminated_quote_message(tmp_path, quote):
         f'too long parameter, probably missing terminating "{quote}" character in {conf}:2'
     ]
     same_text(nginx_t(*args, "-g", f"pid {tmp_path}/nginx.pid;"), r)
+
+
+@pytest.mark.parametrize("key", ["short", "missing"])
+def test_ssl_session_ticket_key_errors_are_located(tmp_path, certs, free_port, key):
+    """nginx checks the ticket key files where it merges mail{}: the message ends with the
+    location of mail{}'s closing brace."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "short.key").write_bytes(os.urandom(20))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        "events {}\nmail {\n    auth_http 127.0.0.1:9/a;\n    server {\n"
+        f"        listen 127.0.0.1:{free_port()} ssl;\n        protocol imap;\n"
+        f"        ssl_certificate {certs.server_cert};\n"
+        f"        ssl_certificate_key {certs.server_key};\n"
+        f"        ssl_session_ticket_key {key}.key;\n    }}\n\n}}\n"
+    )
+    args = ("-p", f"{tmp_path}/", "-c", str(conf), "-e", f"{tmp_path}/logs/s.log")
+    r = fm.config_test(*args)
+    path = f"{tmp_path}/{key}.key"
+    want = {
+        "short": f'"{path}" must be 48 or 80 bytes',
+        "missing": f'open() "{path}" failed (2: No such file or directory)',
+    }[key]
+    assert config_messages(r.stderr) == [f"{want} in {conf}:12"]
+    same_text(nginx_t(*args, "-g", f"{ng.LOAD_MAIL} pid {tmp_path}/nginx.pid;"), r)
