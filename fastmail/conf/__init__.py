@@ -48,13 +48,13 @@ DIRECTIVES: tuple[Directive, ...] = tuple(REGISTRY.ordered)
 def load(path: str, prefix: str, params: str | None = None) -> Config:
     """Parse, merge and check a config as `nginx -t` does before opening files and binding.
 
-    `path` is resolved against `prefix` when relative; `params` is the -g string. Raises
+    `path` is used as given: the caller has already put a relative -c under the prefix (once,
+    as nginx does: `-p t1/ -c t1/a.conf` opens t1/t1/a.conf). `params` is the -g string. Raises
     ConfigError; its `after_parse` attribute is True for errors nginx finds after printing
     "syntax is ok" (no events{}, worker_connections too low).
     """
     if not prefix.endswith("/"):
         prefix += "/"
-    path = path if path.startswith("/") else prefix + path
     conf_prefix = os.path.dirname(path) + "/"
     ld = Loader(REGISTRY, prefix, conf_prefix)
     top = Ctx(kind=MAIN)

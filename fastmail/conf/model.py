@@ -212,7 +212,7 @@ class MailConf:
 
 @dataclass(slots=True)
 class Config:
-    path: str  # the main config file, absolute
+    path: str  # the main config file as opened (a relative -c under the prefix, once)
     prefix: str  # ends with "/"
     conf_prefix: str  # directory of `path`, ends with "/"
     main: MainConf

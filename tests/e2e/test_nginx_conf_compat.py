@@ -79,3 +79,33 @@ def test_ssl_session_ticket_key_errors_are_located(tmp_path, certs, free_port, k
     }[key]
     assert config_messages(r.stderr) == [f"{want} in {conf}:12"]
     same_text(nginx_t(*args, "-g", f"{ng.LOAD_MAIL} pid {tmp_path}/nginx.pid;"), r)
+
+
+# -- the command line: a relative -p with a relative -c
+
+
+def test_relative_prefix_and_relative_conf(tmp_path):
+    """`-p t1/ -c t1/bad.conf` opens t1/t1/bad.conf (the prefix once), and its includes are
+    under t1/t1/; both proxies name the file as they opened it."""
+    (tmp_path / "t1" / "t1").mkdir(parents=True)
+    (tmp_path / "t1" / "t1" / "inc.conf").write_text("\nfoo;\n")
+    (tmp_path / "t1" / "t1" / "bad.conf").write_text("events {}\ninclude inc.conf;\n")
+    globals_ = "pid nginx.pid; error_log error.log;"
+    args = ("-p", "t1/", "-c", "t1/bad.conf", "-e", "startup.log", "-g", globals_)
+    r = fm.config_test(*args, cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        'fastmail: [emerg] unknown directive "foo" in t1/t1/inc.conf:2',
+        "fastmail: configuration file t1/t1/bad.conf test failed",
+    ]
+    ng_run = nginx_t(*args, cwd=tmp_path)
+    if ng_run is not None:
+        assert ng_run.stderr.replace("nginx: ", "fastmail: ") == r.stderr
+    (tmp_path / "t1" / "t1" / "inc.conf").write_text("\n")
+    r = fm.config_test(*args, cwd=tmp_path)
+    assert r.stderr.splitlines() == [
+        "fastmail: the configuration file t1/t1/bad.conf syntax is ok",
+        "fastmail: configuration file t1/t1/bad.conf test is successful",
+    ]
+    assert (tmp_path / "t1" / "nginx.pid").exists()  # pid and logs are under the prefix, once
+    assert (tmp_path / "t1" / "startup.log").exists()
