@@ -14,6 +14,7 @@ import socket
 import ssl
 import sys
 import time
+from typing import TextIO
 
 from fastmail import NGINX_COMPAT, __version__
 from fastmail.conf import Config, ConfigError, load
@@ -47,11 +48,12 @@ Options:
 
 
 class StartupLog:
-    """nginx's startup log: every message to the -e file (timestamped) and, from warn up, to
-    stderr as `fastmail: [level] message`."""
+    """nginx's startup log: every message to the -e file (timestamped) and, echoed, to stderr as
+    `fastmail: [level] message`. With `-e stderr`, or when the file cannot be opened, the log
+    is stderr itself and the timestamped line is all that is printed, as in nginx."""
 
     def __init__(self, path: str | None) -> None:
-        self.file = None
+        self.file: TextIO = sys.stderr
         if path is None:
             return
         try:
@@ -68,16 +70,15 @@ class StartupLog:
         sys.stderr.flush()
 
     def log(self, level: str, msg: str, echo: bool = True) -> None:
-        if self.file is not None:
-            stamp = time.strftime("%Y/%m/%d %H:%M:%S")
-            pid = os.getpid()
-            self.file.write(f"{stamp} [{level}] {pid}#{pid}: {msg}\n")
-            self.file.flush()
-        if echo:
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+        pid = os.getpid()
+        self.file.write(f"{stamp} [{level}] {pid}#{pid}: {msg}\n")
+        self.file.flush()
+        if echo and self.file is not sys.stderr:
             self.stderr(f"[{level}] {msg}")
 
     def close(self) -> None:
-        if self.file is not None:
+        if self.file is not sys.stderr:
             self.file.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,22 @@ def test_directives_doc_is_fresh() -> None:
         text=True,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_log_on_stderr_prints_log_lines(prefix: Path) -> None:
+    """With `-e stderr`, or a -e file that cannot be opened, the startup log is stderr itself:
+    nginx prints its timestamped log line there, not `nginx: [emerg] ...` (checked against
+    Debian's nginx, whose compiled-in error log is stderr)."""
+    conf = prefix / "conf" / "fastmail.conf"
+    conf.write_text("events {}\nfoo;\n")
+    line = r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[emerg\] \d+#\d+: "
+    for e in ("stderr", f"{prefix}/nodir/e.log"):
+        r = run("-t", "-p", str(prefix), "-e", e)
+        lines = r.stderr.splitlines()
+        if e != "stderr":
+            assert lines.pop(0) == (
+                f'fastmail: [alert] could not open error log file: open() "{e}" failed '
+                "(2: No such file or directory)"
+            )
+        assert re.fullmatch(line + f'unknown directive "foo" in {conf}:2', lines[0]), lines
+        assert lines[1:] == [f"fastmail: configuration file {conf} test failed"]
