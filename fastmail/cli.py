@@ -277,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
 
 
+def _notices(o: Options, log: StartupLog, notices: list[str]) -> None:
+    # nginx keeps notices out of stderr; these are echoed (not with -q or -s) so that nobody
+    # takes the http{} part of their nginx.conf for served
+    for n in notices:
+        log.log("notice", n, echo=not (o.quiet or o.signal))
+
+
 def _run(
     o: Options,
     prefix: str,
@@ -292,11 +299,13 @@ def _run(
         except ConfigError as e:
             for w in e.warnings:
                 log.log("warn", w)
+            _notices(o, log, e.notices)
             if getattr(e, "after_parse", False) and o.test and not o.quiet:
                 log.stderr(f"the configuration file {conf_path} syntax is ok")
             raise
         for w in cfg.warnings:
             log.log("warn", w)
+        _notices(o, log, cfg.notices)
         if default_prefix:
             make_default_logs(prefix, [cfg.main.pid, *log_files(cfg)])
         parsed = True

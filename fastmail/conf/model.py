@@ -220,3 +220,4 @@ class Config:
     mail: MailConf | None
     files: list[tuple[str, bytes]]  # every file read, in first-open order (for -T)
     warnings: list[str] = field(default_factory=list)  # nginx's [warn] texts, with locations
+    notices: list[str] = field(default_factory=list)  # [notice] texts (http{} not served)
