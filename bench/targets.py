@@ -386,7 +386,18 @@ class Proxy:
         if self.name == "nginx":
             exe = nginx_binary() or "nginx"
             return [exe, "-p", f"{self.dir}/", "-e", str(self.errlog), "-c", str(self.conf)]
-        return [sys.executable, "-m", "fastmail", "-c", str(self.conf)]
+        # -p and -e as for nginx: the default prefix is a system path (fastmail would make its logs/)
+        return [
+            sys.executable,
+            "-m",
+            "fastmail",
+            "-p",
+            f"{self.dir}/",
+            "-e",
+            str(self.errlog),
+            "-c",
+            str(self.conf),
+        ]
 
     def start(self, timeout: float = 15.0) -> None:
         self.conf.write_text(self.render())

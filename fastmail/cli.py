@@ -14,11 +14,12 @@ import socket
 import ssl
 import sys
 import time
+from typing import TextIO
 
 from fastmail import NGINX_COMPAT, __version__
 from fastmail.conf import Config, ConfigError, load
 from fastmail.conf.errors import strerror
-from fastmail.conf.main import DEFAULT_CONF, DEFAULT_ERROR_LOG, DEFAULT_PREFIX
+from fastmail.conf.main import DEFAULT_CONF, DEFAULT_ERROR_LOG, DEFAULT_PID, DEFAULT_PREFIX
 
 SIGNALS = {
     "stop": signal.SIGTERM,
@@ -47,11 +48,12 @@ Options:
 
 
 class StartupLog:
-    """nginx's startup log: every message to the -e file (timestamped) and, from warn up, to
-    stderr as `fastmail: [level] message`."""
+    """nginx's startup log: every message to the -e file (timestamped) and, echoed, to stderr as
+    `fastmail: [level] message`. With `-e stderr`, or when the file cannot be opened, the log
+    is stderr itself and the timestamped line is all that is printed, as in nginx."""
 
     def __init__(self, path: str | None) -> None:
-        self.file = None
+        self.file: TextIO = sys.stderr
         if path is None:
             return
         try:
@@ -68,16 +70,15 @@ class StartupLog:
         sys.stderr.flush()
 
     def log(self, level: str, msg: str, echo: bool = True) -> None:
-        if self.file is not None:
-            stamp = time.strftime("%Y/%m/%d %H:%M:%S")
-            pid = os.getpid()
-            self.file.write(f"{stamp} [{level}] {pid}#{pid}: {msg}\n")
-            self.file.flush()
-        if echo:
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+        pid = os.getpid()
+        self.file.write(f"{stamp} [{level}] {pid}#{pid}: {msg}\n")
+        self.file.flush()
+        if echo and self.file is not sys.stderr:
             self.stderr(f"[{level}] {msg}")
 
     def close(self) -> None:
-        if self.file is not None:
+        if self.file is not sys.stderr:
             self.file.close()
 
 
@@ -156,6 +157,29 @@ def show_version(o: Options) -> None:
     sys.stderr.write("\n".join(out) + "\n")
 
 
+def log_files(cfg: Config) -> list[str]:
+    """Every error_log file of the config (main, mail{} and server{}), once each, in order."""
+    targets = list(cfg.main.error_log)
+    if cfg.mail is not None:
+        for srv in cfg.mail.servers:
+            targets.extend(srv.error_log)
+    paths = [t.path for t in targets if t.kind == "file" and t.path is not None]
+    return list(dict.fromkeys(paths))
+
+
+def make_default_logs(prefix: str, paths: list[str | None]) -> None:
+    """A pip install makes no prefix, as nginx's installer does: so when a file in use is the
+    built-in default under the default prefix (no -p), its logs/ directory is created (0755).
+    Explicit -p, -e, pid and error_log paths are left as nginx leaves them. A failure here
+    surfaces as nginx's open() error on the file itself."""
+    defaults = {prefix + DEFAULT_PID, prefix + DEFAULT_ERROR_LOG}
+    if any(p in defaults for p in paths):
+        try:
+            os.makedirs(prefix + "logs", 0o755, exist_ok=True)
+        except OSError:
+            pass
+
+
 def open_files(cfg: Config) -> None:
     """-t opens (and creates) the pid file and every error_log file, as nginx does."""
     if cfg.main.pid is not None:
@@ -165,21 +189,11 @@ def open_files(cfg: Config) -> None:
             raise ConfigError(
                 f'open() "{cfg.main.pid}" failed {strerror(e.errno or errno.EIO)}'
             ) from None
-    targets = list(cfg.main.error_log)
-    if cfg.mail is not None:
-        for srv in cfg.mail.servers:
-            targets.extend(srv.error_log)
-    seen: set[str] = set()
-    for t in targets:
-        if t.kind != "file" or t.path is None or t.path in seen:
-            continue
-        seen.add(t.path)
+    for path in log_files(cfg):
         try:
-            os.close(os.open(t.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
         except OSError as e:
-            raise ConfigError(
-                f'open() "{t.path}" failed {strerror(e.errno or errno.EIO)}'
-            ) from None
+            raise ConfigError(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
 
 
 def test_bind(cfg: Config) -> None:
@@ -248,18 +262,36 @@ def main(argv: list[str] | None = None) -> int:
     prefix = o.prefix or os.environ.get("FASTMAIL_PREFIX") or DEFAULT_PREFIX
     if not prefix.endswith("/"):
         prefix += "/"
+    # the default prefix: no -p (FASTMAIL_PREFIX stands in for the compiled-in one)
+    default_prefix = not o.prefix and not o.signal
     conf = o.conf or DEFAULT_CONF
     conf_path = conf if conf.startswith("/") else prefix + conf
     elog = o.error_log or DEFAULT_ERROR_LOG
     elog_path = None if elog == "stderr" else (elog if elog.startswith("/") else prefix + elog)
+    if default_prefix:
+        make_default_logs(prefix, [elog_path])
     log = StartupLog(elog_path)
     try:
-        return _run(o, prefix, conf_path, elog_path, log)
+        return _run(o, prefix, conf_path, elog_path, log, default_prefix)
     finally:
         log.close()
 
 
-def _run(o: Options, prefix: str, conf_path: str, elog_path: str | None, log: StartupLog) -> int:
+def _notices(o: Options, log: StartupLog, notices: list[str]) -> None:
+    # nginx keeps notices out of stderr; these are echoed (not with -q or -s) so that nobody
+    # takes the http{} part of their nginx.conf for served
+    for n in notices:
+        log.log("notice", n, echo=not (o.quiet or o.signal))
+
+
+def _run(
+    o: Options,
+    prefix: str,
+    conf_path: str,
+    elog_path: str | None,
+    log: StartupLog,
+    default_prefix: bool,
+) -> int:
     parsed = False
     try:
         try:
@@ -267,11 +299,15 @@ def _run(o: Options, prefix: str, conf_path: str, elog_path: str | None, log: St
         except ConfigError as e:
             for w in e.warnings:
                 log.log("warn", w)
+            _notices(o, log, e.notices)
             if getattr(e, "after_parse", False) and o.test and not o.quiet:
                 log.stderr(f"the configuration file {conf_path} syntax is ok")
             raise
         for w in cfg.warnings:
             log.log("warn", w)
+        _notices(o, log, cfg.notices)
+        if default_prefix:
+            make_default_logs(prefix, [cfg.main.pid, *log_files(cfg)])
         parsed = True
         if o.test:
             if not o.quiet:

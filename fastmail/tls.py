@@ -118,10 +118,14 @@ class _Ossl:
             self.conf_flags = _fn(s, "SSL_CONF_CTX_set_flags", _c.c_uint, _P, _c.c_uint)
             self.conf_set_ctx = _fn(s, "SSL_CONF_CTX_set_ssl_ctx", None, _P, _P)
             self.conf_cmd = _fn(s, "SSL_CONF_cmd", i, _P, _c.c_char_p, _c.c_char_p)
+            self.conf_type = _fn(s, "SSL_CONF_cmd_value_type", i, _P, _c.c_char_p)
             self.conf_finish = _fn(s, "SSL_CONF_CTX_finish", i, _P)
             self.conf_free = _fn(s, "SSL_CONF_CTX_free", None, _P)
             self.err_string = _fn(cr, "X509_verify_cert_error_string", _c.c_char_p, L)
-            self.err_get = _fn(cr, "ERR_get_error", u)
+            _pp = _c.POINTER(_c.c_char_p)
+            self.err_get_all = _fn(
+                cr, "ERR_get_error_all", u, _pp, _c.POINTER(i), _pp, _pp, _c.POINTER(i)
+            )
             self.err_text = _fn(cr, "ERR_error_string_n", None, u, _c.c_char_p, _c.c_size_t)
             self.d2i_x509 = _fn(cr, "d2i_X509", _P, _P, _c.POINTER(_c.c_char_p), L)
             self.x509_free = _fn(cr, "X509_free", None, _P)
@@ -143,11 +147,17 @@ class _Ossl:
             self.ok = False
 
     def errors(self) -> str:
+        """The error queue as ngx_ssl_error prints it: each error with `:data` when it has text
+        (the file name of a failed fopen(), the SSL_CONF command and value)."""
         texts = []
         buf = _c.create_string_buffer(256)
-        while e := self.err_get():
+        data, flags = _c.c_char_p(), _c.c_int()
+        while e := self.err_get_all(None, None, None, _c.byref(data), _c.byref(flags)):
             self.err_text(e, buf, 256)
-            texts.append(buf.value.decode("latin-1"))
+            text = buf.value.decode("latin-1")
+            if data.value and flags.value & 0x02:  # ERR_TXT_STRING
+                text += ":" + data.value.decode("latin-1")
+            texts.append(text)
         return " ".join(texts)
 
 
@@ -192,8 +202,10 @@ def configure_server(
     ticket_key: bytes | None,
     sid: bytes,
     conf_commands: list[tuple[str, str]],
+    conf_prefix: str = "",
 ) -> None:
-    """Applies what Python's SSLContext cannot: see the module docstring."""
+    """Applies what Python's SSLContext cannot: see the module docstring. A relative file or
+    directory in an ssl_conf_command is under `conf_prefix`, as nginx resolves it."""
     if not OSSL.ok:
         if conf_commands:
             raise TlsConfigError('"ssl_conf_command" directive is not supported on this platform')
@@ -236,6 +248,8 @@ def configure_server(
             OSSL.conf_flags(cctx, 0x2 | 0x8 | 0x20 | 0x10)  # FILE|SERVER|CERTIFICATE|SHOW_ERRORS
             OSSL.conf_set_ctx(cctx, p)
             for name, value in conf_commands:
+                if OSSL.conf_type(cctx, name.encode()) in (2, 3) and not value.startswith("/"):
+                    value = conf_prefix + value  # SSL_CONF_TYPE_FILE, SSL_CONF_TYPE_DIR
                 if OSSL.conf_cmd(cctx, name.encode(), value.encode()) <= 0:
                     raise TlsConfigError(
                         f'SSL_CONF_cmd("{name}", "{value}") failed (SSL: {OSSL.errors()})'

@@ -12,13 +12,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fastmail.conf import DIRECTIVES  # noqa: E402
-from fastmail.conf.table import CONTEXT_NAMES  # noqa: E402
+from fastmail.conf.table import ANY, CONTEXT_NAMES  # noqa: E402
 
 OUT = ROOT / "docs" / "directives.md"
 SECTIONS = (
     ("core", "Main context"),
     ("errlog", "Main context"),
     ("regex", "Main context"),
+    ("http", "Main context"),
+    ("stream", "Main context"),
     ("events", "events{}"),
     ("mail", "ngx_mail_core_module"),
     ("auth_http", "ngx_mail_auth_http_module"),
@@ -52,7 +54,7 @@ def render() -> str:
             done.add(title)
         for d in ds:
             ctx = ", ".join(CONTEXT_NAMES[c] for c in sorted(CONTEXT_NAMES) if d.contexts & c)
-            if d.contexts == 15:
+            if d.contexts == ANY:
                 ctx = "any"
             ext = " **(extension)**" if d.ext else ""
             out += [

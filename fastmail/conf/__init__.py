@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from fastmail.conf import auth_http, imap, mail, main, pop3, proxy, realip, smtp, ssl
+from fastmail.conf import auth_http, foreign, imap, mail, main, pop3, proxy, realip, smtp, ssl
 from fastmail.conf.errors import ConfigError
 from fastmail.conf.model import (
     LEVELS,
@@ -35,7 +35,7 @@ MODULES: tuple[ModuleType, ...] = (mail, ssl, pop3, imap, smtp, auth_http, proxy
 def _build_registry() -> Registry:
     reg = Registry()
     reg.add(INCLUDE)
-    for mod in (main, *MODULES):
+    for mod in (main, foreign, *MODULES):
         for d in mod.DIRECTIVES:
             reg.add(d)
     return reg
@@ -45,16 +45,20 @@ REGISTRY = _build_registry()
 DIRECTIVES: tuple[Directive, ...] = tuple(REGISTRY.ordered)
 
 
+def _notices(ld: Loader) -> list[str]:
+    return [n for n in (foreign.notice(ld),) if n]
+
+
 def load(path: str, prefix: str, params: str | None = None) -> Config:
     """Parse, merge and check a config as `nginx -t` does before opening files and binding.
 
-    `path` is resolved against `prefix` when relative; `params` is the -g string. Raises
+    `path` is used as given: the caller has already put a relative -c under the prefix (once,
+    as nginx does: `-p t1/ -c t1/a.conf` opens t1/t1/a.conf). `params` is the -g string. Raises
     ConfigError; its `after_parse` attribute is True for errors nginx finds after printing
     "syntax is ok" (no events{}, worker_connections too low).
     """
     if not prefix.endswith("/"):
         prefix += "/"
-    path = path if path.startswith("/") else prefix + path
     conf_prefix = os.path.dirname(path) + "/"
     ld = Loader(REGISTRY, prefix, conf_prefix)
     top = Ctx(kind=MAIN)
@@ -64,6 +68,7 @@ def load(path: str, prefix: str, params: str | None = None) -> Config:
         ld.parse_file(path, top, located=False)
     except ConfigError as e:
         e.warnings = list(ld.warnings)
+        e.notices = _notices(ld)
         e.after_parse = False  # type: ignore[attr-defined]
         raise
     try:
@@ -82,6 +87,7 @@ def load(path: str, prefix: str, params: str | None = None) -> Config:
                 )
     except ConfigError as e:
         e.warnings = list(ld.warnings)
+        e.notices = _notices(ld)
         e.after_parse = True  # type: ignore[attr-defined]
         raise
     return Config(
@@ -93,6 +99,7 @@ def load(path: str, prefix: str, params: str | None = None) -> Config:
         mail=mail_conf,
         files=ld.files,
         warnings=ld.warnings,
+        notices=_notices(ld),
     )
 
 

@@ -29,6 +29,7 @@ class ConfigError(Exception):
         self.level = level
         # warnings raised before the error; the CLI prints them first, as nginx does
         self.warnings: list[str] = []
+        self.notices: list[str] = []  # likewise ([notice]: http{} read, not served)
         super().__init__(self.text)
 
     @property

@@ -85,7 +85,7 @@ class Lexer:
                         if pos - start >= CONF_BUFFER:
                             q = '"' if d_quoted else "'"
                             raise self.error(
-                                f"too long parameter, probably missing terminating {q}{q}{q} character",
+                                f'too long parameter, probably missing terminating "{q}" character',
                                 start_line,
                             )
                     elif not last_space and pos - start >= CONF_BUFFER:
@@ -178,7 +178,7 @@ class Lexer:
                     if d_quoted or s_quoted:
                         q = '"' if d_quoted else "'"
                         raise self.error(
-                            f"too long parameter, probably missing terminating {q}{q}{q} character",
+                            f'too long parameter, probably missing terminating "{q}" character',
                             start_line,
                         )
                     raise self._too_long(start, start_line)

@@ -212,7 +212,7 @@ class MailConf:
 
 @dataclass(slots=True)
 class Config:
-    path: str  # the main config file, absolute
+    path: str  # the main config file as opened (a relative -c under the prefix, once)
     prefix: str  # ends with "/"
     conf_prefix: str  # directory of `path`, ends with "/"
     main: MainConf
@@ -220,3 +220,4 @@ class Config:
     mail: MailConf | None
     files: list[tuple[str, bytes]]  # every file read, in first-open order (for -T)
     warnings: list[str] = field(default_factory=list)  # nginx's [warn] texts, with locations
+    notices: list[str] = field(default_factory=list)  # [notice] texts (http{} not served)

@@ -18,6 +18,7 @@ from fastmail.conf.table import (
     ANY,
     BLOCK,
     FLAG,
+    FOREIGN,
     MAX_ARGS,
     ONE_MORE,
     TWO_MORE,
@@ -139,6 +140,11 @@ class Loader:
 
     def dispatch(self, ctx: Ctx, words: list[str], is_block: bool) -> None:
         name, args = words[0], words[1:]
+        if ctx.kind == FOREIGN and name != "include":
+            # http{}/stream{} directives are not fastmail's to judge, only their syntax
+            if is_block:
+                self.parse_block(ctx)
+            return
         candidates = self.registry.by_name.get(name)
         if not candidates:
             raise self.error(f'unknown directive "{name}"')

@@ -429,7 +429,7 @@ def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
             f'no "ssl_certificate_key" is defined for certificate "{getattr(certs[-1], "written", certs[-1])}" '
             f'and the "{mode}" directive in {file}:{line}'
         )
-    out["ssl_context"] = build_context(out)
+    out["ssl_context"] = build_context(out, ld)
 
 
 def _fopen_error(path: str) -> str:
@@ -448,7 +448,9 @@ def _passwords(path: str | None) -> list[str | None]:
         ]
 
 
-def build_context(out: dict[str, Any]) -> _ssl.SSLContext:
+def build_context(out: dict[str, Any], ld: Loader) -> _ssl.SSLContext:
+    """The server's SSLContext, checked in nginx's merge order. `ld` stands where nginx's merge
+    runs (the end of mail{}): its location for the errors nginx locates, its conf prefix."""
     ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
     versions = [_VERSIONS[p] for p in out["ssl_protocols"] if p in _VERSIONS]
     if versions:
@@ -532,14 +534,14 @@ def build_context(out: dict[str, Any]) -> _ssl.SSLContext:
         try:
             size = os.path.getsize(path)
         except OSError as e:
-            raise ConfigError(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
+            raise ld.error(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
         if size not in (48, 80):
-            raise ConfigError(f'"{path}" must be 48 or 80 bytes')
-    _configure(ctx, out)
+            raise ld.error(f'"{path}" must be 48 or 80 bytes')
+    _configure(ctx, out, ld.conf_prefix)
     return ctx
 
 
-def _configure(ctx: _ssl.SSLContext, out: dict[str, Any]) -> None:
+def _configure(ctx: _ssl.SSLContext, out: dict[str, Any], conf_prefix: str) -> None:
     ticket = None
     if out["ssl_session_ticket_key"]:
         # only the first key: OpenSSL without a ticket callback holds one (it encrypts and
@@ -564,6 +566,7 @@ def _configure(ctx: _ssl.SSLContext, out: dict[str, Any]) -> None:
             ticket_key=ticket,
             sid=sid,
             conf_commands=out["ssl_conf_command"],
+            conf_prefix=conf_prefix,
         )
     except tls.TlsConfigError as e:
         raise ConfigError(str(e)) from None

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastmail.conf.parser import Ctx, Loader
 
-# contexts (nginx's NGX_MAIN_CONF, NGX_EVENT_CONF, NGX_MAIL_MAIN_CONF, NGX_MAIL_SRV_CONF)
-MAIN, EVENTS, MAIL, SERVER = 1, 2, 4, 8
-ANY = MAIN | EVENTS | MAIL | SERVER
+# contexts (nginx's NGX_MAIN_CONF, NGX_EVENT_CONF, NGX_MAIL_MAIN_CONF, NGX_MAIL_SRV_CONF);
+# FOREIGN is everything inside http{} and stream{}: read for syntax only (foreign.py)
+MAIN, EVENTS, MAIL, SERVER, FOREIGN = 1, 2, 4, 8, 16
+ANY = MAIN | EVENTS | MAIL | SERVER | FOREIGN
 CONTEXT_NAMES = {MAIN: "main", EVENTS: "events", MAIL: "mail", SERVER: "server"}
 
 # arities: TAKEn is bit n (n = 0..7)

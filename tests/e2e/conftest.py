@@ -8,7 +8,7 @@ for leak checks (support/fastmail.py, with the helpers that build mail configs).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import pytest
 
@@ -21,11 +21,18 @@ PROXIES = ["fastmail", "nginx"]
 
 @pytest.fixture(params=PROXIES)
 def proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
-    """`proxy(mail_body, greetings=[(port, prefix)], main="")` -> a running Proxy."""
+    """`proxy(mail_body, greetings=[(port, prefix)], main="", files={})` -> a running Proxy;
+    `files` (name -> bytes) are written next to its config first (relative paths in a config
+    are under the config's directory)."""
     kind: str = request.param
     made: list[Fastmail | Nginx] = []
 
-    def start(mail: str, greetings: Iterable[tuple[int, bytes]] = (), main: str = "") -> Proxy:
+    def start(
+        mail: str,
+        greetings: Iterable[tuple[int, bytes]] = (),
+        main: str = "",
+        files: Mapping[str, bytes] | None = None,
+    ) -> Proxy:
         runner: Fastmail | Nginx
         if kind == "nginx":
             try:
@@ -35,6 +42,8 @@ def proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
         else:
             runner = Fastmail(mail, list(greetings), main=main)
         made.append(runner)
+        for name, data in (files or {}).items():
+            (runner.dir / name).write_bytes(data)
         runner.start()
         return Proxy(runner, kind)
 

@@ -387,6 +387,26 @@ def test_swaks_tls_auth(tls_proxy, certs):
 # --- beyond nginx -------------------------------------------------------------------------
 
 
+def test_ssl_conf_command_relative_certificate(proxy, authd, certs, free_port):
+    """`ssl_conf_command Certificate override.crt` (and PrivateKey) with relative paths, as
+    nginx-tests' mail_ssl_conf_command.t writes them: both proxies resolve them against the
+    config's directory and the client is served that certificate, not ssl_certificate's."""
+    override = certs.ca.issue_cert("localhost", "127.0.0.1", common_name="override")
+    files = {
+        "override.crt": b"".join(blob.bytes() for blob in override.cert_chain_pems),
+        "override.key": override.private_key_pem.bytes(),
+    }
+    port = free_port()
+    extra = "ssl_conf_command Certificate override.crt; ssl_conf_command PrivateKey override.key;"
+    proxy(mail_block(authd, tls_server(port, "imap", certs, extra)), files=files)
+    _wait_tls(port, certs)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with client_ctx(certs).wrap_socket(s, server_hostname="localhost") as t:
+            subject = dict(rdn[0] for rdn in t.getpeercert()["subject"])
+            assert _read_until(t, b"\r\n").startswith(b"* OK")
+    assert subject["commonName"] == "override"
+
+
 def test_sni_chooses_server_block(request, proxy, users, certs, free_port, tmp_path):
     fastmail_only(request.node.callspec.params["proxy"], "SNI server selection")
     ca = trustme.CA()

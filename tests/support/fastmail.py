@@ -49,6 +49,22 @@ _TCP_STATES = {
 }  # fmt: skip
 
 
+def config_test(
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`fastmail -t ARGS` (`python -m fastmail`), as support.nginx.config_test runs nginx."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastmail", "-t", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+    )
+
+
 class Fastmail(Runner):
     """fastmail running `mail { <mail> }`. `greetings` are (port, first-line prefix) pairs
     that must answer before `start()` returns, e.g. [(p, b"* OK")]."""
@@ -86,9 +102,13 @@ class Fastmail(Runner):
     def start(self, timeout: float = 15.0) -> Fastmail:
         # no separate `-t` run: a config error ends the process, and its log says why
         with open(self.dir / "stderr.log", "wb") as err:
-            # cwd: in a source checkout `-m fastmail` must not pick up a stray ./fastmail
+            # cwd: in a source checkout `-m fastmail` must not pick up a stray ./fastmail; and
+            # not the config's directory either, so that a path resolved against the cwd
+            # instead of the prefix or the config's directory is found out
+            cwd = self.dir / "cwd"
+            cwd.mkdir(exist_ok=True)
             self.proc = subprocess.Popen(
-                self._cmd(), stdout=subprocess.DEVNULL, stderr=err, cwd=self.dir
+                self._cmd(), stdout=subprocess.DEVNULL, stderr=err, cwd=cwd
             )
         try:
             self._wait_greetings(self.greetings, timeout)
@@ -140,20 +160,31 @@ def _addr(hexaddr: str) -> tuple[str, int]:
     return ip, int(port, 16)
 
 
-def tcp_connections(pid: int) -> list[tuple[tuple[str, int], tuple[str, int], str]]:
-    """(local, remote, state) of every TCP socket the process holds, listeners excluded."""
+def _tcp_rows(pid: int) -> list[list[str]]:
+    """The /proc/net/tcp{,6} rows of the TCP sockets the process holds."""
     inodes = _socket_inodes(pid)
-    conns = []
+    rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
-        for line in lines:
-            cols = line.split()
-            if cols[9] in inodes and cols[3] != "0A":
-                conns.append((_addr(cols[1]), _addr(cols[2]), _TCP_STATES.get(cols[3], cols[3])))
-    return conns
+        rows.extend(cols for cols in map(str.split, lines) if cols[9] in inodes)
+    return rows
+
+
+def tcp_connections(pid: int) -> list[tuple[tuple[str, int], tuple[str, int], str]]:
+    """(local, remote, state) of every TCP socket the process holds, listeners excluded."""
+    return [
+        (_addr(c[1]), _addr(c[2]), _TCP_STATES.get(c[3], c[3]))
+        for c in _tcp_rows(pid)
+        if c[3] != "0A"
+    ]
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports the process listens on."""
+    return {_addr(c[1])[1] for c in _tcp_rows(pid) if c[3] == "0A"}
 
 
 # ---------------------------------------------------------------------------------------------

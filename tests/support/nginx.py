@@ -30,6 +30,22 @@ mail {{
 """
 
 
+LOAD_MAIL = f"load_module {MAIL_MODULE};"  # for -g: a config without its own load_module line
+
+
+def config_test(
+    *args: str, cwd: str | os.PathLike[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`nginx -t ARGS` with Debian's binary, as a user runs it: the reference verdict and text
+    for `fastmail -t` (support.fastmail.config_test). MissingPackage without nginx's mail module."""
+    binary = find_binary("nginx", "nginx-light")
+    if not os.path.exists(MAIL_MODULE):
+        raise MissingPackage("ngx_mail_module", "libnginx-mod-mail")
+    return subprocess.run(
+        [binary, "-t", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
 class Nginx(Runner):
     """nginx running `mail { <mail> }`. `greetings` are (port, first-line prefix) pairs that
     must answer before `start()` returns, e.g. [(p, b"* OK")]."""

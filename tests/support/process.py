@@ -10,6 +10,7 @@ clash from another start-up failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,19 @@ def start_failure(what: str, exc: BaseException, log: str, tail: int = 2000) -> 
     if "Address already in use" in log:
         return PortClash(log)
     return RuntimeError(f"{what}: {exc}\n{log[-tail:]}")
+
+
+_CONFIG_MESSAGE = re.compile(
+    r"^(?:(?:nginx|fastmail): |\d{4}/\d\d/\d\d \d\d:\d\d:\d\d )"
+    r"\[(?:emerg|crit|alert)\] (?:\d+#\d+: )?(.*)$",
+    re.M,
+)
+
+
+def config_messages(stderr: str) -> list[str]:
+    """The [emerg]/[crit]/[alert] texts of a `-t` run, without the program name or, when the
+    error log is stderr itself, the timestamp and pid: what nginx and fastmail must agree on."""
+    return _CONFIG_MESSAGE.findall(stderr)
 
 
 class Runner:
