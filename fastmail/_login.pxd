@@ -36,5 +36,6 @@ cdef class LoginConf:
     # One per server{} block: the proxy_* settings a backend login reads, made at config time.
     cdef public Py_ssize_t proxy_buffer
     cdef public bint pass_error_message
+    cdef public bint pipelining          # proxy_pipelining (beyond nginx)
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header)

@@ -44,6 +44,7 @@ cdef enum:
     SMTP_FROM
     SMTP_TO
     SMTP_AUTH_PLAIN
+    SMTP_FROM_TO        # proxy_pipelining: MAIL FROM and RCPT TO sent together
     FINISHED
 
 
@@ -181,13 +182,20 @@ cdef class BackendLogin:
 
 
 cdef class ImapLogin(BackendLogin):
-    """IMAP: `T LOGIN {n}` / `user {n}` / `pass` with synchronizing literals (imap.md §15)."""
+    """IMAP: `T LOGIN {n}` / `user {n}` / `pass` with synchronizing literals (imap.md §15).
+    With `pipelining` (beyond nginx, proxy_pipelining on) the LOGIN goes as one line: with
+    LITERAL+ literals when the greeting announces LITERAL+ (RFC 7888), else as quoted
+    strings when both credentials are 7-bit text without CR/LF, else nginx's three steps."""
+
+    cdef bint pipelining
 
     def __init__(self, AuthRequest auth, *, Py_ssize_t proxy_buffer=4096,
-                 bint pass_error_message=False, bytes proxy_header=b""):
+                 bint pass_error_message=False, bytes proxy_header=b"",
+                 bint pipelining=False):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
         self.internal_error = IMAP_INTERNAL_ERROR
         self.state = IMAP_START
+        self.pipelining = pipelining
 
     cdef bint _unsafe(self):
         # Login and password travel inside literals, where CR/LF are data; the tag does not.
@@ -201,6 +209,10 @@ cdef class ImapLogin(BackendLogin):
             if r[:4] != b"* OK":
                 return self._invalid()
             self.phase = "sending LOGIN command to upstream"
+            if self.pipelining:
+                line = self._one_line(r)
+                if line is not None:
+                    return self._send(line, IMAP_PASSWD)
             return self._send(b"%sLOGIN {%d}\r\n" % (tag, len(self.auth.user)), IMAP_LOGIN)
         if self.state == IMAP_LOGIN:
             if r[0] != 43:  # '+'
@@ -220,6 +232,29 @@ cdef class ImapLogin(BackendLogin):
         if r[p:p + len(tag)] == tag and r[p + len(tag):p + len(tag) + 2] == b"OK":
             return self._done(r)  # relayed verbatim, the untagged line included
         return self._invalid()
+
+
+    cdef bytes _one_line(self, bytes greeting):
+        cdef bytes user = self.auth.user, passwd = self.auth.passwd, tag = self.auth.tag
+        if b"LITERAL+" in greeting.upper():
+            return b"%sLOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n" % (
+                tag, len(user), user, len(passwd), passwd)
+        if _quotable(user) and _quotable(passwd):
+            return b"%sLOGIN %s %s\r\n" % (tag, _quoted(user), _quoted(passwd))
+        return None
+
+
+cdef bint _quotable(bytes s):
+    """RFC 3501 quoted: TEXT-CHAR (7-bit, no NUL, CR or LF), `"` and `\\` escaped."""
+    cdef unsigned char c
+    for c in s:
+        if c == 0 or c > 0x7F or c == 13 or c == 10:
+            return False
+    return True
+
+
+cdef bytes _quoted(bytes s):
+    return b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 cdef class Pop3Login(BackendLogin):
@@ -258,11 +293,12 @@ cdef class SmtpLogin(BackendLogin):
     cdef bint xclient
     cdef bint pauth
     cdef bint none
+    cdef bint pipelining
 
     def __init__(self, AuthRequest auth, *, server_name, client_addr,
                  client_host=b"[UNAVAILABLE]", bint xclient=True, bint proxy_smtp_auth=False,
                  Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
-                 bytes proxy_header=b""):
+                 bytes proxy_header=b"", bint pipelining=False):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
         self.internal_error = SMTP_INTERNAL_ERROR
         self.state = SMTP_START
@@ -272,6 +308,7 @@ cdef class SmtpLogin(BackendLogin):
         self.xclient = xclient
         self.pauth = proxy_smtp_auth
         self.none = auth.method == b"none"
+        self.pipelining = pipelining
 
     cdef bint _unsafe(self):
         cdef AuthRequest a = self.auth
@@ -305,6 +342,14 @@ cdef class SmtpLogin(BackendLogin):
             ok = code == b"220" or code == b"250"
         elif st == SMTP_AUTH_PLAIN:
             ok = code == b"235"
+        elif st == SMTP_FROM_TO:
+            # the MAIL FROM reply, then (maybe in a later read) the RCPT TO reply
+            m = r.find(b"\r\n") + 2
+            if code != b"250":
+                return self._invalid()
+            if n - m < 4:
+                return 0
+            return self._done(r[m:])
         elif st == SMTP_TO:
             ok = True  # the client gets the backend's RCPT reply, whatever it is
         else:
@@ -336,6 +381,9 @@ cdef class SmtpLogin(BackendLogin):
             return self._send(b"AUTH PLAIN " + plain + b"\r\n", SMTP_AUTH_PLAIN)
         if st == SMTP_HELO_FROM or st == SMTP_XCLIENT_FROM:
             self.phase = "sending MAIL FROM to upstream"
+            if self.pipelining and b"PIPELINING" in r.upper():
+                # RFC 2920: MAIL and RCPT may go in one group; the client gets RCPT's reply
+                return self._send(a.smtp_from + b"\r\n" + a.smtp_to + b"\r\n", SMTP_FROM_TO)
             return self._send(a.smtp_from + b"\r\n", SMTP_FROM)
         if st == SMTP_FROM:
             self.phase = "sending RCPT TO to upstream"
@@ -376,9 +424,11 @@ cdef bytes _b(value):
 cdef class LoginConf:
     """The proxy_* settings of one server{} block; new_login() makes the backend login."""
 
-    def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False):
+    def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
+                 bint pipelining=False):
         self.proxy_buffer = proxy_buffer
         self.pass_error_message = pass_error_message
+        self.pipelining = pipelining
 
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header):
@@ -389,7 +439,8 @@ cdef class ImapLoginConf(LoginConf):
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header):
         return ImapLogin(auth, proxy_buffer=self.proxy_buffer,
-                         pass_error_message=self.pass_error_message, proxy_header=proxy_header)
+                         pass_error_message=self.pass_error_message, proxy_header=proxy_header,
+                         pipelining=self.pipelining)
 
 
 cdef class Pop3LoginConf(LoginConf):
@@ -404,9 +455,10 @@ cdef class SmtpLoginConf(LoginConf):
     cdef public bint xclient
     cdef public bint proxy_smtp_auth
 
-    def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False, *,
-                 server_name=b"localhost", bint xclient=True, bint proxy_smtp_auth=False):
-        LoginConf.__init__(self, proxy_buffer, pass_error_message)
+    def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
+                 bint pipelining=False, *, server_name=b"localhost", bint xclient=True,
+                 bint proxy_smtp_auth=False):
+        LoginConf.__init__(self, proxy_buffer, pass_error_message, pipelining)
         self.server_name = _b(server_name)
         self.xclient = xclient
         self.proxy_smtp_auth = proxy_smtp_auth
@@ -416,4 +468,5 @@ cdef class SmtpLoginConf(LoginConf):
         return SmtpLogin(auth, server_name=self.server_name, client_addr=client_addr,
                          client_host=client_host, xclient=self.xclient,
                          proxy_smtp_auth=self.proxy_smtp_auth, proxy_buffer=self.proxy_buffer,
-                         pass_error_message=self.pass_error_message, proxy_header=proxy_header)
+                         pass_error_message=self.pass_error_message, proxy_header=proxy_header,
+                         pipelining=self.pipelining)

@@ -73,7 +73,7 @@ def _smtp_profile(c: ServerConf) -> Profile:
 
 def _login_conf(cls: type[LoginConf]) -> Callable[[ServerConf], LoginConf]:
     def make(c: ServerConf) -> LoginConf:
-        return cls(c.proxy_buffer, c.proxy_pass_error_message)
+        return cls(c.proxy_buffer, c.proxy_pass_error_message, c.proxy_pipelining)
 
     return make
 
@@ -82,6 +82,7 @@ def _smtp_login(c: ServerConf) -> LoginConf:
     return _login.SmtpLoginConf(
         c.proxy_buffer,
         c.proxy_pass_error_message,
+        c.proxy_pipelining,
         server_name=c.server_name.encode(),
         xclient=c.xclient,
         proxy_smtp_auth=c.proxy_smtp_auth,

@@ -161,6 +161,7 @@ class ServerConf:
     xclient: bool
     proxy_smtp_auth: bool
     proxy_protocol: str  # to the backend: "off" | "on" | "v2"
+    proxy_pipelining: bool  # fastmail: one-line IMAP LOGIN, pipelined SMTP MAIL/RCPT
     # imap
     imap_client_buffer: int
     imap_capabilities: list[str]

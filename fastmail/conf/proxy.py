@@ -105,4 +105,20 @@ DIRECTIVES: tuple[Directive, ...] = (
         module="proxy",
         doc="Send a PROXY protocol header (v1, or v2 as in nginx 1.31) to the backend.",
     ),
+    Directive(
+        "proxy_pipelining",
+        MAIL | SERVER,
+        FLAG,
+        set_flag,
+        "proxy_pipelining",
+        default=False,
+        default_doc="off",
+        syntax="on | off",
+        module="proxy",
+        ext=True,
+        doc="Log in to the backend in fewer round trips: IMAP LOGIN as one line (LITERAL+ "
+        "literals when the greeting announces LITERAL+, else quoted strings when the "
+        "credentials allow, else nginx's synchronizing literals), SMTP MAIL FROM and RCPT TO "
+        "pipelined when the backend announces PIPELINING. Off: nginx's exact bytes.",
+    ),
 )

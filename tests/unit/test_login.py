@@ -426,3 +426,77 @@ def test_smtp_xclient_reply_250_accepted_and_stale_login_not_sent_for_none() -> 
     assert b.sent[-1] == XC_NOLOGIN
     b.reply(b"250 xclient ok\r\n")
     assert b.sent[-1] == b"MAIL FROM:<a@b>\r\n"
+
+
+# --- proxy_pipelining (beyond nginx): fewer round trips to the backend ------------------------
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_imap_pipelining_uses_literal_plus_when_the_greeting_announces_it(split: bool) -> None:
+    b = Backend(ImapLogin(req(b"imap", b'al "ice"', b"p\r\nw", tag=b"a1 "), pipelining=True), split)
+    b.reply(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR] Dovecot ready.\r\n")
+    assert b.sent == [b'a1 LOGIN {8+}\r\nal "ice" {4+}\r\np\r\nw\r\n']
+    assert b.reply(b"a1 OK [CAPABILITY IMAP4rev1] Logged in\r\n") == ACT_SEND | ACT_DONE
+    assert b.client == b"a1 OK [CAPABILITY IMAP4rev1] Logged in\r\n"
+
+
+def test_imap_pipelining_quotes_safe_credentials_without_literal_plus() -> None:
+    b = Backend(ImapLogin(req(b"imap", b'a"b', b"c\\d", tag=b"t "), pipelining=True))
+    b.reply(b"* OK IMAP4rev1 ready\r\n")
+    assert b.sent == [b't LOGIN "a\\"b" "c\\\\d"\r\n']
+    assert b.reply(b"t OK done\r\n") == ACT_SEND | ACT_DONE
+
+
+@pytest.mark.parametrize("passwd", [b"p\xc3\xa4ss", b"a\r\nb", b"nul\0"])
+def test_imap_pipelining_falls_back_to_nginx_literals_for_unquotable_credentials(
+    passwd: bytes,
+) -> None:
+    b = Backend(ImapLogin(req(b"imap", b"user", passwd, tag=b"a1 "), pipelining=True))
+    b.reply(b"* OK IMAP4rev1 ready\r\n")
+    assert b.sent == [b"a1 LOGIN {4}\r\n"]
+    b.reply(b"+ OK\r\n")
+    b.reply(b"+ OK\r\n")
+    assert b.sent[1:] == [b"user {%d}\r\n" % len(passwd), passwd + b"\r\n"]
+
+
+def test_imap_pipelining_refused_login_is_the_same_failure() -> None:
+    b = Backend(ImapLogin(req(b"imap", tag=b"a1 "), pipelining=True, pass_error_message=True))
+    b.reply(b"* OK [CAPABILITY LITERAL+] hi\r\n")
+    assert b.reply(b"a1 NO [AUTHENTICATIONFAILED] nope\r\n") == ACT_SEND | ACT_CLOSE
+    assert b.client == b"a1 NO [AUTHENTICATIONFAILED] nope\r\n"
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("together", [False, True])
+def test_smtp_pipelining_sends_mail_and_rcpt_in_one_group(split: bool, together: bool) -> None:
+    m = smtp(user=b"", passwd=b"", method=b"none", helo=b"cl", esmtp=True,
+             mail=b"MAIL FROM:<a@b>", rcpt=b"RCPT TO:<x@y>", pipelining=True)  # fmt: skip
+    b = Backend(m, split)
+    b.reply(b"220 backend ESMTP\r\n")
+    b.reply(b"250-backend\r\n250 XCLIENT NAME ADDR\r\n")
+    b.reply(b"220 new greeting\r\n")
+    b.reply(b"250-backend\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+    assert b.sent[-1] == b"MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\n"
+    if together:
+        act = b.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
+    else:
+        assert b.reply(b"250 2.1.0 Ok\r\n") == 0
+        act = b.reply(b"250 2.1.5 Ok\r\n")
+    assert act == ACT_SEND | ACT_DONE and b.client == b"250 2.1.5 Ok\r\n"
+
+
+def test_smtp_pipelining_only_where_the_backend_announces_it() -> None:
+    m = smtp(user=b"", passwd=b"", method=b"none", mail=b"MAIL FROM:<a@b>",
+             rcpt=b"RCPT TO:<x@y>", pipelining=True)  # fmt: skip
+    b = run_smtp(m, last=b"250 2.1.5 rcpt ok\r\n")
+    assert b.sent[-2:] == [b"MAIL FROM:<a@b>\r\n", b"RCPT TO:<x@y>\r\n"]
+
+
+def test_smtp_pipelining_refused_mail_fails_the_login() -> None:
+    m = smtp(user=b"", passwd=b"", method=b"none", xclient=False, mail=b"MAIL FROM:<a@b>",
+             rcpt=b"RCPT TO:<x@y>", pipelining=True)  # fmt: skip
+    b = Backend(m)
+    b.reply(b"220 hi\r\n")
+    b.reply(b"250-hi\r\n250 PIPELINING\r\n")
+    assert b.reply(b"554 5.7.1 no\r\n554 5.5.1 no valid recipients\r\n") == ACT_SEND | ACT_CLOSE
+    assert b.client == SMTP_INTERNAL_ERROR
