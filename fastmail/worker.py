@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from fastmail import _relay
 from fastmail._conn import Listener
 from fastmail._poll import Loop
-from fastmail._session import Engine, Server
-from fastmail.log import ALERT, ErrorLog
+from fastmail._session import DEBUG_BUILD, Engine, Server, debug_counters
+from fastmail.log import ALERT, NOTICE, ErrorLog
 from fastmail.server import close_server, entries_for, make_server
 
 if TYPE_CHECKING:
@@ -70,7 +70,21 @@ class Worker:
             for srv in self.servers.values():
                 close_server(srv)
             _relay.pool_clear()
+            if DEBUG_BUILD:
+                self._report_counters()
             loop.close()
+
+    def _report_counters(self) -> None:
+        """The debug build's leak check: what is still alive once everything was closed.
+        The test suite reads this line at teardown."""
+        import gc
+
+        self.engine = None  # type: ignore[assignment]
+        gc.collect()
+        counts = debug_counters(self.loop)
+        text = ", ".join(f"{k} {v}" for k, v in counts.items())
+        leaked = any(counts.values())
+        self.log.log(ALERT if leaked else NOTICE, f"debug counters at exit: {text}")
 
     def _exception(self, loop: Loop, context: dict[str, object]) -> None:
         self.log.log(ALERT, f"{context.get('message')}: {context.get('exception')!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from fastmail._session import DEBUG_BUILD
 
 from .nginx import Nginx
 from .process import Runner, wait_text
@@ -129,6 +132,24 @@ class Fastmail(Runner):
 
     def wait_log(self, text: str, timeout: float = 5.0) -> str:
         return wait_text(self.error_log, text, "fastmail error log", timeout, 0.02, 3000)
+
+    def stop(self) -> None:
+        """Stops fastmail; on the debug build, also its leak check: every worker that ended
+        by its signal logged its counters at exit, and none was left alive."""
+        if not DEBUG_BUILD or self.proc is None:
+            super().stop()
+            return
+        proc = self.proc
+        self._kill()
+        log = self._read_logs()
+        ended = proc.returncode in (0, -signal.SIGTERM)
+        super().stop()
+        leaks = [
+            ln for ln in log.splitlines() if "debug counters at exit" in ln and "[alert]" in ln
+        ]
+        assert not leaks, "debug build: objects left alive at exit:\n" + "\n".join(leaks)
+        if ended:
+            assert "debug counters at exit" in log, "debug build: no counters logged at exit"
 
 
 # ---------------------------------------------------------------------------------------------
