@@ -7,12 +7,13 @@ from __future__ import annotations
 import base64
 import imaplib
 import shutil
+import socket
 import subprocess
 
 import pytest
 
 from support.dovecot import ALICE_MESSAGES
-from support.fastmail import add_user, mail_block, server
+from support.fastmail import add_user, fastmail_only, mail_block, server
 
 
 def crlf(msg: bytes) -> bytes:
@@ -117,3 +118,53 @@ def test_curl_fetches_message(imap_proxy, dovecot):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout == crlf(ALICE_MESSAGES[1])
+
+
+def test_pipelined_login_to_dovecot_reads_the_same_mailbox(
+    proxy, authd, dovecot, free_port, request
+):
+    """proxy_pipelining (beyond nginx): Dovecot's greeting announces LITERAL+, so the login goes
+    to it as one line; the client sees the same session."""
+    fastmail_only(request.node.callspec.params["proxy"], "proxy_pipelining")
+    add_user(authd, "alice", "secret", {"imap": ("127.0.0.1", dovecot.imap_port)}, True)
+    port = free_port()
+    proxy(
+        mail_block(authd, server(port, "imap", "proxy_pipelining on;")),
+        greetings=[(port, b"* OK")],
+    )
+    with imaplib.IMAP4("127.0.0.1", port, timeout=10) as imap:
+        assert imap.login("alice", "secret")[0] == "OK"
+        got = read_inbox(imap)
+        imap.logout()
+    assert got == dovecot_inbox(dovecot)
+
+
+@pytest.mark.parametrize(
+    "password,sent",
+    [
+        (b'se"cret', b'a1 LOGIN "alice" "se\\"cret"\r\n'),  # quoted: one line
+        (b"s\xc3\xa9cret", b"a1 LOGIN {5}\r\n"),  # 8-bit: nginx's synchronizing literals
+    ],
+)
+def test_pipelined_login_bytes_without_literal_plus(
+    proxy, authd, fake_backend, free_port, request, password, sent
+):
+    fastmail_only(request.node.callspec.params["proxy"], "proxy_pipelining")
+    fake_backend.users["alice"] = password.decode("utf-8")
+    add_user(
+        authd,
+        "alice",
+        password.decode("utf-8"),
+        {"imap": ("127.0.0.1", fake_backend.port("imap"))},
+        True,
+    )
+    port = free_port()
+    proxy(
+        mail_block(authd, server(port, "imap", "proxy_pipelining on;")),
+        greetings=[(port, b"* OK")],
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s, s.makefile("rb") as f:
+        f.readline()
+        s.sendall(b"a1 LOGIN alice {%d+}\r\n%s\r\n" % (len(password), password))
+        assert f.readline().startswith(b"a1 OK")
+    assert bytes(fake_backend.sessions[-1].received).startswith(sent)

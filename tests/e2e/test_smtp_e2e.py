@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from support.fastmail import add_user, mail_block, server
+from support.fastmail import add_user, fastmail_only, mail_block, server
 
 
 def message(subject: str) -> bytes:
@@ -191,3 +191,26 @@ def test_pipelined_envelope_after_auth(smtp_proxy, postfix, line_client):
     assert c.command(f"Subject: {subject}\r\n\r\npipelined body\r\n.").startswith(b"250 2.0.0")
     assert c.command("QUIT").startswith(b"221 ")
     assert b"pipelined body" in postfix.wait_message("bob", subject.encode())
+
+
+def test_pipelined_envelope_replay_to_postfix(proxy, authd, postfix, free_port, request):
+    """proxy_pipelining (beyond nginx): Postfix announces PIPELINING, so the replayed MAIL FROM
+    and RCPT TO go as one group; the message arrives as without it."""
+    fastmail_only(request.node.callspec.params["proxy"], "proxy_pipelining")
+    from fastmail.testing.authd import Backend
+
+    authd.db.set_domain("example.test", Backend("127.0.0.1", postfix.smtp_port))
+    port = free_port()
+    proxy(
+        mail_block(authd, server(port, "smtp", "smtp_auth none; proxy_pipelining on;")),
+        greetings=[(port, b"220 ")],
+    )
+    subject = f"pipelined {uuid.uuid4()}"
+    msg = message(subject)
+    with smtplib.SMTP("127.0.0.1", port, "sender.example.org", timeout=10) as smtp:
+        smtp.ehlo("sender.example.org")
+        assert smtp.sendmail("someone@example.org", ["bob@example.test"], msg) == {}
+        # a refused recipient is the backend's own reply, relayed
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            smtp.sendmail("someone@example.org", ["nobody@example.test"], msg)
+    assert_intact(postfix.wait_message("bob", subject.encode()), msg)
