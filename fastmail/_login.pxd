@@ -16,9 +16,15 @@ cdef class BackendLogin:
     cdef public str phase          # nginx's log action ("reading response from upstream")
     cdef public str close_reason   # log text after ACT_CLOSE (no " while ..." part)
     cdef public str log_level      # "error" or "info" for close_reason
+    cdef public int tls_mode       # proxy_ssl: 0 off, 1 on, 2 starttls (TLS_MODES)
+    cdef int tls_stage
+    cdef int stls_proto
+    cdef bytes greeting            # the backend's greeting read before STARTTLS
 
     cpdef int start(self)
+    cpdef int on_tls_done(self)
     cpdef int feed(self, bytes data)
+    cdef int _starttls(self, bytes data) except -1
     cpdef int on_error(self, str reason=*)
     cpdef bytes take_output(self)
     cpdef bytes take_backend_output(self)

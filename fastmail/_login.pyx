@@ -11,7 +11,8 @@ or the client's SMTP lines reaches a backend command line (spec README), XCLIENT
 are all xtext-encoded.
 """
 
-from fastmail._core cimport AuthRequest, ACT_SEND, ACT_CLOSE, ACT_BACKEND, ACT_DONE
+from fastmail._core cimport (AuthRequest, ACT_SEND, ACT_CLOSE, ACT_BACKEND, ACT_DONE,
+                             ACT_STARTTLS)
 
 import binascii
 
@@ -70,6 +71,46 @@ cdef inline bint _ctl(bytes data):
     return b"\r" in data or b"\n" in data or b"\0" in data
 
 
+# proxy_ssl (beyond nginx): tls_mode, and where the STARTTLS dialogue stands (tls_stage)
+cdef enum:
+    TLS_OFF = 0
+    TLS_ON = 1
+    TLS_STARTTLS = 2
+    TLS_DONE = -1       # no dialogue (off, or finished)
+    TLS_WAIT = -2       # the handshake runs: feed() is not expected
+
+cdef enum:
+    PROTO_IMAP = 0
+    PROTO_POP3 = 1
+    PROTO_SMTP = 2
+
+TLS_MODES = {"off": TLS_OFF, "on": TLS_ON, "starttls": TLS_STARTTLS}
+
+# per protocol: (greeting's start, go-ahead's start) and the commands, as tls.py had them
+cdef tuple _STLS_OK = ((b"* OK", b"S0 OK"), (b"+OK", b"+OK"), (b"220", b"220"))
+cdef tuple _STLS_CMD = ((b"S0 STARTTLS\r\n",), (b"STLS\r\n",),
+                        (b"EHLO fastmail\r\n", b"STARTTLS\r\n"))
+
+
+cdef Py_ssize_t _reply_end(int proto, int stage, bytearray buf):
+    """Length of the first complete reply in buf, or -1 (SMTP: multi-line replies; IMAP after
+    the greeting: up to the tagged S0 line)."""
+    cdef Py_ssize_t pos = 0, nl
+    while True:
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            return -1
+        if proto == PROTO_SMTP:
+            if nl - pos < 4 or buf[pos + 3] != 45:     # '-': more lines follow
+                return nl + 1
+        elif proto == PROTO_IMAP and stage > 0:
+            if buf[pos:pos + 3] == b"S0 ":
+                return nl + 1
+        else:
+            return nl + 1
+        pos = nl + 1
+
+
 cdef class BackendLogin:
     """Shared reply reading (ngx_mail_proxy_read_response) and endings. Use a subclass."""
 
@@ -86,6 +127,7 @@ cdef class BackendLogin:
         if auth is None:
             raise TypeError("auth must be an AuthRequest")
         self.auth = auth
+        self.tls_stage = TLS_DONE
         self.limit = proxy_buffer if proxy_buffer >= 4 else 4
         self.pass_error = pass_error_message
         self.proxy_header = proxy_header or b""
@@ -107,20 +149,42 @@ cdef class BackendLogin:
         return self.state == FINISHED
 
     cpdef int start(self):
-        """Call once the backend connect completed: queues the PROXY header, if any."""
+        """Call once the backend connect completed: queues the PROXY header, if any. With TLS
+        on (proxy_ssl on) ACT_STARTTLS asks for the handshake right after the header."""
         cdef int act = 0
         if self.proxy_header:
             self._bout += self.proxy_header
             act = ACT_BACKEND
         if self._unsafe():
             return act | self._internal(CTL_REASON, "error")
+        if self.tls_mode == TLS_ON:
+            self.tls_stage = TLS_WAIT
+            return act | ACT_STARTTLS
+        if self.tls_mode == TLS_STARTTLS:
+            self.tls_stage = 0
         return act  # nginx's action stays "connecting to upstream" until the greeting
 
-    cpdef int feed(self, bytes data):
-        """Backend bytes arrived: returns ACT_BACKEND / ACT_SEND / ACT_DONE / ACT_CLOSE bits."""
-        cdef Py_ssize_t n
-        if self.state == FINISHED:
+    cpdef int on_tls_done(self):
+        """The backend handshake finished: the login proper begins (after STARTTLS, with the
+        greeting read before it)."""
+        cdef bytes greeting = self.greeting
+        self.tls_stage = TLS_DONE
+        self.phase = READING
+        if not greeting:
             return 0
+        self.greeting = None
+        del self.rbuf[:]
+        self.rbuf += greeting
+        return self._on_reply()
+
+    cpdef int feed(self, bytes data):
+        """Backend bytes arrived: returns ACT_BACKEND / ACT_SEND / ACT_DONE / ACT_CLOSE bits
+        (and ACT_STARTTLS when the backend's STARTTLS go-ahead came)."""
+        cdef Py_ssize_t n
+        if self.state == FINISHED or self.tls_stage == TLS_WAIT:
+            return 0
+        if self.tls_stage >= 0:
+            return self._starttls(data)
         self.phase = READING  # as ngx_mail_proxy_read_response; a timeout keeps the last
         self.rbuf += data
         n = len(self.rbuf)
@@ -132,6 +196,49 @@ cdef class BackendLogin:
         if n < 4 or self.rbuf[n - 2] != 13 or self.rbuf[n - 1] != 10:
             return 0
         return self._on_reply()
+
+    cdef int _starttls(self, bytes data) except -1:
+        """Beyond nginx, proxy_ssl starttls: greeting, STARTTLS/STLS (SMTP: EHLO first),
+        go-ahead, then TLS. What the backend sent after its go-ahead is dropped: it would be
+        read as TLS-protected (the response-injection class)."""
+        cdef Py_ssize_t end
+        cdef bytes reply = b"", last
+        cdef int act = 0
+        self.rbuf += data
+        while True:
+            end = _reply_end(self.stls_proto, self.tls_stage, self.rbuf)
+            if end < 0:
+                if len(self.rbuf) > self.limit:
+                    return self._internal(
+                        "upstream sent too long response line during STARTTLS", "error")
+                return act
+            reply = bytes(self.rbuf[:end])
+            del self.rbuf[:end]
+            last = reply[reply.rstrip(b"\r\n").rfind(b"\n") + 1:]
+            if self.tls_stage == 0:
+                if not last.startswith(_STLS_OK[self.stls_proto][0]):
+                    break
+                self.greeting = reply
+                self.tls_stage = 1
+                self._bout += _STLS_CMD[self.stls_proto][0]
+                act = ACT_BACKEND
+                continue
+            if self.stls_proto == PROTO_SMTP and self.tls_stage == 1:
+                if not last.startswith(b"250"):
+                    break
+                self.tls_stage = 2
+                self._bout += _STLS_CMD[PROTO_SMTP][1]
+                act = ACT_BACKEND
+                continue
+            if not last.startswith(_STLS_OK[self.stls_proto][1]):
+                break
+            del self.rbuf[:]
+            self.tls_stage = TLS_WAIT
+            self.phase = "SSL handshaking to upstream"
+            return act | ACT_STARTTLS
+        del self._bout[:]
+        return self._internal('upstream refused STARTTLS: "%s"'
+                              % reply.strip().decode("latin-1"), "error")
 
     cpdef int on_error(self, str reason=None):
         """The backend failed outside a reply (connect refused, EOF, timeout, write error):
@@ -194,6 +301,7 @@ cdef class ImapLogin(BackendLogin):
                  bint pipelining=False):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
         self.internal_error = IMAP_INTERNAL_ERROR
+        self.stls_proto = PROTO_IMAP
         self.state = IMAP_START
         self.pipelining = pipelining
 
@@ -264,6 +372,7 @@ cdef class Pop3Login(BackendLogin):
                  bint pass_error_message=False, bytes proxy_header=b""):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
         self.internal_error = POP3_INTERNAL_ERROR
+        self.stls_proto = PROTO_POP3
         self.state = POP3_START
 
     cdef bint _unsafe(self):
@@ -301,6 +410,7 @@ cdef class SmtpLogin(BackendLogin):
                  bytes proxy_header=b"", bint pipelining=False):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
         self.internal_error = SMTP_INTERNAL_ERROR
+        self.stls_proto = PROTO_SMTP
         self.state = SMTP_START
         self.server_name = _b(server_name)
         self.client_addr = _b(client_addr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastmail._core import ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, AuthRequest
+from fastmail._core import ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, ACT_STARTTLS, AuthRequest
 from fastmail._login import (
     IMAP_INTERNAL_ERROR,
     POP3_INTERNAL_ERROR,
@@ -500,3 +500,65 @@ def test_smtp_pipelining_refused_mail_fails_the_login() -> None:
     b.reply(b"250-hi\r\n250 PIPELINING\r\n")
     assert b.reply(b"554 5.7.1 no\r\n554 5.5.1 no valid recipients\r\n") == ACT_SEND | ACT_CLOSE
     assert b.client == SMTP_INTERNAL_ERROR
+
+
+# --- proxy_ssl (beyond nginx): TLS to the backend, the STARTTLS dialogue ----------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "replies", "commands"),
+    [
+        (lambda: ImapLogin(req(b"imap", tag=b"a1 ")),
+         [b"* OK hi\r\n", b"* CAPABILITY X\r\nS0 OK go\r\n"], [b"S0 STARTTLS\r\n"]),
+        (lambda: Pop3Login(req(b"pop3")), [b"+OK hi\r\n", b"+OK go\r\n"], [b"STLS\r\n"]),
+        (lambda: smtp(),
+         [b"220-a\r\n220 b\r\n", b"250-x\r\n250 STARTTLS\r\n", b"220 go\r\n"],
+         [b"EHLO fastmail\r\n", b"STARTTLS\r\n"]),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("split", [False, True])
+def test_backend_starttls_dialogue_then_login_on_the_saved_greeting(make, replies, commands, split):
+    m = make()
+    m.tls_mode = 2
+    b = Backend(m, split)
+    for r in replies[:-1]:
+        b.reply(r)
+    assert b.sent == commands
+    # the go-ahead, and bytes after it that must not be taken as TLS-protected
+    if split:
+        assert b.reply(replies[-1]) == ACT_STARTTLS
+        assert b.reply(b"INJECTED\r\n") == 0  # the handshake runs: nothing is read
+    else:
+        assert b.reply(replies[-1] + b"INJECTED\r\n") == ACT_STARTTLS
+    act = m.on_tls_done()  # the greeting read before STARTTLS starts the login proper
+    assert act == ACT_BACKEND
+    first = m.take_backend_output()
+    assert first in (b"a1 LOGIN {4}\r\n", b"USER user\r\n", b"EHLO mx.test\r\n")
+
+
+@pytest.mark.parametrize(
+    ("make", "greeting", "refusal"),
+    [
+        (lambda: ImapLogin(req(b"imap", tag=b"a1 ")), b"* OK hi\r\n", b"S0 NO no\r\n"),
+        (lambda: Pop3Login(req(b"pop3")), b"+OK hi\r\n", b"-ERR no\r\n"),
+        (lambda: smtp(), b"220 hi\r\n", b"250 hi\r\n454 4.7.0 TLS not available\r\n"),
+    ],
+)
+def test_backend_starttls_refused_is_an_internal_error(make, greeting, refusal):
+    m = make()
+    m.tls_mode = 2
+    b = Backend(m)
+    b.reply(greeting)
+    assert b.reply(refusal) == ACT_SEND | ACT_CLOSE
+    assert m.close_reason.startswith('upstream refused STARTTLS: "')
+    assert b.client in (IMAP_INTERNAL_ERROR, POP3_INTERNAL_ERROR, SMTP_INTERNAL_ERROR)
+
+
+def test_backend_tls_on_starts_tls_after_the_proxy_header():
+    m = ImapLogin(req(b"imap", tag=b"a1 "), proxy_header=b"PROXY UNKNOWN\r\n")
+    m.tls_mode = 1
+    assert m.start() == ACT_BACKEND | ACT_STARTTLS
+    assert m.take_backend_output() == b"PROXY UNKNOWN\r\n"
+    assert m.on_tls_done() == 0  # the greeting comes over TLS
+    assert m.feed(b"* OK over tls\r\n") == ACT_BACKEND
+    assert m.take_backend_output() == b"a1 LOGIN {4}\r\n"
