@@ -14,6 +14,7 @@ import socket
 from typing import Any
 
 from fastmail.conf.errors import ConfigError
+from fastmail.protocols import PROTOCOLS, for_port
 from fastmail.conf.model import Listen, ListenSocket, MailConf, Resolver, ServerConf
 from fastmail.conf.parser import Ctx, Loader
 from fastmail.conf.table import (
@@ -33,7 +34,6 @@ from fastmail.conf.table import (
     set_str,
 )
 
-PORTS = {"imap": (143, 993), "pop3": (110, 995), "smtp": (25, 465, 587)}
 MAX_HOSTNAME = 63  # MAXHOSTNAMELEN - 1 on Linux
 
 
@@ -255,10 +255,9 @@ def listen(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
             every.append(ls)
             new.append(ls)
     if "protocol" not in ctx.extra:
-        for proto, ports in PORTS.items():
-            if u.port in ports:
-                ctx.extra["protocol"] = proto
-                break
+        proto = for_port(u.port)
+        if proto is not None:
+            ctx.extra["protocol"] = proto
     for p in args[1:]:
         _listen_param(ld, ctx, new, p)
     ctx.extra["listens"].extend(new)
@@ -320,7 +319,7 @@ def _keepalive(ld: Loader, v: str) -> tuple[int, int, int]:
 
 
 def protocol(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
-    if args[0] not in PORTS:
+    if args[0] not in PROTOCOLS:
         raise ld.error(f'unknown protocol "{args[0]}"')
     ctx.extra["protocol"] = args[0]
 
