@@ -14,7 +14,6 @@ import socket
 from typing import Any
 
 from fastmail.conf.errors import ConfigError
-from fastmail.protocols import PROTOCOLS, for_port
 from fastmail.conf.model import Listen, ListenSocket, MailConf, Resolver, ServerConf
 from fastmail.conf.parser import Ctx, Loader
 from fastmail.conf.table import (
@@ -33,6 +32,7 @@ from fastmail.conf.table import (
     set_num,
     set_str,
 )
+from fastmail.protocols import PROTOCOLS, for_port
 
 MAX_HOSTNAME = 63  # MAXHOSTNAMELEN - 1 on Linux
 
