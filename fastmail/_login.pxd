@@ -25,6 +25,7 @@ cdef class BackendLogin:
     cpdef int on_tls_done(self)
     cpdef int feed(self, bytes data)
     cdef int _starttls(self, bytes data) except -1
+    cdef int _replies(self) except -1
     cpdef int on_error(self, str reason=*)
     cpdef bytes take_output(self)
     cpdef bytes take_backend_output(self)

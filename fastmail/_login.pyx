@@ -180,22 +180,47 @@ cdef class BackendLogin:
     cpdef int feed(self, bytes data):
         """Backend bytes arrived: returns ACT_BACKEND / ACT_SEND / ACT_DONE / ACT_CLOSE bits
         (and ACT_STARTTLS when the backend's STARTTLS go-ahead came)."""
-        cdef Py_ssize_t n
         if self.state == FINISHED or self.tls_stage == TLS_WAIT:
             return 0
         if self.tls_stage >= 0:
             return self._starttls(data)
         self.phase = READING  # as ngx_mail_proxy_read_response; a timeout keeps the last
         self.rbuf += data
-        n = len(self.rbuf)
-        if n > self.limit or (n == self.limit and self.rbuf[n - 2:] != b"\r\n"):
-            # nginx NUL-terminates over the last byte of the full buffer before logging it.
-            return self._internal(
-                'upstream sent too long response line: "%s"'
-                % self.rbuf[:self.limit - 1].decode("latin-1"), "error")
-        if n < 4 or self.rbuf[n - 2] != 13 or self.rbuf[n - 1] != 10:
-            return 0
-        return self._on_reply()
+        return self._replies()
+
+    cdef int _replies(self) except -1:
+        """Runs the machine over the replies read, one complete reply at a time (a reply
+        of several lines is offered line by line until the machine takes it). nginx reads at
+        most its buffer and never past it; one read here may bring the reply that ends the
+        login with the first bytes of the relay, which go to the client after it."""
+        cdef Py_ssize_t end = 0, nl
+        cdef bytes extra
+        cdef int act = 0, a
+        while True:
+            nl = self.rbuf.find(b"\r\n", end)
+            if nl < 0 or nl + 2 > self.limit:
+                if nl >= 0 or len(self.rbuf) >= self.limit:
+                    # nginx NUL-terminates over the last byte of its full buffer to log it
+                    return act | self._internal(
+                        'upstream sent too long response line: "%s"'
+                        % self.rbuf[:self.limit - 1].decode("latin-1"), "error")
+                return act
+            end = nl + 2
+            if end < 4:
+                continue
+            extra = bytes(self.rbuf[end:])
+            del self.rbuf[end:]
+            a = self._on_reply()
+            act |= a
+            if self.state == FINISHED:
+                if a & ACT_DONE and extra:
+                    self._out += extra      # the relay's first bytes, after the login reply
+                return act
+            self.rbuf += extra
+            if a != 0:
+                end = 0                     # the reply was taken; the next one starts anew
+                if not extra:
+                    return act
 
     cdef int _starttls(self, bytes data) except -1:
         """Beyond nginx, proxy_ssl starttls: greeting, STARTTLS/STLS (SMTP: EHLO first),

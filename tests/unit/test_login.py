@@ -562,3 +562,16 @@ def test_backend_tls_on_starts_tls_after_the_proxy_header():
     assert m.on_tls_done() == 0  # the greeting comes over TLS
     assert m.feed(b"* OK over tls\r\n") == ACT_BACKEND
     assert m.take_backend_output() == b"a1 LOGIN {4}\r\n"
+
+
+def test_login_reply_and_the_relays_first_bytes_in_one_read() -> None:
+    """One read may bring the reply that ends the login with the first bytes of the relay
+    (a backend that speaks at once): those go to the client after the reply, and a long
+    stream of them is no "too long response line"."""
+    b = Backend(Pop3Login(req(b"pop3"), proxy_buffer=64))
+    b.reply(b"+OK hi\r\n")
+    b.reply(b"+OK user\r\n")
+    tail = b"* unsolicited " + b"x" * 200
+    assert b.reply(b"+OK logged in\r\n" + tail) == ACT_SEND | ACT_DONE
+    assert b.client == b"+OK logged in\r\n" + tail
+
