@@ -2,7 +2,8 @@
 
 Owns: the loop, the per-server runtimes, the set of live sessions and relays, connection
 ids, the hand-over from a session to the relay, and the worker's signals (QUIT drains,
-TERM/INT stop, USR1 reopens logs). Must not bind sockets or read config text: the master
+TERM/INT stop, USR1 reopens logs, WINCH drains a daemonized master's worker; HUP, USR2, ALRM
+and IO are nginx's signals too and must not kill it). Must not bind sockets or read config text: the master
 (process.py) gives it both. Mirrors ngx_worker_process_cycle.
 """
 
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
+from fastmail import uncaught
 from fastmail._relay import BackendSocket, BufferRelay, ClientConn, Listener, SpliceRelay
 from fastmail.deadlines import Deadline, Deadlines
-from fastmail.log import INFO, ErrorLog
+from fastmail.log import INFO, NOTICE, ErrorLog
 from fastmail.server import ServerRuntime, install_sni
 from fastmail.session import ClientSession
 
@@ -29,11 +31,15 @@ if TYPE_CHECKING:
 class Worker:
     __slots__ = (
         "config", "sockets", "log", "loop", "runtimes", "sessions", "relays", "servers",
-        "_ids", "_stopping", "_done", "_logs", "_deadlines",
+        "_ids", "_stopping", "_done", "_logs", "_deadlines", "serving", "winch_quits",
     )  # fmt: skip
 
     def __init__(
-        self, config: Config, sockets: list[tuple[ListenSocket, socket.socket]], log: ErrorLog
+        self,
+        config: Config,
+        sockets: list[tuple[ListenSocket, socket.socket]],
+        log: ErrorLog,
+        winch_quits: bool = False,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -48,6 +54,8 @@ class Worker:
         self._done: asyncio.Future[None] | None = None
         self._logs: dict[tuple[object, ...], ErrorLog] = {}
         self._deadlines: dict[float, Deadlines] = {}
+        self.serving = False  # past startup: a failure now is not nginx's fatal exit code 2
+        self.winch_quits = winch_quits  # nginx: WINCH quits a worker of a daemonized master
 
     def connections(self) -> int:
         """Open connections, counted as nginx counts them against worker_connections."""
@@ -79,14 +87,19 @@ class Worker:
         """Runs the loop until the worker is told to stop."""
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(uncaught.loop_handler(self.log))
         self.loop = loop
         try:
             loop.run_until_complete(self._serve())
         finally:
+            # closing the loop restores the default actions: a late signal must not kill
+            # the worker mid-exit, as nginx's never dies of its own signals
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
             for rt in self.runtimes.values():
                 rt.close()
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+        self.log.log(NOTICE, "exit")
 
     async def _serve(self) -> None:
         loop = self.loop
@@ -125,20 +138,28 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stop, False)
         loop.add_signal_handler(signal.SIGINT, self.stop, False)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen)
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads
+        loop.add_signal_handler(signal.SIGWINCH, self.stop if self.winch_quits else _ignore)
+        for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM, signal.SIGIO):
+            loop.add_signal_handler(sig, _ignore)  # the master reloads and upgrades
+        # blocked since before the fork (process.py): what came meanwhile is handled now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (*SIGNALS, signal.SIGCHLD))
+        self.serving = True
         await self._done
 
     def stop(self, graceful: bool = True) -> None:
-        """QUIT: stop accepting and let relaying sessions end (bounded by
-        worker_shutdown_timeout); TERM/INT: close everything now."""
+        """QUIT: stop accepting and let the sessions end, those logging in too, as nginx's
+        (bounded by their `timeout` and by worker_shutdown_timeout): a reload or an upgrade
+        loses no login; TERM/INT: close everything now."""
         if self._done is None or self._done.done():
             return
+        if graceful and not self._stopping:
+            self.log.log(NOTICE, "gracefully shutting down")
         for srv in self.servers:
             srv.close()
         self.servers.clear()
-        for sess in list(self.sessions):
-            sess.shutdown()
         if not graceful:
+            for sess in list(self.sessions):
+                sess.shutdown()
             for relay in list(self.relays):
                 relay.close(None)
             self._done.set_result(None)
@@ -150,6 +171,8 @@ class Worker:
         self._maybe_done()
 
     def _shutdown_timeout(self) -> None:
+        for sess in list(self.sessions):
+            sess.shutdown()
         for relay in list(self.relays):
             relay.close("shutdown timeout")
         self._maybe_done()
@@ -157,6 +180,7 @@ class Worker:
     def _maybe_done(self) -> None:
         if self._stopping and not self.relays and not self.sessions:
             if self._done is not None and not self._done.done():
+                self.log.log(NOTICE, "exiting")
                 self._done.set_result(None)
 
     def reopen(self) -> None:
@@ -226,6 +250,17 @@ class Worker:
     def session_closed(self, session: ClientSession) -> None:
         self.sessions.discard(session)
         self._maybe_done()
+
+
+# every signal the worker handles (nginx's set; SIGCHLD, SIGPIPE and SIGSYS stay ignored)
+SIGNALS = (
+    signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGWINCH,
+    signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM, signal.SIGIO,
+)  # fmt: skip
+
+
+def _ignore() -> None:
+    pass
 
 
 def _plain_ipv4(ls: ListenSocket) -> bool:
