@@ -81,7 +81,7 @@ cdef class Loop:
     cdef void unregister(self, Watcher w) noexcept
     cdef void unregister_fd(self, int fd, Watcher w) noexcept
     cdef TimerQueue queue(self, int64_t delay)
-    cdef int report(self, object exc, str where) except -1
+    cdef int report(self, object exc, str where, object obj=*) except -1
     cdef int _timeout(self) except? -2
     cdef int _run_timers(self) except -1
     cdef int _run_ready(self) except -1

@@ -253,9 +253,11 @@ cdef class Loop:
         self._queues.append(q)
         return q
 
-    cdef int report(self, object exc, str where) except -1:
+    cdef int report(self, object exc, str where, object obj=None) except -1:
         handler = self._exc_handler
         ctx = {"message": f"unhandled exception in {where}", "exception": exc}
+        if obj is not None:
+            ctx["protocol"] = obj       # asyncio's key: its `id` names the connection
         if handler is not None:
             try:
                 handler(self, ctx)
@@ -296,7 +298,7 @@ cdef class Loop:
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as e:
-                        self.report(e, type(w).__name__)
+                        self.report(e, type(w).__name__, w)
                 self._run_timers()
                 self._run_ready()
                 if self._dead:
@@ -342,7 +344,7 @@ cdef class Loop:
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as e:
-                    self.report(e, type(w).__name__ + " timer")
+                    self.report(e, type(w).__name__ + " timer", w)
         heap = self._heap
         while heap and heap[0][0] <= now:
             h = heapq.heappop(heap)[2]

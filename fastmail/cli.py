@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         make_default_logs(prefix, [elog_path])
     log = StartupLog(elog_path)
     try:
-        return _run(o, prefix, conf_path, elog_path, log, default_prefix)
+        return _run(o, prefix, conf_path, elog_path, log, default_prefix, args)
     finally:
         log.close()
 
@@ -291,6 +291,7 @@ def _run(
     elog_path: str | None,
     log: StartupLog,
     default_prefix: bool,
+    args: list[str],
 ) -> int:
     parsed = False
     try:
@@ -335,5 +336,5 @@ def _run(
         return send_signal(cfg, o.signal, log)
     from fastmail import process  # noqa: PLC0415 - the serving code is not needed for -t/-s
 
-    rc = process.run(cfg, prefix=prefix, error_log=elog_path)
+    rc = process.run(cfg, prefix=prefix, error_log=elog_path, argv=args)
     return int(rc or 0)

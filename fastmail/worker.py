@@ -1,9 +1,10 @@
 """One worker: fastmail's own event loop serving the listening sockets the master bound.
 
 Owns: the loop (fastmail._poll.Loop: the only epoll in the process), the engine with its
-sessions, the per-server runtimes and listeners, and the worker's signals (QUIT drains, TERM/
-INT stop, USR1 reopens logs). Must not bind sockets or read config text: the master
-(process.py) gives it both. Mirrors ngx_worker_process_cycle.
+sessions, the per-server runtimes and listeners, and the worker's signals (QUIT drains,
+TERM/INT stop, USR1 reopens logs, WINCH drains a daemonized master's worker; HUP, USR2, ALRM
+and IO are nginx's signals too and must not kill it). Must not bind sockets or read config
+text: the master (process.py) gives it both. Mirrors ngx_worker_process_cycle.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import signal
 import socket
 from typing import TYPE_CHECKING
 
-from fastmail import _relay
+from fastmail import _relay, uncaught
 from fastmail._conn import Listener
 from fastmail._poll import Loop
 from fastmail._session import DEBUG_BUILD, Engine, Server, debug_counters
@@ -24,14 +25,23 @@ if TYPE_CHECKING:
 
 
 class Worker:
-    __slots__ = ("config", "sockets", "log", "loop", "engine", "servers", "listeners", "_logs")
+    __slots__ = (
+        "config", "sockets", "log", "loop", "engine", "servers", "listeners", "_logs",
+        "serving", "winch_quits",
+    )  # fmt: skip
 
     def __init__(
-        self, config: Config, sockets: list[tuple[ListenSocket, socket.socket]], log: ErrorLog
+        self,
+        config: Config,
+        sockets: list[tuple[ListenSocket, socket.socket]],
+        log: ErrorLog,
+        winch_quits: bool = False,
     ) -> None:
         self.config = config
         self.sockets = sockets
         self.log = log
+        self.serving = False  # past startup: a failure now is not nginx's fatal exit code 2
+        self.winch_quits = winch_quits  # nginx: WINCH quits a worker of a daemonized master
         self.loop: Loop = None  # type: ignore[assignment]
         self.engine: Engine = None  # type: ignore[assignment]
         self.servers: dict[int, Server] = {}
@@ -50,7 +60,7 @@ class Worker:
         """Serves until the worker is told to stop."""
         loop = Loop()
         self.loop = loop
-        loop.set_exception_handler(self._exception)
+        loop.set_exception_handler(uncaught.loop_handler(self.log))
         self.engine = Engine(loop, self.log, self.config.events.worker_connections)
         try:
             if self.config.mail is not None:
@@ -64,15 +74,24 @@ class Worker:
             loop.add_signal_handler(signal.SIGTERM, self.stop, False)
             loop.add_signal_handler(signal.SIGINT, self.stop, False)
             loop.add_signal_handler(signal.SIGUSR1, self.reopen)
-            loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads
+            loop.add_signal_handler(signal.SIGWINCH, self.stop if self.winch_quits else _ignore)
+            for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM, signal.SIGIO):
+                loop.add_signal_handler(sig, _ignore)  # the master reloads and upgrades
+            # blocked since before the fork (process.py): what came meanwhile is handled now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (*SIGNALS, signal.SIGCHLD))
+            self.serving = True
             loop.run_forever()
         finally:
+            # closing the loop restores the default actions: a late signal must not kill
+            # the worker mid-exit, as nginx's never dies of its own signals
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
             for srv in self.servers.values():
                 close_server(srv)
             _relay.pool_clear()
             if DEBUG_BUILD:
                 self._report_counters()
             loop.close()
+        self.log.log(NOTICE, "exit")
 
     def _report_counters(self) -> None:
         """The debug build's leak check: what is still alive once everything was closed.
@@ -86,28 +105,32 @@ class Worker:
         leaked = any(counts.values())
         self.log.log(ALERT if leaked else NOTICE, f"debug counters at exit: {text}")
 
-    def _exception(self, loop: Loop, context: dict[str, object]) -> None:
-        self.log.log(ALERT, f"{context.get('message')}: {context.get('exception')!r}")
-
     def stop(self, graceful: bool = True) -> None:
-        """QUIT: stop accepting; every session goes on until it ends (bounded by
-        worker_shutdown_timeout). TERM/INT: close everything now."""
+        """QUIT: stop accepting and let the sessions end, those logging in too, as nginx's
+        (bounded by their `timeout` and by worker_shutdown_timeout): a reload or an upgrade
+        loses no login. TERM/INT: close everything now."""
+        engine = self.engine
+        if graceful and not engine.stopping:
+            self.log.log(NOTICE, "gracefully shutting down")
         for lst in self.listeners:
             lst.close()
         self.listeners.clear()
-        engine = self.engine
         if not graceful:
             engine.close_all(None)
             self.loop.stop()
             return
         engine.stopping = True
         if not engine.sessions:
-            self.loop.stop()
+            self._exiting()
             return
-        engine.on_idle = self.loop.stop
+        engine.on_idle = self._exiting
         limit = self.config.main.worker_shutdown_timeout
         if limit:
             self.loop.call_later(limit / 1000, self._shutdown_timeout)
+
+    def _exiting(self) -> None:
+        self.log.log(NOTICE, "exiting")
+        self.loop.stop()
 
     def _shutdown_timeout(self) -> None:
         self.engine.close_all("shutdown timeout")
@@ -117,3 +140,14 @@ class Worker:
         self.log.reopen()
         for log in self._logs.values():
             log.reopen()
+
+
+# every signal the worker handles (nginx's set; SIGCHLD, SIGPIPE and SIGSYS stay ignored)
+SIGNALS = (
+    signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGWINCH,
+    signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM, signal.SIGIO,
+)  # fmt: skip
+
+
+def _ignore() -> None:
+    pass

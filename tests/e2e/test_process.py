@@ -4,6 +4,7 @@ reopens its log on `-s reopen` and stops on `-s quit`, removing its pid file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from support.masters import children as running_children
+from support.masters import cpu_seconds, gone, wait_for
 from support.ports import free_port
 
 CONF = """\
@@ -153,3 +156,107 @@ def test_worker_connections_bounds_open_connections(prefix: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# --- signals and respawns, against nginx too ---------------------------------------------
+
+KIND = ["fastmail", "nginx"]
+# nginx's signals that must leave a master (and its workers) running; HUP reloads
+HARMLESS = (
+    signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM,
+    signal.SIGIO, signal.SIGCHLD, signal.SIGPIPE, signal.SIGSYS,
+)  # fmt: skip
+
+
+def no_auth_mail(port: int) -> str:
+    return f"auth_http 127.0.0.1:9/auth;\n{server(port)}"
+
+
+@pytest.mark.parametrize("kind", KIND)
+@pytest.mark.parametrize(
+    ("mode", "stop"),
+    [("master", signal.SIGQUIT), ("master", signal.SIGTERM), ("single", signal.SIGINT)],
+)
+def test_signals_leave_it_running_until_told_to_stop(kind, mode, stop, master):
+    port = free_port()
+    m = master(kind, no_auth_mail(port), daemon=False, master=mode == "master")
+    pid = m.start(greet=port)
+    for sig in HARMLESS:
+        if (kind, mode, sig) == ("nginx", "single", signal.SIGHUP):
+            continue  # nginx's single process reloads, then writes log lines to clients
+        workers = m.watch(pid)
+        os.kill(pid, sig)
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):  # one a reload retired
+                os.kill(w, sig)
+        time.sleep(0.1)
+        assert not gone(pid), signal.Signals(sig).name
+        assert greeting(port) == b"* OK IMAP4 ready\r\n"
+    if mode == "master":
+        wait_for("the workers after the reload", lambda: len(m.watch(pid)) == 2)
+    assert "exited on signal" not in m.log()
+    os.kill(pid, stop)
+    assert m.proc is not None and m.proc.wait(15) == 0
+    assert all(gone(p) for p in m.seen)  # no worker left behind
+    assert not m.pid_file.exists()
+    assert refused(port)
+
+
+@pytest.mark.parametrize("kind", KIND)
+def test_a_worker_that_cannot_start_is_not_respawned(kind, master):
+    """nginx's fatal exit code 2 (here: working_directory missing): logged, not respawned,
+    and the master stays."""
+    port = free_port()
+    m = master(kind, no_auth_mail(port), daemon=False, main="working_directory /nonexistent;")
+    pid = m.start()
+    wait_for("the fatal exits", lambda: m.log().count("cannot be respawned") == 2)
+    time.sleep(0.5)
+    log = m.log()
+    assert 'chdir("/nonexistent") failed (2: No such file or directory)' in log
+    assert "exited with fatal code 2 and cannot be respawned" in log
+    assert log.count("start worker process ") == 2
+    assert not gone(pid) and not running_children(pid)
+    os.kill(pid, signal.SIGQUIT)
+    assert m.proc is not None and m.proc.wait(15) == 0
+
+
+def test_a_crashing_worker_is_respawned_with_a_back_off(master):
+    """Beyond nginx (which respawns at once, each time): a worker killed again and again
+    as soon as it starts does not make the master spin."""
+    port = free_port()
+    m = master("fastmail", no_auth_mail(port), daemon=False, workers=1)
+    pid = m.start(greet=port)
+    cpu = cpu_seconds(pid)
+    killed = 0
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        for w in m.watch(pid):
+            os.kill(w, signal.SIGKILL)
+            killed += 1
+        time.sleep(0.01)
+    spawned = m.log().count("start worker process ") - 1
+    assert 3 <= spawned <= 8, spawned  # 0, 0.1, 0.2, 0.4, 0.8, 1.6 s apart
+    assert killed >= 3
+    assert "worker processes in a row exited within 10s of starting, respawning in" in m.log()
+    assert cpu_seconds(pid) - cpu < 1.0
+    # once the crashes stop, a worker comes back and serves
+    assert greeting(port, timeout=10) == b"* OK IMAP4 ready\r\n"
+    os.kill(pid, signal.SIGQUIT)
+    assert m.proc is not None and m.proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("kind", KIND)
+def test_term_kills_a_worker_that_does_not_stop(kind, master):
+    """TERM stops fast: a worker that has not gone after about 1.5 s is killed, so the
+    master never waits forever (a stopped worker stands for a hung one)."""
+    port = free_port()
+    m = master(kind, no_auth_mail(port), daemon=False)
+    pid = m.start(greet=port)
+    hung, *_ = wait_for("the workers", lambda: len(m.watch(pid)) == 2 and sorted(m.watch(pid)))
+    os.kill(hung, signal.SIGSTOP)
+    started = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    assert m.proc is not None and m.proc.wait(10) == 0
+    assert 1.0 < time.monotonic() - started < 5.0
+    assert f"worker process {hung} exited on signal 9" in m.log()
+    assert all(gone(p) for p in m.seen)

@@ -574,4 +574,3 @@ def test_login_reply_and_the_relays_first_bytes_in_one_read() -> None:
     tail = b"* unsolicited " + b"x" * 200
     assert b.reply(b"+OK logged in\r\n" + tail) == ACT_SEND | ACT_DONE
     assert b.client == b"+OK logged in\r\n" + tail
-
