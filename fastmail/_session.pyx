@@ -179,8 +179,8 @@ cdef class Engine(Acceptor):
         ip = sockaddr_ip(sa, &port)
         if self.connections >= self.max_connections:
             # nginx counts every socket; the alert and the refusal are its words and way
-            c_close(fd)
             self.log.log(2, f"{self.max_connections} worker_connections are not enough")
+            c_close(fd)
             return 0
         e = entries[0] if len(entries) == 1 else _entry_for(entries, fd)
         s = Session.__new__(Session)
