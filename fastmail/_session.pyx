@@ -35,7 +35,8 @@ reads next drains it; edge-triggered epoll sends no second notice.
 from libc.stdint cimport uint32_t, int64_t
 from libc.stdlib cimport free
 from posix.unistd cimport close as c_close
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 from fastmail._poll cimport (Loop, Watcher, TNode, TimerQueue, timer_cancel, timer_armed,
                              FASTMAIL_DEBUG, EPOLLIN, EPOLLOUT, EPOLLET, EPOLLRDHUP,
@@ -50,8 +51,8 @@ from fastmail._relay cimport (Relay, UP, DOWN, CLIENT, BACKEND, END_DONE, END_RE
 from fastmail._core cimport (Machine, Profile, AuthRequest, ACT_SEND, ACT_AUTH, ACT_STARTTLS,
                              ACT_CLOSE, ACT_TIMER, ACT_BACKEND, ACT_DONE)
 from fastmail._login cimport BackendLogin, LoginConf
-
-from fastmail import proxy_protocol
+from fastmail._proxy cimport (ProxyHeader, ProxyError, TrustedNetworks, proxy_parse,
+                              proxy_realip, proxy_build_v1, proxy_build_v2)
 
 cdef extern from *:
     """
@@ -424,24 +425,42 @@ cdef class Session(Relay):
     # --- the PROXY header (beyond nginx: one split over several reads is reassembled) --------
 
     cdef int _proxy_header(self, bytes data) except -1:
-        self.pending += data
-        res = proxy_protocol.parse(bytes(self.pending), limit=PROXY_HEADER_LIMIT)
-        if res is proxy_protocol.NEED_MORE:
+        cdef bytearray acc = self.pending
+        cdef ProxyHeader h
+        cdef bytes real
+        cdef str msg
+        cdef Py_ssize_t n
+        if PyByteArray_GET_SIZE(acc):
+            # an earlier read ended inside the header: parse all that came so far
+            acc += data
+            n = PyByteArray_GET_SIZE(acc)
+            res = proxy_parse(PyByteArray_AS_STRING(acc), n, PROXY_HEADER_LIMIT, False)
+        else:
+            # the usual case, the whole header in one read: parse it where it lies
+            n = PyBytes_GET_SIZE(data)
+            res = proxy_parse(PyBytes_AS_STRING(data), n, PROXY_HEADER_LIMIT, False)
+            if res is None:
+                acc += data
+        if res is None:
             return 0
-        if isinstance(res, proxy_protocol.ProxyError):
-            if res.message:
-                self._log(ERROR, res.message, "reading PROXY protocol")
+        if type(res) is ProxyError:
+            msg = (<ProxyError>res).message
+            if msg is not None:
+                self._log(ERROR, msg, "reading PROXY protocol")
             return self.finish()
-        self.pp = res
-        rest = bytes(self.pending[res.consumed:])
+        h = <ProxyHeader>res
+        self.pp = h
         self.pending = None
-        peer = None if self.client_ip == b"unix:" else self.client_ip.decode()
-        real = proxy_protocol.realip(peer, res, self.srv.trusted)
+        if n > h.consumed:
+            # the protocol's first bytes came with the header
+            if PyByteArray_GET_SIZE(acc):
+                self.pending = acc[h.consumed:]
+            else:
+                self.pending = bytearray(data[h.consumed:])
+        real = proxy_realip(<TrustedNetworks?>self.srv.trusted, self.client_ip, h)
         if real is not None:
-            self.client_ip = real[0].encode()
-            self.client_port = real[1]
-        if rest:
-            self.pending = bytearray(rest)
+            self.client_ip = real
+            self.client_port = h.src_port
         return self._start()
 
     # --- the client machine's actions ----------------------------------------------------------
@@ -483,12 +502,12 @@ cdef class Session(Relay):
 
     cdef int _ask_auth(self) except -1:
         cdef Server srv = self.srv
+        cdef ProxyHeader h = self.pp
         self.state = S_AUTH
         timer_cancel(&self.t_main)      # nginx drops the client timer while auth_http runs
         pp = None
-        h = self.pp
         if h is not None and h.src_addr is not None:
-            pp = (h.src_addr.encode(), h.src_port, (h.dst_addr or "").encode(), h.dst_port)
+            pp = (h.src_addr, h.src_port, h.dst_addr, h.dst_port)
         self.auth_handle = srv.auth.ask(
             self, self.m.auth, self.client_ip, self.client_host if srv.smtp else None, pp,
             self._ssl_info())
@@ -550,12 +569,15 @@ cdef class Session(Relay):
         return 0
 
     cdef bytes _backend_proxy_header(self):
-        unix = self.client_ip == b"unix:"
-        client = None if unix else (self.client_ip.decode(), self.client_port)
+        cdef bytes local_ip = None
+        cdef int local_port = 0
         local = self._local_addr()
+        if local is not None:
+            local_ip = (<str>local[0]).encode()
+            local_port = local[1]
         if self.srv.proxy_protocol == "v2":
-            return proxy_protocol.build_v2(client, local)
-        return proxy_protocol.build_v1(client, local)
+            return proxy_build_v2(self.client_ip, self.client_port, local_ip, local_port, None)
+        return proxy_build_v1(self.client_ip, self.client_port, local_ip, local_port)
 
     cdef int _backend_io(self, uint32_t events) except -1:
         cdef int err = 0

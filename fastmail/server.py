@@ -15,11 +15,11 @@ import socket
 import stat
 
 from fastmail._poll import Loop
+from fastmail._proxy import TrustedNetworks
 from fastmail._session import Entry, Server
 from fastmail.conf.model import Config, ListenSocket, ServerConf
 from fastmail.log import ErrorLog
 from fastmail.protocols import PROTOCOLS
-from fastmail.proxy_protocol import TrustedNetworks
 
 
 def bind_socket(ls: ListenSocket) -> socket.socket:
