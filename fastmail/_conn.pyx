@@ -13,6 +13,8 @@ from libc.stdlib cimport malloc, free, realloc
 from libc.string cimport memcpy, memset
 from posix.unistd cimport close as c_close
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from fastmail._inet cimport ip_text, IP_TEXT_MAX
 from fastmail._poll cimport (Loop, Watcher, EPOLLIN, EPOLLOUT, EPOLLET, EPOLLRDHUP,
                              EPOLLERR, EPOLLHUP)
 
@@ -43,7 +45,6 @@ cdef extern from *:
     ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
     ssize_t send(int fd, const void *buf, size_t n, int flags) nogil
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len) nogil
-    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size) nogil
     int inet_pton(int af, const char *src, void *dst) nogil
     unsigned short ntohs(unsigned short v) nogil
     unsigned short htons(unsigned short v) nogil
@@ -222,16 +223,18 @@ cdef str os_error(str call, int err):
 
 
 cdef object sockaddr_ip(sockaddr *sa, int *port):
-    """The address text (bytes) of an AF_INET/AF_INET6 sockaddr, b"unix:" for AF_UNIX."""
-    cdef char buf[64]
+    """The address text (bytes) of an AF_INET/AF_INET6 sockaddr as nginx writes it (its
+    IPv6 forms differ from inet_ntop's in rare cases), b"unix:" for AF_UNIX."""
+    cdef char buf[IP_TEXT_MAX]
+    cdef Py_ssize_t n
     if sa.sa_family == AF_INET:
-        inet_ntop(AF_INET, &(<sockaddr_in *>sa).sin_addr, buf, sizeof(buf))
+        n = ip_text(4, <const unsigned char *>&(<sockaddr_in *>sa).sin_addr, buf)
         port[0] = ntohs((<sockaddr_in *>sa).sin_port)
-        return <bytes>buf
+        return PyBytes_FromStringAndSize(buf, n)
     if sa.sa_family == AF_INET6:
-        inet_ntop(AF_INET6, &(<sockaddr_in6 *>sa).sin6_addr, buf, sizeof(buf))
+        n = ip_text(6, <const unsigned char *>&(<sockaddr_in6 *>sa).sin6_addr, buf)
         port[0] = ntohs((<sockaddr_in6 *>sa).sin6_port)
-        return <bytes>buf
+        return PyBytes_FromStringAndSize(buf, n)
     port[0] = 0
     return b"unix:"
 

@@ -130,7 +130,7 @@ cdef class Server:
     cdef public LoginConf login_conf
     cdef public object auth             # the auth_http client
     cdef public object resolver         # fastmail.resolver.Resolver, or None
-    cdef public object trusted          # realip networks (proxy_protocol.TrustedNetworks)
+    cdef public TrustedNetworks trusted  # realip: set_real_ip_from
     cdef public object log              # fastmail.log.ErrorLog
     cdef public int log_level
     cdef public bint smtp               # Client-Host goes to auth_http (and is resolved)
@@ -145,6 +145,7 @@ cdef class Entry:
 
     cdef public Server server
     cdef public bytes host              # the address text; b"" for unix sockets
+    cdef public int port
     cdef public bint wildcard
     cdef public bint ssl
     cdef public bint proxy_protocol
@@ -457,7 +458,7 @@ cdef class Session(Relay):
                 self.pending = acc[h.consumed:]
             else:
                 self.pending = bytearray(data[h.consumed:])
-        real = proxy_realip(<TrustedNetworks?>self.srv.trusted, self.client_ip, h)
+        real = proxy_realip(self.srv.trusted, self.client_ip, h)
         if real is not None:
             self.client_ip = real
             self.client_port = h.src_port
@@ -573,8 +574,7 @@ cdef class Session(Relay):
         cdef int local_port = 0
         local = self._local_addr()
         if local is not None:
-            local_ip = (<str>local[0]).encode()
-            local_port = local[1]
+            local_ip, local_port = local
         if self.srv.proxy_protocol == "v2":
             return proxy_build_v2(self.client_ip, self.client_port, local_ip, local_port, None)
         return proxy_build_v1(self.client_ip, self.client_port, local_ip, local_port)
@@ -754,25 +754,27 @@ cdef class Session(Relay):
         return f"{self.client_ip.decode()}:{self.client_port}"
 
     cdef object _local_addr(self):
+        """(address text bytes, port) where the client reached us; None for unix sockets."""
         cdef sockaddr_storage ss
         cdef socklen_t n = sizeof(ss)
         cdef int port = 0
         if self.entry.host == b"" or self.c.fd < 0:
             return None
         if not self.entry.wildcard:
-            return (self.entry.host.decode(), _port(self.entry.addr_text))
+            return (self.entry.host, self.entry.port)
         if getsockname(self.c.fd, <sockaddr *>&ss, &n) != 0:
             return None
         ip = sockaddr_ip(<sockaddr *>&ss, &port)
-        return (ip.decode(), port)
+        return (ip, port)
 
     cdef str _local_text(self):
         local = self._local_addr()
         if local is None:
             return self.entry.addr_text
-        if ":" in local[0]:
-            return f"[{local[0]}]:{local[1]}"
-        return f"{local[0]}:{local[1]}"
+        ip = (<bytes>local[0]).decode()
+        if ":" in ip:
+            return f"[{ip}]:{local[1]}"
+        return f"{ip}:{local[1]}"
 
     cdef str _context(self, str action):
         """nginx's ` while ACTION, client: ..., server: ...[, login: "..."]` suffix."""
@@ -796,10 +798,3 @@ cdef class Session(Relay):
             srv.log.log(level, message + self._context(action), self.id)
         return 0
 
-
-cdef int _port(str addr_text):
-    cdef Py_ssize_t i = addr_text.rfind(":")
-    try:
-        return int(addr_text[i + 1:])
-    except ValueError:
-        return 0

@@ -123,6 +123,7 @@ def entries_for(ls: ListenSocket, servers: dict[int, Server]) -> list[Entry]:
         entry = Entry()
         entry.server = servers[id(e.server)]
         entry.host = e.host.encode()
+        entry.port = e.port
         entry.wildcard = e.wildcard
         entry.ssl = e.ssl
         entry.proxy_protocol = e.proxy_protocol
