@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import pycares
 import pycares.errno as aerr
 
+from fastmail.log import ERROR, ErrorLog
+
 UNAVAILABLE = b"[UNAVAILABLE]"
 TEMPUNAVAIL = b"[TEMPUNAVAIL]"
 ACTION_ADDRESS = "in resolving client address"
@@ -78,7 +80,8 @@ _Answer = tuple[str, list[str] | str, float]
 
 
 class Resolver:
-    """One `resolver` directive. `servers` are (ip, port); `valid_s` overrides TTLs."""
+    """One `resolver` directive. `servers` are (ip, port); `valid_s` overrides TTLs. `log`
+    gets the resolver's own error lines (nginx writes them to the main error_log, no `*N`)."""
 
     def __init__(
         self,
@@ -89,8 +92,10 @@ class Resolver:
         ipv6: bool = True,
         timeout_s: float = 30.0,
         max_entries: int = 10000,
+        log: ErrorLog | None = None,
     ) -> None:
         self.loop = loop
+        self.log = log
         self.valid_s = valid_s
         self.ipv4 = ipv4
         self.ipv6 = ipv6
@@ -178,6 +183,8 @@ class Resolver:
         )
 
         def done(result: pycares.DNSResult | None, status: int | None) -> None:
+            if status is None and result is not None and self._no_ptr(qtype, result):
+                return  # nginx ignores the answer: resolver_timeout ends the lookup
             deadline.cancel()
             self._answer(key, waiters, result, status)
 
@@ -189,6 +196,21 @@ class Resolver:
             self._answer(key, waiters, None, aerr.ARES_EBADNAME)
             return
         self._arm()
+
+    def _no_ptr(self, qtype: int, result: pycares.DNSResult) -> bool:
+        """A PTR answer holding records but no PTR one: nginx logs it and keeps waiting
+        (ngx_resolver_process_ptr), so the client gets `[TEMPUNAVAIL]` at the timeout."""
+        if qtype != pycares.QUERY_TYPE_PTR or not result.answer:
+            return False
+        if any(rr.type == qtype for rr in result.answer):
+            return False
+        log = self.log
+        if log is not None:
+            for rr in result.answer:
+                if rr.type != pycares.QUERY_TYPE_CNAME:
+                    log.log(ERROR, f"unexpected RR type {rr.type} in DNS response")
+            log.log(ERROR, "no PTR type in DNS response")
+        return True
 
     def _answer(
         self,

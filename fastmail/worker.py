@@ -106,7 +106,9 @@ class Worker:
         self._done = loop.create_future()
         if self.config.mail is not None:
             for s in self.config.mail.servers:
-                self.runtimes[id(s)] = ServerRuntime(s, loop, self._server_log(s.error_log))
+                self.runtimes[id(s)] = ServerRuntime(
+                    s, loop, self._server_log(s.error_log), self.log
+                )
             install_sni(self.config)
         for ls, sock in self.sockets:
             if _plain_ipv4(ls):
