@@ -29,6 +29,10 @@ ACTION_ADDRESS = "in resolving client address"
 ACTION_HOSTNAME = "in resolving client hostname"
 # nginx re-sends a query every 5 s (to the next server) until resolver_timeout.
 RETRANSMIT_S = 5.0
+# c-ares (>= 1.32) times a try out after 5x the server's average latency once it has seen
+# three answers, but never sooner than this (ares_metrics.c MIN_TIMEOUT_MS); each timed-out
+# try goes out on a new socket, so a late answer to it is dropped.
+ARES_MIN_TRY_S = 0.25
 # A forward answer with no records carries no TTL we can see; keep it this long.
 NODATA_TTL_S = 30.0
 _BAD = pycares.ARES_SOCKET_BAD
@@ -111,7 +115,10 @@ class Resolver:
             sock_state_cb=self._sock_state,
             servers=[f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port in servers],
             timeout=per_try,
-            tries=max(1, math.ceil(timeout_s / per_try)),
+            # resolver_timeout alone ends a lookup (our deadline in _query): c-ares' tries can
+            # be as short as ARES_MIN_TRY_S, and running out of them early would turn one slow
+            # answer into "(110: Operation timed out)" long before resolver_timeout
+            tries=math.ceil(timeout_s / ARES_MIN_TRY_S) + 1,
             rotate=True,
             # SERVFAIL/REFUSED end the query as nginx's resolver does, without retries.
             flags=pycares.ARES_FLAG_NOCHECKRESP | pycares.ARES_FLAG_NOSEARCH,

@@ -139,6 +139,23 @@ def test_ptr_answer_of_another_type_waits_for_the_timeout(
     assert all("[error]" in line for line in log_path.read_text().splitlines())
 
 
+def test_slow_answer_after_quick_ones_is_taken_within_resolver_timeout() -> None:
+    """c-ares shortens its tries to 5x the server's average latency (at least 250 ms) once
+    it has seen three answers: a 0.4 s answer then must still count within a 2 s
+    resolver_timeout (with few tries it was "(110: Operation timed out)" at ~0.25 s)."""
+    records = dict(GOOD)
+    for i in range(3):
+        records[(f"h{i}.example", "A")] = [("192.0.2.1", 60)]
+
+    async def t(res: Resolver, dns: DnsStub) -> None:
+        for i in range(3):
+            assert (await res.resolve_name_async(b"h%d.example" % i))[0] == ["192.0.2.1"]
+        r = await res.client_host_async("127.0.0.1")
+        assert r == ClientHost(b"mail.example.net")
+
+    run(records, t, delays={PTR1[0]: 0.4}, timeout_s=2.0, ipv6=False)
+
+
 def test_forward_nxdomain_and_servfail() -> None:
     records = {
         PTR1: [("gone.example", 60)],
