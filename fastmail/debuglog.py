@@ -95,6 +95,9 @@ class Trace:
     def state(self, action: str) -> None:
         """The session moved on; `action` is nginx's log action for the new state."""
         self.line(f"mail state: {action}")
+        if action == "in starttls state":
+            # the machine drops what followed STARTTLS; TLS starts a new stream of lines
+            self.pending, self.literal, self.cont, self.sasl = b"", 0, False, False
 
     def closed(self) -> None:
         if self.backend_fd >= 0:

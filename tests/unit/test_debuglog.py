@@ -164,6 +164,15 @@ def test_a_sasl_response_that_looks_like_a_command_is_masked(logged) -> None:
     assert lg.messages()[-1] == 'smtp auth command: "********"'
 
 
+def test_starttls_starts_a_new_stream_of_lines(logged) -> None:
+    lg = logged("imap")
+    lg.trace.client_read(b"a STARTTLS\r\nb LOGIN {5}")  # the rest is dropped by the machine
+    lg.trace.state("in starttls state")
+    lg.trace.client_read(b"c CAPABILITY\r\n")
+    cmds = [m for m in lg.messages() if "command" in m]
+    assert cmds == ['imap auth command: "a STARTTLS"', 'imap auth command: "c CAPABILITY"']
+
+
 def test_apop_digest_and_literal_length_are_masked(logged) -> None:
     lg = logged("pop3")
     lg.trace.client_read(b"APOP alice 0123456789abcdef0123456789abcdef\r\n")
