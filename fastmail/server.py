@@ -83,7 +83,14 @@ class ServerRuntime:
         "timeout_s", "proxy_timeout_s", "machine_class",
     )  # fmt: skip
 
-    def __init__(self, conf: ServerConf, loop: asyncio.AbstractEventLoop, log: ErrorLog) -> None:
+    def __init__(
+        self,
+        conf: ServerConf,
+        loop: asyncio.AbstractEventLoop,
+        log: ErrorLog,
+        main_log: ErrorLog | None = None,
+    ) -> None:
+        """`log` is the server's error_log, `main_log` the main one (the resolver's)."""
         self.conf = conf
         self.protocol = conf.protocol
         self.server_name = conf.server_name.encode()
@@ -138,6 +145,7 @@ class ServerRuntime:
                 ipv4=conf.resolver.ipv4,
                 ipv6=conf.resolver.ipv6,
                 timeout_s=conf.resolver_timeout / 1000,
+                log=main_log or log,
             )
         url = conf.auth_http
         self.auth = AuthHttpClient(

@@ -26,7 +26,8 @@ from fastmail._core import (
     ACT_TIMER,
 )
 from fastmail._relay import BackendSocket, ClientConn
-from fastmail.log import ALERT, ERROR, INFO
+from fastmail.debuglog import Trace, TracedLogin
+from fastmail.log import ALERT, DEBUG, ERROR, INFO
 
 if TYPE_CHECKING:
     import ssl
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
 
 # session states
 PROXY_HEADER, RESOLVING, DIALOGUE, AUTH, BACKEND, RELAY, CLOSED, HANDSHAKE = range(8)
+# nginx's log action for each, in debug lines (HANDSHAKE: _hs_action())
+STATE_ACTIONS = (
+    "reading PROXY protocol", "in resolving client address", "in auth state",
+    "in http auth state", "connecting to upstream", "proxying", "closed", "SSL handshaking",
+)  # fmt: skip
 PROXY_HEADER_LIMIT = 4096  # mainline nginx's PROXY protocol read size
 HOLD_LIMIT = 65536  # client bytes read ahead while auth_http or the backend login runs
 
@@ -58,6 +64,7 @@ class ClientSession(asyncio.Protocol):
         "client_ip", "client_port", "local_ip", "local_port", "server_text", "client_host",
         "deadline", "timer", "pending", "auth_call", "backend", "proxy_header", "upstream",
         "handover", "tls", "lookup", "held", "implicit", "hs_implicit", "ssl_obj", "starttls",
+        "trace",
     )  # fmt: skip
 
     def __init__(self, worker: Worker, listen: object) -> None:
@@ -84,6 +91,7 @@ class ClientSession(asyncio.Protocol):
         self.ssl_obj: ssl.SSLObject | None = None
         self.lookup: Lookup | None = None
         self.held = 0
+        self.trace: Trace | None = None  # debug lines: only when the log takes them
         self.sock = listen  # the ListenSocket until connection_made
 
     # --- asyncio.Protocol ------------------------------------------------------------
@@ -112,6 +120,9 @@ class ClientSession(asyncio.Protocol):
             return
         w.sessions.add(self)
         log = self.rt.log
+        if log.level >= DEBUG:
+            self.trace = Trace(log, self.id, self.rt.protocol, self.sock.fileno())
+            self.trace.accepted(self._peer_text())
         if log.level >= INFO:
             log.log(
                 INFO,
@@ -122,6 +133,8 @@ class ClientSession(asyncio.Protocol):
         self.implicit = entry.ssl and self.rt.conf.ssl_context is not None
         if entry.proxy_protocol:
             self.state = PROXY_HEADER
+            if self.trace is not None:
+                self.trace.state(STATE_ACTIONS[PROXY_HEADER])
         elif self.implicit:
             self._start_tls(b"", True)
         else:
@@ -130,10 +143,14 @@ class ClientSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == DIALOGUE:
+            if self.trace is not None:
+                self.trace.client_read(data)
             self._run(self.machine.feed(data))  # type: ignore[union-attr]
         elif state in (AUTH, BACKEND):
             # kept for the relay (or the next login after a failure); nginx leaves such
             # bytes in the kernel, we read on to notice a client that leaves, within a bound
+            if self.trace is not None:
+                self.trace.client_read(data)
             self.machine.feed(data)  # type: ignore[union-attr]
             self.held += len(data)
             if self.held > HOLD_LIMIT:
@@ -166,6 +183,8 @@ class ClientSession(asyncio.Protocol):
         rt = self.rt
         if rt.protocol == "smtp" and rt.resolver is not None:
             self.state = RESOLVING
+            if self.trace is not None:
+                self.trace.state(STATE_ACTIONS[RESOLVING])
             self.lookup = rt.resolver.client_host(self.client_ip, self._resolved)
             return
         self._start_machine()
@@ -184,6 +203,10 @@ class ClientSession(asyncio.Protocol):
 
     def _start_machine(self) -> None:
         self.state = DIALOGUE
+        if self.trace is not None:
+            self.trace.state(STATE_ACTIONS[DIALOGUE])
+            if self.rt.protocol == "smtp":
+                self.trace.line(f'smtp greeting for "{self.client_host.decode("latin-1")}"')
         self.machine = self.rt.machine_class(self.rt.profile, tls=self.tls)
         self._run(self.machine.start())
 
@@ -215,7 +238,10 @@ class ClientSession(asyncio.Protocol):
     def _run(self, acts: int) -> None:
         m = self.machine
         if acts & ACT_SEND:
-            self.transport.write(m.take_output())  # type: ignore[union-attr]
+            out = m.take_output()  # type: ignore[union-attr]
+            self.transport.write(out)  # type: ignore[union-attr]
+            if self.trace is not None:
+                self.trace.client_reply(out)
         if acts & ACT_STARTTLS and not acts & ACT_CLOSE:
             # the machine dropped what followed the command (CVE-2014-3556); bytes still in
             # the kernel become handshake input, as in nginx
@@ -266,6 +292,8 @@ class ClientSession(asyncio.Protocol):
         deadline already set (nginx's `timeout`), then _tls_done goes on."""
         self.state = HANDSHAKE
         self.hs_implicit = implicit
+        if self.trace is not None:
+            self.trace.state(self._hs_action())
         self.transport = tls.start_server_tls(
             self.loop,
             self.transport,  # type: ignore[arg-type]
@@ -293,6 +321,10 @@ class ClientSession(asyncio.Protocol):
             for rt in self.worker.runtimes.values():
                 if rt.conf.ssl_context is obj.context:
                     self.rt = rt
+                    if self.trace is not None or rt.log.level >= DEBUG:
+                        fd = self.sock.fileno()  # type: ignore[union-attr]
+                        debug = rt.log.level >= DEBUG
+                        self.trace = Trace(rt.log, self.id, rt.protocol, fd) if debug else None
                     break
         rejected = tls.check_client_cert(obj, self.rt.conf.ssl_verify_client, self.rt.protocol)
         if rejected is not None:
@@ -308,6 +340,8 @@ class ClientSession(asyncio.Protocol):
                 return
         else:
             self.state = DIALOGUE
+            if self.trace is not None:
+                self.trace.state(STATE_ACTIONS[DIALOGUE])
             self._run(self.machine.on_tls_done())  # type: ignore[union-attr]
         if data and self.state == DIALOGUE:
             self.data_received(data)
@@ -316,6 +350,8 @@ class ClientSession(asyncio.Protocol):
 
     def _ask_auth(self) -> None:
         self.state = AUTH
+        if self.trace is not None:
+            self.trace.state(STATE_ACTIONS[AUTH])
         if self.deadline is not None:
             self.deadline.cancel()  # nginx removes the client timer while auth_http runs
             self.deadline = None
@@ -335,6 +371,7 @@ class ClientSession(asyncio.Protocol):
             callback=self._auth_done,
             ssl_info=info,
             proxy_protocol=pp,
+            trace=self.trace,
         )
 
     def _auth_done(self, res: AuthResult) -> None:
@@ -358,6 +395,8 @@ class ClientSession(asyncio.Protocol):
                 self._auth_failed(res, False)
             return
         self.state = DIALOGUE
+        if self.trace is not None:
+            self.trace.state(STATE_ACTIONS[DIALOGUE])
         self._run(m.on_auth_error())  # type: ignore[union-attr]
 
     def _auth_failed(self, res: AuthResult, retry: bool) -> None:
@@ -365,6 +404,8 @@ class ClientSession(asyncio.Protocol):
         if self.state != AUTH:
             return
         self.state = DIALOGUE
+        if self.trace is not None:
+            self.trace.state(STATE_ACTIONS[DIALOGUE])
         if self.held > HOLD_LIMIT:
             self.transport.resume_reading()  # type: ignore[union-attr]
         self.held = 0
@@ -379,6 +420,8 @@ class ClientSession(asyncio.Protocol):
 
     def _connect_backend(self, res: AuthResult) -> None:
         self.state = BACKEND
+        if self.trace is not None:
+            self.trace.state(STATE_ACTIONS[BACKEND])
         rt = self.rt
         conf = rt.conf
         auth = self.machine.auth  # type: ignore[union-attr]
@@ -422,6 +465,8 @@ class ClientSession(asyncio.Protocol):
                 pass_error_message=conf.proxy_pass_error_message,
                 proxy_header=header,
             )
+        if self.trace is not None:
+            login = TracedLogin(login, self.trace)  # type: ignore[assignment]
         self.login = login
         self.deadline = self.worker.deadline(rt.timeout_s, self._timed_out)
         if transport_backend:
@@ -429,9 +474,13 @@ class ClientSession(asyncio.Protocol):
             self.backend = TransportBackend(  # type: ignore[assignment]
                 self, res.addr or "", res.port or 0, mode, name, tb_header
             )
+            if self.trace is not None:
+                self.trace.connect(_peer(res.addr or "", res.port or 0), -1)
             return
         try:
             self.backend = BackendSocket(self.loop, res.addr or "", res.port or 0, self, login)
+            if self.trace is not None:
+                self.trace.connect(_peer(res.addr or "", res.port or 0), self.backend.fd)
         except OSError as e:
             self._backend_failed(f"connect() failed ({e.errno}: {os.strerror(e.errno or 0)})")
 
@@ -472,6 +521,8 @@ class ClientSession(asyncio.Protocol):
             self.deadline.cancel()
             self.deadline = None
         self.state = RELAY
+        if self.trace is not None:
+            self.trace.state(STATE_ACTIONS[RELAY])
         rt = self.rt
         if rt.log.level >= INFO:
             auth = self.machine.auth  # type: ignore[union-attr]
@@ -567,6 +618,8 @@ class ClientSession(asyncio.Protocol):
             self.transport.abort()  # no TLS alert or shutdown for a half-done handshake
             self.transport = None
         self.state = CLOSED
+        if self.trace is not None:
+            self.trace.closed()
         for h in (self.deadline, self.timer):
             if h is not None:
                 h.cancel()
@@ -732,6 +785,10 @@ class TransportBackend(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
+
+
+def _peer(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def _is_addr(name: str) -> bool:

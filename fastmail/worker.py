@@ -13,6 +13,7 @@ import asyncio
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import astuple
 from typing import TYPE_CHECKING
 
 import uvloop
@@ -76,7 +77,7 @@ class Worker:
     def _server_log(self, targets: list) -> ErrorLog:
         if not targets or targets == self.config.main.error_log:
             return self.log
-        key = tuple((t.kind, t.path, t.level) for t in targets)
+        key = tuple(astuple(t) for t in targets)  # level, debug mask, syslog server included
         if key not in self._logs:
             self._logs[key] = ErrorLog(targets)
         return self._logs[key]
@@ -106,7 +107,9 @@ class Worker:
         self._done = loop.create_future()
         if self.config.mail is not None:
             for s in self.config.mail.servers:
-                self.runtimes[id(s)] = ServerRuntime(s, loop, self._server_log(s.error_log))
+                self.runtimes[id(s)] = ServerRuntime(
+                    s, loop, self._server_log(s.error_log), self.log
+                )
             install_sni(self.config)
         for ls, sock in self.sockets:
             if _plain_ipv4(ls):
@@ -245,6 +248,8 @@ class Worker:
                 # nginx's usual suffix, login and upstream included, only without " while"
                 ctx = session.context("-")
                 log.log(INFO, "proxied session done" + ctx[ctx.index(",") :], session.id)
+            if session.trace is not None:
+                session.trace.closed()
         self._maybe_done()
 
     def session_closed(self, session: ClientSession) -> None:
