@@ -72,6 +72,8 @@ class _Call:
         if self.reader.error:
             self._done(reader_error(self.reader, self.client.peer))
             return
+        if getattr(self, "trace", None) is not None:
+            self.trace.auth_answer(self.reader.headers)
         res = interpret(self.reader.headers, self.auth, self.client.peer)
         if res.user is not None:
             self.auth.user = res.user
@@ -119,7 +121,7 @@ class InterimAuthClient:
         self.extra = [(k.encode(), v.encode()) for k, v in conf.auth_http_header]
         self.peer = f"{url.host}:{url.port}"
 
-    def ask(self, session, auth, client_ip, client_host, pp, ssl_info):
+    def ask(self, session, auth, client_ip, client_host, pp, ssl_info, trace=None):
         req = build_request(
             auth,
             uri_path=self.path,
@@ -131,7 +133,11 @@ class InterimAuthClient:
             keepalive=False,
             proxy_protocol=pp,
         )
-        return _Call(self, session, auth, req)
+        if trace is not None:
+            trace.auth_request(req)
+        c = _Call(self, session, auth, req)
+        c.trace = trace
+        return c
 
     def cancel(self, call):
         call.cancel()

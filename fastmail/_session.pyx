@@ -65,6 +65,7 @@ cdef extern from *:
 # nginx's log levels (fastmail.log)
 DEF ERROR = 4
 DEF INFO = 7
+DEF DEBUG = 8
 
 DEF PROXY_HEADER_LIMIT = 4096   # mainline nginx's PROXY protocol read size
 DEF HOLD_LIMIT = 65536          # client bytes read on while auth_http or the backend runs
@@ -89,6 +90,14 @@ cdef enum:
 cdef enum:
     DONE_AUTH = 1
     DONE_CLIENT_HOST = 2
+
+from fastmail.debuglog import Trace
+
+# nginx's log action of each state, for the debug lines (S_HANDSHAKE: _hs_action())
+cdef tuple _ACTIONS = (
+    "reading PROXY protocol", None, "in resolving client address", "in auth state",
+    "in http auth state", "in http auth state", "connecting to upstream", "proxying",
+    "closing", "closed")
 
 cdef char _rbuf[65536]
 cdef long _live_sessions = 0    # Session objects alive (debug build)
@@ -248,6 +257,7 @@ cdef class Session(Relay):
     cdef bint tls
     cdef bint starttls
     cdef str shut_reason
+    cdef object trace                   # debuglog.Trace, only when the log takes debug lines
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -274,15 +284,26 @@ cdef class Session(Relay):
         sock_init(&self.c, fd)
         sock_init(&self.b, -1)
         self.loop.register(fd, self, CLIENT, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+        if srv.log_level >= DEBUG:
+            self.trace = Trace(srv.log, cid, srv.conf.protocol, fd)
+            self.trace.accepted(self._peer_text())
         if srv.log_level >= INFO:
             srv.log.log(INFO, f"client {self._peer_text()} connected to {self._local_text()}",
                         cid)
         self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
         if e.proxy_protocol:
-            self.state = S_PROXY
+            self._to(S_PROXY)
             self.pending = bytearray()
         else:
             self._start()
+        return 0
+
+    cdef int _to(self, int state) except -1:
+        self.state = state
+        if self.trace is not None:
+            self.trace.state(self._hs_action() if state == S_HANDSHAKE else _ACTIONS[state])
+            if state == S_DIALOGUE and self.srv.smtp and self.m is None:
+                self.trace.line(f'smtp greeting for "{self.client_host.decode("latin-1")}"')
         return 0
 
     cdef int _start(self) except -1:
@@ -293,7 +314,7 @@ cdef class Session(Relay):
 
     cdef int _resolve(self) except -1:
         if self.srv.smtp and self.srv.resolver is not None:
-            self.state = S_RESOLVE
+            self._to(S_RESOLVE)
             if self.pending is None:
                 self.pending = bytearray()
             ip = None if self.client_ip == b"unix:" else self.client_ip.decode()
@@ -305,7 +326,7 @@ cdef class Session(Relay):
         self.completed(DONE_CLIENT_HOST, result)
 
     cdef int _start_machine(self) except -1:
-        self.state = S_DIALOGUE
+        self._to(S_DIALOGUE)
         self.m = self.srv.profile.new_session(self.tls)
         self.run(self.m.start())
         if self.state == S_DIALOGUE and self.pending:
@@ -361,6 +382,8 @@ cdef class Session(Relay):
             n = sock_recv(&self.c, _rbuf, sizeof(_rbuf))
             if n > 0:
                 data = PyBytes_FromStringAndSize(_rbuf, n)
+                if self.trace is not None and st != S_PROXY and st != S_RESOLVE:
+                    self.trace.client_read(data)
                 if st == S_DIALOGUE:
                     self.run(self.m.feed(data))
                 elif st == S_PROXY:
@@ -468,9 +491,13 @@ cdef class Session(Relay):
 
     cdef int run(self, int acts) except -1:
         cdef Machine m = self.m
+        cdef bytes out
         if acts & ACT_SEND:
-            if self._send(m.take_output()) < 0:
+            out = m.take_output()
+            if self._send(out) < 0:
                 return self.finish()
+            if self.trace is not None:
+                self.trace.client_reply(out)
         if acts & ACT_STARTTLS and not acts & ACT_CLOSE:
             # the machine dropped what followed the command (CVE-2014-3556); bytes still in
             # the kernel become handshake input, as in nginx
@@ -504,14 +531,14 @@ cdef class Session(Relay):
     cdef int _ask_auth(self) except -1:
         cdef Server srv = self.srv
         cdef ProxyHeader h = self.pp
-        self.state = S_AUTH
+        self._to(S_AUTH)
         timer_cancel(&self.t_main)      # nginx drops the client timer while auth_http runs
         pp = None
         if h is not None and h.src_addr is not None:
             pp = (h.src_addr, h.src_port, h.dst_addr, h.dst_port)
         self.auth_handle = srv.auth.ask(
             self, self.m.auth, self.client_ip, self.client_host if srv.smtp else None, pp,
-            self._ssl_info())
+            self._ssl_info(), self.trace)
         return 0
 
     cdef object _ssl_info(self):
@@ -530,17 +557,17 @@ cdef class Session(Relay):
             self.result = res
             if res.wait > 0:
                 # nginx reads nothing and answers after Auth-Wait, then takes a new login
-                self.state = S_AUTH_WAIT
+                self._to(S_AUTH_WAIT)
                 self.loop.queue(res.wait * 1000).add(&self.t_aux, self, T_AUX)
                 return 0
             return self._auth_failed(False)
-        self.state = S_DIALOGUE
+        self._to(S_DIALOGUE)
         return self.run(m.on_auth_error())
 
     cdef int _auth_failed(self, bint retry) except -1:
         res = self.result
         self.result = None
-        self.state = S_DIALOGUE
+        self._to(S_DIALOGUE)
         self.held = 0
         if retry:
             self.loop.queue(self.srv.timeout).add(&self.t_main, self, T_MAIN)
@@ -555,7 +582,7 @@ cdef class Session(Relay):
     cdef int _connect_backend(self, res) except -1:
         cdef Server srv = self.srv
         cdef AuthRequest auth = self.m.auth
-        self.state = S_BACKEND
+        self._to(S_BACKEND)
         self.user = auth.user
         self.upstream = f"{res.server.decode('latin-1')}:{res.port}"
         header = b""
@@ -567,6 +594,10 @@ cdef class Session(Relay):
             return self._backend_failed(os_error("connect", self.b.err), ERROR)
         self.eng.connections += 1
         self.loop.register(self.b.fd, self, BACKEND, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+        if self.trace is not None:
+            addr = res.addr or ""
+            self.trace.connect(f"[{addr}]:{res.port}" if ":" in addr else f"{addr}:{res.port}",
+                               self.b.fd)
         return 0
 
     cdef bytes _backend_proxy_header(self):
@@ -601,7 +632,10 @@ cdef class Session(Relay):
         while self.b.rd_ready and self.state == S_BACKEND:
             n = sock_recv(&self.b, _rbuf, sizeof(_rbuf))
             if n > 0:
-                self._login_actions(self.login.feed(PyBytes_FromStringAndSize(_rbuf, n)))
+                data = PyBytes_FromStringAndSize(_rbuf, n)
+                if self.trace is not None:
+                    self.trace.upstream_read(data)
+                self._login_actions(self.login.feed(data))
                 continue
             if n == IO_AGAIN:
                 return 0
@@ -613,8 +647,12 @@ cdef class Session(Relay):
 
     cdef int _login_actions(self, int acts) except -1:
         cdef BackendLogin login = self.login
+        cdef bytes out
         if acts & ACT_BACKEND:
-            if sock_write_bytes(&self.b, login.take_backend_output()) == IO_ERROR:
+            out = login.take_backend_output()
+            if self.trace is not None:
+                self.trace.upstream_sent(login.phase, out)
+            if sock_write_bytes(&self.b, out) == IO_ERROR:
                 return self._backend_failed(os_error("send", self.b.err), ERROR)
         if acts & ACT_SEND and not acts & ACT_DONE:
             if self._send(login.take_output()) < 0:
@@ -657,7 +695,7 @@ cdef class Session(Relay):
             to_backend = self._take_out(&self.b) + to_backend
         self.m = None
         self.login = None
-        self.state = S_RELAY
+        self._to(S_RELAY)
         return self.relay_start(to_backend, to_client)
 
     cdef bytes _take_out(self, Sock *s):
@@ -672,6 +710,8 @@ cdef class Session(Relay):
         cdef Server srv = self.srv
         cdef int why = self.why
         self.state = S_CLOSED
+        if self.trace is not None:
+            self.trace.closed()
         self.eng.connections -= 2
         if srv.log_level >= INFO:
             if why == END_DONE or (why == END_CLOSED and self.shut_reason is None):
@@ -733,6 +773,8 @@ cdef class Session(Relay):
             return 0
         if self.state == S_RELAY:
             return self.relay_end(END_CLOSED, 0)
+        if self.trace is not None:
+            self.trace.closed()
         self._stop_work()
         self.state = S_CLOSED
         if self.c.fd >= 0:

@@ -24,6 +24,7 @@ from fastmail.deadlines import Deadline, Deadlines
 
 if TYPE_CHECKING:
     from fastmail._core import AuthRequest
+    from fastmail.debuglog import Trace
     from fastmail.resolver import Resolver
 
 # nginx reads the answer into one fixed buffer; status line and headers must fit (spec §4.3).
@@ -653,6 +654,7 @@ class _Ask:
         "conn",
         "connect_task",
         "retried",
+        "trace",
     )
 
     def __init__(
@@ -661,10 +663,12 @@ class _Ask:
         request: bytes,
         auth: AuthRequest,
         callback: Callable[[AuthResult], None],
+        trace: Trace | None = None,
     ) -> None:
         self.client = client
         self.request = request
         self.auth = auth
+        self.trace = trace
         self.callback: Callable[[AuthResult], None] | None = callback
         self.conn: _Conn | None = None
         self.connect_task: asyncio.Task[object] | None = None
@@ -704,6 +708,8 @@ class _Ask:
         self.finish(_error(f"auth http server {peer} timed out (110: Connection timed out)"))
 
     def answered(self, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.trace is not None:
+            self.trace.auth_answer(headers)
         allow = self.client.resolver is not None
         self.finish(interpret(headers, self.auth, self.client.peer, allow_names=allow), keep=True)
 
@@ -748,7 +754,9 @@ class AuthCall:
     """A running `authenticate()`: the request, WAIT repeats and an Auth-Server name lookup.
     `cancel()` when the client goes away; the callback is then never called."""
 
-    __slots__ = ("client", "auth", "build", "callback", "_ask", "_timer", "_lookup", "_waits")
+    __slots__ = (
+        "client", "auth", "build", "callback", "_ask", "_timer", "_lookup", "_waits", "trace",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -756,8 +764,10 @@ class AuthCall:
         auth: AuthRequest,
         build: Callable[[], bytes],
         callback: Callable[[AuthResult], None],
+        trace: Trace | None = None,
     ) -> None:
         self.client = client
+        self.trace = trace
         self.auth = auth
         self.build = build
         self.callback: Callable[[AuthResult], None] | None = callback
@@ -771,7 +781,9 @@ class AuthCall:
         request = self.build()
         if self.auth.method in _SALTED and self.auth.salt:
             self.auth.passwd = b""  # nginx forgets the password once the salt went out
-        self._ask = self.client.ask(request, self.auth, self._on_result)
+        if self.trace is not None:
+            self.trace.auth_request(request)
+        self._ask = self.client.ask(request, self.auth, self._on_result, self.trace)
 
     def _on_result(self, result: AuthResult) -> None:
         self._ask = None
@@ -935,11 +947,16 @@ class AuthHttpClient:
 
     # requests
     def ask(
-        self, request: bytes, auth: AuthRequest, callback: Callable[[AuthResult], None]
+        self,
+        request: bytes,
+        auth: AuthRequest,
+        callback: Callable[[AuthResult], None],
+        trace: Trace | None = None,
     ) -> _Ask:
         """Sends prebuilt request bytes and calls `callback(AuthResult)` once, on the loop.
-        WAIT is returned as is; `authenticate()` is the call that handles it."""
-        a = _Ask(self, request, auth, callback)
+        WAIT is returned as is; `authenticate()` is the call that handles it. `trace` gets
+        the answer's headers as debug lines."""
+        a = _Ask(self, request, auth, callback, trace)
         a.start()
         return a
 
@@ -957,12 +974,14 @@ class AuthHttpClient:
         callback: Callable[[AuthResult], None],
         ssl_info: dict[str, bytes] | None = None,
         proxy_protocol: tuple[bytes, int, bytes, int] | None = None,
+        trace: Trace | None = None,
     ) -> AuthCall:
         """The whole exchange a session needs: builds the request from `auth` (and again for
         each WAIT repeat, with the same Auth-Login-Attempt), applies Auth-User/Auth-Pass to
         `auth`, bounds WAIT without Auth-Wait, and resolves an Auth-Server host name.
         The callback gets "ok", "fail" (the driver delays the reply by `wait` seconds when it
-        is > 0) or "error"; never "wait"."""
+        is > 0) or "error"; never "wait". `trace` (debug level only) gets every request and
+        answer as debug lines."""
 
         def build() -> bytes:
             return build_request(
@@ -978,7 +997,7 @@ class AuthHttpClient:
                 proxy_protocol=proxy_protocol,
             )
 
-        call = AuthCall(self, auth, build, callback)
+        call = AuthCall(self, auth, build, callback, trace)
         call._send()
         return call
 

@@ -36,6 +36,10 @@ class _Output:
     def __init__(self, target: LogTarget) -> None:
         self.target = target
         self.level = target.level
+        if self.level == DEBUG and target.debug and "debug_mail" not in target.debug:
+            # nginx: a mask without debug_mail (debug_http, ...) keeps every error level and
+            # no mail debug line; every fastmail debug line is a mail one
+            self.level = INFO
         self.stream: TextIO | None = None
         self.sock: socket.socket | None = None
         self.host = ""

@@ -21,12 +21,18 @@ from dataclasses import dataclass
 import pycares
 import pycares.errno as aerr
 
+from fastmail.log import ERROR, ErrorLog
+
 UNAVAILABLE = b"[UNAVAILABLE]"
 TEMPUNAVAIL = b"[TEMPUNAVAIL]"
 ACTION_ADDRESS = "in resolving client address"
 ACTION_HOSTNAME = "in resolving client hostname"
 # nginx re-sends a query every 5 s (to the next server) until resolver_timeout.
 RETRANSMIT_S = 5.0
+# c-ares (>= 1.32) times a try out after 5x the server's average latency once it has seen
+# three answers, but never sooner than this (ares_metrics.c MIN_TIMEOUT_MS); each timed-out
+# try goes out on a new socket, so a late answer to it is dropped.
+ARES_MIN_TRY_S = 0.25
 # A forward answer with no records carries no TTL we can see; keep it this long.
 NODATA_TTL_S = 30.0
 _BAD = pycares.ARES_SOCKET_BAD
@@ -78,7 +84,8 @@ _Answer = tuple[str, list[str] | str, float]
 
 
 class Resolver:
-    """One `resolver` directive. `servers` are (ip, port); `valid_s` overrides TTLs."""
+    """One `resolver` directive. `servers` are (ip, port); `valid_s` overrides TTLs. `log`
+    gets the resolver's own error lines (nginx writes them to the main error_log, no `*N`)."""
 
     def __init__(
         self,
@@ -89,8 +96,10 @@ class Resolver:
         ipv6: bool = True,
         timeout_s: float = 30.0,
         max_entries: int = 10000,
+        log: ErrorLog | None = None,
     ) -> None:
         self.loop = loop
+        self.log = log
         self.valid_s = valid_s
         self.ipv4 = ipv4
         self.ipv6 = ipv6
@@ -106,7 +115,10 @@ class Resolver:
             sock_state_cb=self._sock_state,
             servers=[f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port in servers],
             timeout=per_try,
-            tries=max(1, math.ceil(timeout_s / per_try)),
+            # resolver_timeout alone ends a lookup (our deadline in _query): c-ares' tries can
+            # be as short as ARES_MIN_TRY_S, and running out of them early would turn one slow
+            # answer into "(110: Operation timed out)" long before resolver_timeout
+            tries=math.ceil(timeout_s / ARES_MIN_TRY_S) + 1,
             rotate=True,
             # SERVFAIL/REFUSED end the query as nginx's resolver does, without retries.
             flags=pycares.ARES_FLAG_NOCHECKRESP | pycares.ARES_FLAG_NOSEARCH,
@@ -178,6 +190,8 @@ class Resolver:
         )
 
         def done(result: pycares.DNSResult | None, status: int | None) -> None:
+            if status is None and result is not None and self._no_ptr(qtype, result):
+                return  # nginx ignores the answer: resolver_timeout ends the lookup
             deadline.cancel()
             self._answer(key, waiters, result, status)
 
@@ -189,6 +203,21 @@ class Resolver:
             self._answer(key, waiters, None, aerr.ARES_EBADNAME)
             return
         self._arm()
+
+    def _no_ptr(self, qtype: int, result: pycares.DNSResult) -> bool:
+        """A PTR answer holding records but no PTR one: nginx logs it and keeps waiting
+        (ngx_resolver_process_ptr), so the client gets `[TEMPUNAVAIL]` at the timeout."""
+        if qtype != pycares.QUERY_TYPE_PTR or not result.answer:
+            return False
+        if any(rr.type == qtype for rr in result.answer):
+            return False
+        log = self.log
+        if log is not None:
+            for rr in result.answer:
+                if rr.type != pycares.QUERY_TYPE_CNAME:
+                    log.log(ERROR, f"unexpected RR type {rr.type} in DNS response")
+            log.log(ERROR, "no PTR type in DNS response")
+        return True
 
     def _answer(
         self,

@@ -75,8 +75,11 @@ def bind_all(config: Config) -> list[tuple[ListenSocket, socket.socket]]:
     return bound
 
 
-def make_server(conf: ServerConf, loop: Loop, log: ErrorLog) -> Server:
-    """The engine's view of one server{} block, built once per worker."""
+def make_server(
+    conf: ServerConf, loop: Loop, log: ErrorLog, main_log: ErrorLog | None = None
+) -> Server:
+    """The engine's view of one server{} block, built once per worker. `log` is the
+    server's error_log, `main_log` the main one (the resolver's, as nginx's)."""
     proto = PROTOCOLS[conf.protocol]
     srv = Server()
     srv.conf = conf
@@ -100,6 +103,7 @@ def make_server(conf: ServerConf, loop: Loop, log: ErrorLog) -> Server:
             ipv4=conf.resolver.ipv4,
             ipv6=conf.resolver.ipv6,
             timeout_s=conf.resolver_timeout / 1000,
+            log=main_log or log,
         )
     from fastmail._interim_auth import InterimAuthClient
 

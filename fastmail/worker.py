@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from dataclasses import astuple
 from typing import TYPE_CHECKING
 
 from fastmail import _relay, uncaught
@@ -51,7 +52,7 @@ class Worker:
     def _server_log(self, targets: list[LogTarget]) -> ErrorLog:
         if not targets or targets == self.config.main.error_log:
             return self.log
-        key = tuple((t.kind, t.path, t.level) for t in targets)
+        key = tuple(astuple(t) for t in targets)  # level, debug mask, syslog server included
         if key not in self._logs:
             self._logs[key] = ErrorLog(targets)
         return self._logs[key]
@@ -65,7 +66,9 @@ class Worker:
         try:
             if self.config.mail is not None:
                 for s in self.config.mail.servers:
-                    self.servers[id(s)] = make_server(s, loop, self._server_log(s.error_log))
+                    self.servers[id(s)] = make_server(
+                        s, loop, self._server_log(s.error_log), self.log
+                    )
             for ls, sock in self.sockets:
                 entries = entries_for(ls, self.servers)
                 if entries:

@@ -278,8 +278,10 @@ DIRECTIVES: tuple[Directive, ...] = (
         "error_log",
         default_doc="logs/error.log error",
         syntax="file | stderr | syslog:server=address[,...] [level]",
-        doc="Where errors go and from which level (debug info notice warn error crit alert emerg); "
-        "in mail{} and server{} it applies to that server's sessions.",
+        doc="Where errors go and from which level (debug info notice warn error crit alert emerg, "
+        "or nginx's debug_core ... debug_stream masks: debug_mail takes the mail debug lines, "
+        "the others none); in mail{} and server{} it applies to that server's sessions. "
+        "Debug lines never show a password (fastmail).",
         module="errlog",
     ),
     _d(

@@ -1,7 +1,8 @@
 """A tiny authoritative DNS server for tests: UDP on 127.0.0.1, a free port, stdlib only.
 
 Answers A, AAAA and PTR from a dict with TTLs, or a fixed rcode per name; can delay or drop
-answers; records every question it sees. Never forwards anywhere (no public DNS).
+answers; records every question it sees. A record may name its own type, to answer a question
+with a record of another type (a CNAME or an A record for a PTR question). Never forwards anywhere (no public DNS).
 Runs on the test's asyncio loop:
 
     async with DnsStub({("4.3.2.1.in-addr.arpa", "PTR"): [("mail.example.net", 60)]}) as dns:
@@ -18,7 +19,9 @@ TYPES = {"A": 1, "PTR": 12, "AAAA": 28, "CNAME": 5}
 TYPE_NAMES = {v: k for k, v in TYPES.items()}
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 
-Records = dict[tuple[str, str], list[tuple[str | bytes, int]]]
+# (value, ttl) answers with the question's type; (value, ttl, "CNAME") names the record's type
+Answer = tuple[str | bytes, int] | tuple[str | bytes, int, str]
+Records = dict[tuple[str, str], list[Answer]]
 
 
 def reverse_name(addr: str) -> str:
@@ -99,7 +102,7 @@ class DnsStub(asyncio.DatagramProtocol):
         if key in self.drop:
             return
         rcode = self.rcodes.get(key)
-        answers: list[tuple[str | bytes, int]] = []
+        answers: list[Answer] = []
         if rcode is None:
             known = any(k[0] == key for k in self.records)
             rcode = NOERROR if known else NXDOMAIN
@@ -123,17 +126,18 @@ class DnsStub(asyncio.DatagramProtocol):
         question: bytes,
         qtype: int,
         rcode: int,
-        answers: list[tuple[str | bytes, int]],
+        answers: list[Answer],
     ) -> bytes:
         rd = flags & 0x0100
         head = struct.pack("!HHHHHH", qid, 0x8400 | rd | rcode, 1, len(answers), 0, 0)
         body = b""
-        for value, ttl in answers:
-            if qtype == 1:
+        for value, ttl, *rtype in answers:
+            rtype_code = TYPES[rtype[0]] if rtype else qtype
+            if rtype_code == 1:
                 rdata = ipaddress.IPv4Address(value).packed  # type: ignore[arg-type]
-            elif qtype == 28:
+            elif rtype_code == 28:
                 rdata = ipaddress.IPv6Address(value).packed  # type: ignore[arg-type]
             else:
                 rdata = _encode_name(value)
-            body += struct.pack("!HHHIH", 0xC00C, qtype, 1, ttl, len(rdata)) + rdata
+            body += struct.pack("!HHHIH", 0xC00C, rtype_code, 1, ttl, len(rdata)) + rdata
         return head + question + body

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import pytest
+
+from fastmail.conf.model import LogTarget
+from fastmail.log import ERROR, ErrorLog
 from fastmail.resolver import (
     ACTION_ADDRESS,
     ACTION_HOSTNAME,
@@ -96,6 +101,59 @@ def test_ptr_without_records_is_host_not_found() -> None:
         )
 
     run(records, t)
+
+
+@pytest.mark.parametrize(
+    ("record", "logged"),
+    [
+        (("192.0.2.7", 60, "A"), ["unexpected RR type 1 in DNS response"]),
+        (("alias.example.net", 60, "CNAME"), []),
+    ],
+)
+def test_ptr_answer_of_another_type_waits_for_the_timeout(
+    tmp_path: Path, record: tuple[str, int, str], logged: list[str]
+) -> None:
+    """nginx ignores a PTR answer without a PTR record: it logs it, waits for
+    resolver_timeout and gives [TEMPUNAVAIL] (not [UNAVAILABLE])."""
+    log_path = tmp_path / "error.log"
+    log = ErrorLog([LogTarget(kind="file", path=str(log_path), level=ERROR)])
+
+    async def t(res: Resolver, dns: DnsStub) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        r = await res.client_host_async("127.0.0.1")
+        assert loop.time() - t0 >= 0.45
+        assert r == ClientHost(
+            TEMPUNAVAIL,
+            "127.0.0.1 could not be resolved (110: Operation timed out)",
+            ACTION_ADDRESS,
+        )
+        assert dns.count(*PTR1) == 1
+
+    try:
+        run({PTR1: [record]}, t, timeout_s=0.5, log=log)
+    finally:
+        log.close()
+    lines = [line.split("] ", 1)[1] for line in log_path.read_text().splitlines()]
+    assert [line.split(": ", 1)[1] for line in lines] == [*logged, "no PTR type in DNS response"]
+    assert all("[error]" in line for line in log_path.read_text().splitlines())
+
+
+def test_slow_answer_after_quick_ones_is_taken_within_resolver_timeout() -> None:
+    """c-ares shortens its tries to 5x the server's average latency (at least 250 ms) once
+    it has seen three answers: a 0.4 s answer then must still count within a 2 s
+    resolver_timeout (with few tries it was "(110: Operation timed out)" at ~0.25 s)."""
+    records = dict(GOOD)
+    for i in range(3):
+        records[(f"h{i}.example", "A")] = [("192.0.2.1", 60)]
+
+    async def t(res: Resolver, dns: DnsStub) -> None:
+        for i in range(3):
+            assert (await res.resolve_name_async(b"h%d.example" % i))[0] == ["192.0.2.1"]
+        r = await res.client_host_async("127.0.0.1")
+        assert r == ClientHost(b"mail.example.net")
+
+    run(records, t, delays={PTR1[0]: 0.4}, timeout_s=2.0, ipv6=False)
 
 
 def test_forward_nxdomain_and_servfail() -> None:
