@@ -3,10 +3,13 @@
  * Owns: the servers a proxy under test talks to, written so that they cost far less CPU per
  * session than the proxy (one epoll loop, no allocation per request beyond a connection's
  * buffers). `servers auth` answers nginx's auth_http (HTTP/1.0, one request per connection)
- * and fastmail's (HTTP/1.1 keep-alive) with the backend port for the protocol; `servers
- * backend` does the backend side of nginx's login (IMAP LOGIN with literals, POP3 USER/PASS,
- * SMTP EHLO/XCLIENT/EHLO), then LOGOUT/QUIT, or echoes every byte when the user's name starts
- * with "echo" (the relay scenarios).  Must not: bind anything but 127.0.0.1, outlive its
+ * and fastmail's (HTTP/1.1 keep-alive) with the backend port for the protocol; with -C it
+ * answers every request HTTP/1.0 style and closes after the answer, whatever the request's
+ * version, as nginx-style auth scripts do. `servers backend` does the backend side of a login
+ * (IMAP LOGIN with nginx's literals, LITERAL+ literals or quoted strings, announced by a
+ * LITERAL+ greeting; POP3 USER/PASS; SMTP EHLO/XCLIENT/EHLO, pipelined commands answered in
+ * order), then LOGOUT/QUIT, or echoes every byte when the user's name starts with "echo" (the
+ * relay scenarios).  Must not: bind anything but 127.0.0.1, outlive its
  * parent (PR_SET_PDEATHSIG) or a deadline (-t), or check anything about the proxy: it is load,
  * not a test.
  */
@@ -52,6 +55,7 @@ static conn_t **conns; /* by fd */
 static int maxfd;
 static int backend_port[3];
 static const char *password = "pass";
+static int close_always; /* auth -C: HTTP/1.0 and close after every answer */
 
 static void set_events(conn_t *c, unsigned ev) {
     struct epoll_event e = {.events = ev, .data.ptr = c};
@@ -122,13 +126,35 @@ static const char *word(const char *s, const char *end, size_t *n) {
     return s;
 }
 
+/* An IMAP astring at s: a quoted string (unquoted, backslash escapes removed) or an atom. The
+ * value goes to out (at most cap-1 bytes kept); returns where the astring ends. */
+static const char *astring(const char *s, const char *end, char *out, size_t cap) {
+    size_t k = 0;
+    while (s < end && *s == ' ') s++;
+    if (s < end && *s == '"') {
+        for (s++; s < end && *s != '"'; s++) {
+            if (*s == '\\' && s + 1 < end) s++;
+            if (k < cap - 1) out[k++] = *s;
+        }
+        out[k] = 0;
+        return s < end ? s + 1 : s;
+    }
+    size_t n;
+    const char *w = word(s, end, &n);
+    if (n >= cap) n = cap - 1;
+    memcpy(out, w, n);
+    out[n] = 0;
+    return w + n;
+}
+
 /* -- backend: one line (without CRLF) ---------------------------------------------------------- */
 
 static void imap_line(conn_t *c, const char *l, size_t n) {
     const char *end = l + n;
-    size_t tl, cl, al;
+    size_t tl, cl;
     /* a line ending in {N} announces a literal: nginx sends LOGIN's user and password so,
-     * "1 LOGIN {4}", "user {4}", "pass" */
+     * "1 LOGIN {4}", "user {4}", "pass", each after our "+ go ahead"; {N+} (LITERAL+, RFC 7888)
+     * needs no continuation, so the whole LOGIN can come in one packet */
     if (n > 2 && l[n - 1] == '}') {
         const char *o = memrchr(l, '{', n);
         if (o) {
@@ -154,8 +180,8 @@ static void imap_line(conn_t *c, const char *l, size_t n) {
     const char *tag = word(l, end, &tl);
     const char *cmd = word(tag + tl, end, &cl);
     if (cl == 5 && !strncasecmp(cmd, "LOGIN", 5)) {
-        const char *u = word(cmd + cl, end, &al);
-        set_user(c, u, al);
+        /* one line: `a LOGIN user pass` or `a LOGIN "user" "pass"` */
+        astring(cmd + cl, end, c->user, sizeof(c->user));
         reply(c, tag, tl);
         REPLY(c, " OK LOGIN completed\r\n");
         logged_in(c);
@@ -236,7 +262,7 @@ static void http_request(conn_t *c, const char *head, size_t n) {
     const char *eol = memchr(head, '\n', n);
     if (!eol) eol = end;
     if (eol - head >= 10 && !memcmp(eol - (eol[-1] == '\r' ? 9 : 8), "HTTP/1.1", 8)) http11 = 1;
-    keep = http11;
+    keep = http11 && !close_always;
     for (const char *l = eol + 1; l < end;) {
         const char *e = memchr(l, '\n', end - l);
         if (!e) e = end;
@@ -247,13 +273,13 @@ static void http_request(conn_t *c, const char *head, size_t n) {
         } else if (header(l, ll, "Auth-Pass", &v, &vl)) {
             pass_ok = vl == strlen(password) && !memcmp(v, password, vl);
         } else if (header(l, ll, "Connection", &v, &vl)) {
-            if (vl == 10 && !strncasecmp(v, "keep-alive", 10)) keep = 1;
+            if (vl == 10 && !strncasecmp(v, "keep-alive", 10)) keep = !close_always;
             if (vl == 5 && !strncasecmp(v, "close", 5)) keep = 0;
         }
         l = e + 1;
     }
     char buf[320];
-    const char *ver = http11 ? "HTTP/1.1" : "HTTP/1.0";
+    const char *ver = http11 && !close_always ? "HTTP/1.1" : "HTTP/1.0";
     const char *conn = keep ? "Connection: keep-alive\r\n" : "Connection: close\r\n";
     int k;
     if (pass_ok)
@@ -404,7 +430,8 @@ static void on_accept(int lfd, int proto) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         conns[fd] = c;
-        if (proto == P_IMAP) REPLY(c, "* OK bench backend ready\r\n");
+        if (proto == P_IMAP)
+            REPLY(c, "* OK [CAPABILITY IMAP4rev1 LITERAL+] bench backend ready\r\n");
         if (proto == P_POP3) REPLY(c, "+OK bench backend ready\r\n");
         if (proto == P_SMTP) REPLY(c, "220 bench.backend ESMTP\r\n");
         struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
@@ -434,7 +461,8 @@ static int listen_on(int port, int proto) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: servers auth -a PORT -b IMAP,POP3,SMTP [-w pass] [-t max_secs]\n"
+    fprintf(stderr, "usage: servers auth -a PORT -b IMAP,POP3,SMTP [-w pass] [-t max_secs] [-C]\n"
+                    "       (-C: answer HTTP/1.0 and close after every answer)\n"
                     "       servers backend -b IMAP,POP3,SMTP [-t max_secs]\n");
     exit(2);
 }
@@ -446,7 +474,7 @@ int main(int argc, char **argv) {
     int auth_port = 0, opt;
     double max_secs = 6 * 3600;
     optind = 2;
-    while ((opt = getopt(argc, argv, "a:b:w:t:")) != -1) {
+    while ((opt = getopt(argc, argv, "a:b:w:t:C")) != -1) {
         switch (opt) {
         case 'a': auth_port = atoi(optarg); break;
         case 'b':
@@ -456,6 +484,7 @@ int main(int argc, char **argv) {
             break;
         case 'w': password = optarg; break;
         case 't': max_secs = atof(optarg); break;
+        case 'C': close_always = 1; break;
         default: usage();
         }
     }

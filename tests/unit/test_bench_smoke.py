@@ -3,12 +3,14 @@
 Runs `python -m bench --smoke` as a user would, against nginx when installed and against
 fastmail. While fastmail's proxy cannot start, its test checks that the harness says so
 cleanly, then reports itself as xfail with fastmail's error. No timing is asserted. The C
-auth_http server (bench/servers.c) is also checked directly: nginx's one HTTP/1.0 request per
-connection and fastmail's HTTP/1.1 keep-alive must both get their answer.
+servers (bench/servers.c) are also checked directly: the auth_http server's HTTP/1.0 and
+keep-alive answers and its HTTP/1.0-close mode, and the backend's one-line logins (LITERAL+
+literals, quoted strings) and pipelined SMTP commands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import socket
@@ -109,19 +111,39 @@ def test_smoke_run_against_fastmail(tmp_path: Path) -> None:
     check_complete_run(result, "fastmail", tmp_path)
 
 
-@pytest.fixture
-def auth_server() -> Iterator[int]:
-    port = free_port()
+@contextlib.contextmanager
+def _servers(args: list[str], ports: list[int]) -> Iterator[None]:
     proc = subprocess.Popen(
-        [str(build_c(SERVERS_SRC)), "auth", "-a", str(port), "-b", "1143,1110,1025", "-t", "60"],
-        stdout=subprocess.DEVNULL,
+        [str(build_c(SERVERS_SRC)), *args, "-t", "60"], stdout=subprocess.DEVNULL
     )
     try:
-        wait_listening(proc, [port], 10, "servers auth", lambda: "")  # type: ignore[arg-type]
-        yield port
+        wait_listening(proc, ports, 10, "servers", lambda: "")  # type: ignore[arg-type]
+        yield
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def auth_server() -> Iterator[int]:
+    port = free_port()
+    with _servers(["auth", "-a", str(port), "-b", "1143,1110,1025"], [port]):
+        yield port
+
+
+@pytest.fixture
+def auth_close_server() -> Iterator[int]:
+    port = free_port()
+    with _servers(["auth", "-C", "-a", str(port), "-b", "1143,1110,1025"], [port]):
+        yield port
+
+
+@pytest.fixture
+def backend() -> Iterator[dict[str, int]]:
+    ports = {p: free_port() for p in ("imap", "pop3", "smtp")}
+    args = ["backend", "-b", ",".join(str(p) for p in ports.values())]
+    with _servers(args, list(ports.values())):
+        yield ports
 
 
 def _request(version: str, proto: str, password: str, keep: bool) -> bytes:
@@ -162,3 +184,66 @@ def test_c_auth_server_http11_keep_alive_serves_several_requests(auth_server: in
                 assert b"Auth-Status: OK\r\n" in head and b"Auth-Port: %d\r\n" % port in head
             else:
                 assert b"Auth-Status: Invalid login or password\r\n" in head
+
+
+def test_c_auth_server_close_mode_answers_http10_and_closes_a_keepalive_request(
+    auth_close_server: int,
+) -> None:
+    with socket.create_connection(("127.0.0.1", auth_close_server), timeout=5) as s:
+        s.sendall(_request("HTTP/1.1", "imap", "pass", keep=True))
+        reply = _read_all(s)  # EOF after one answer, as nginx-style auth scripts do
+    assert reply.startswith(b"HTTP/1.0 200 OK\r\n") and reply.endswith(b"\r\n\r\n")
+    assert b"Connection: close\r\n" in reply and b"Auth-Port: 1143\r\n" in reply
+    assert reply.count(b"HTTP/1.") == 1
+
+
+def _lines_until(f: Any, last: bytes) -> bytes:
+    out = b""
+    while not out.endswith(last):
+        line = f.readline()
+        assert line, out
+        out += line
+    return out
+
+
+@pytest.mark.parametrize(
+    "login",
+    [
+        b"a LOGIN {5+}\r\necho1 {4+}\r\npass\r\n",  # LITERAL+: one packet, no "+" wait
+        b'a LOGIN "echo1" "pass"\r\n',  # quoted strings
+        b'a LOGIN "ec\\"ho" "pass"\r\n',  # an escaped quote: the name starts "ec"
+    ],
+)
+def test_c_backend_one_line_imap_login(backend: dict[str, int], login: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", backend["imap"]), timeout=5) as s:
+        f = s.makefile("rb")
+        assert f.readline() == b"* OK [CAPABILITY IMAP4rev1 LITERAL+] bench backend ready\r\n"
+        s.sendall(login + b"b NOOP\r\n")
+        assert f.readline() == b"a OK LOGIN completed\r\n"
+        if b"echo1" in login:  # echo* users: the bytes after the login line come back
+            assert f.readline() == b"b NOOP\r\n"
+        else:
+            assert f.readline() == b"b OK done\r\n"
+
+
+def test_c_backend_nginx_literals_wait_for_go_ahead(backend: dict[str, int]) -> None:
+    with socket.create_connection(("127.0.0.1", backend["imap"]), timeout=5) as s:
+        f = s.makefile("rb")
+        f.readline()
+        for part in (b"1 LOGIN {5}\r\n", b"echo1 {4}\r\n"):
+            s.sendall(part)
+            assert f.readline() == b"+ go ahead\r\n"
+        s.sendall(b"pass\r\nhi\r\n")
+        assert f.readline() == b"1 OK LOGIN completed\r\n" and f.readline() == b"hi\r\n"
+
+
+def test_c_backend_smtp_pipelined_mail_from_and_rcpt_to(backend: dict[str, int]) -> None:
+    with socket.create_connection(("127.0.0.1", backend["smtp"]), timeout=5) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        s.sendall(b"EHLO proxy\r\n")
+        assert b"250-PIPELINING\r\n" in _lines_until(f, b"250 8BITMIME\r\n")
+        s.sendall(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")  # one packet
+        assert f.readline() == b"250 2.0.0 Ok\r\n" and f.readline() == b"250 2.0.0 Ok\r\n"
+        s.sendall(b"QUIT\r\n")
+        assert f.readline().startswith(b"221 ")
