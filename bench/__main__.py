@@ -1,10 +1,12 @@
 """python -m bench: run the scenarios against fastmail and nginx, alternating, and report.
 
-Owns: the command line, the scenario runners (login storm, relay, idle density, TLS
-handshakes full and resumed, TLS relay) and the round-robin over targets. Each run starts a fresh proxy from the shared
-template, drives it with the C load generator, and reads the proxy's CPU and RSS from /proc;
-the auth_http server and backend are started once and shared. Must not write anywhere but the
-output dir and a temp dir, or bind anything but 127.0.0.1.
+Owns: the command line, the scenario runners (login storms per protocol, login mode and
+concurrency; relay; idle density plain and TLS; TLS handshakes full and resumed; TLS relay),
+and the round-robin over targets. Each run starts a fresh proxy from the shared template,
+drives it with the C load generator, and reads the proxy's CPU and RSS from /proc; the
+auth_http servers and backend are started once and shared. A target that fails is said once
+and skipped from then on (for the TLS scenarios only, when a TLS one failed). Must not write
+anywhere but the output dir and a temp dir, or bind anything but 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench import report
 from bench.targets import (
+    LOGIN_MODES,
     PROTOCOLS,
     ROOT,
     TLS_GROUP,
@@ -36,7 +40,7 @@ from bench.targets import (
     ServersDied,
     TargetError,
     build_loadgen,
-    cpu_seconds,
+    cpu_times,
     ensure_nginx,
     machine_cpu_seconds,
     make_cert,
@@ -51,6 +55,19 @@ KINDS = ("login", "relay", "idle", "tls")
 BUSY = 0.85  # a proxy below this share of a core per worker was not the bottleneck
 
 
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: str  # login relay idle-pre idle-auth idle-auth-tls tls-full tls-resume tls-relay
+    proto: str
+    mode: str | None = None  # login: a LOGIN_MODES value (targets.py)
+    concurrency: int = 0  # login storms and handshakes: sessions in flight
+
+    @property
+    def tls(self) -> bool:
+        return self.kind.startswith("tls") or self.kind == "idle-auth-tls"
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, progress: report.Progress) -> None:
         self.a = args
@@ -60,7 +77,7 @@ class Bench:
         self.workdir = make_workdir()
         self.servers = Servers(args.servers, self.workdir)
         self.cert: tuple[Path, Path] | None = None
-        if "tls" in args.kinds and not self.no_tls:
+        if {"tls", "idle"} & set(args.kinds) and not self.no_tls:
             made = make_cert(self.workdir)
             if isinstance(made, str):
                 self.no_tls = made
@@ -99,7 +116,8 @@ class Bench:
 
     def _sample(self, proxy: Proxy) -> dict[str, float]:
         s = self.servers.cpu()
-        s["proxy"] = cpu_seconds(proxy.pid)
+        s["proxy_user"], s["proxy_sys"] = cpu_times(proxy.pid)
+        s["proxy"] = s["proxy_user"] + s["proxy_sys"]
         s["machine"] = machine_cpu_seconds()
         s["t"] = time.monotonic()
         return s
@@ -123,44 +141,50 @@ class Bench:
     # -- scenarios ------------------------------------------------------------------------------
 
     def _storm(
-        self, proxy: Proxy, base: list[str], count: int
+        self, proxy: Proxy, base: list[str], count: int, concurrency: int
     ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, float], int, float]:
-        """A warm-up, then `count` sessions at the set concurrency (split over --procs load
+        """A warm-up, then `count` sessions at `concurrency` (split over --procs load
         generators): (results, CPU samples before and after, sessions ok, elapsed)."""
         # warm-up: code paths, auth_http cache, first allocations
         self._loadgen([*base, "-c", "2", "-n", str(min(50, count)), "-t", "10"])
-        procs = max(1, self.a.procs)
-        per = ["-c", str(max(1, self.a.concurrency // procs))]
-        per += ["-n", str(max(1, count // procs)), "-t", str(self.a.max_secs)]
         s0 = self._sample(proxy)
-        if procs == 1:
-            results = [self._loadgen([*base, *per])]
-        else:
-            results = self._parallel([[*base, *per]] * procs)
+        results = self._sessions(base, count, concurrency)
         s1 = self._sample(proxy)
         ok = sum(r["ok"] for r in results)
         elapsed = max(r["elapsed"] for r in results)
         return results, s0, s1, ok, elapsed
 
-    def login(self, proxy: Proxy, proto: str) -> dict[str, Any]:
-        port = str(self.servers.ports.proxy[proto])
-        base = ["-m", "login", "-p", port, "-P", proto, "-u", "user", "-w", "pass"]
-        results, s0, s1, ok, elapsed = self._storm(proxy, base, self.a.sessions)
+    def _sessions(self, base: list[str], count: int, concurrency: int) -> list[dict[str, Any]]:
+        procs = max(1, self.a.procs)
+        per = ["-c", str(max(1, concurrency // procs))]
+        per += ["-n", str(max(1, count // procs)), "-t", str(self.a.max_secs)]
+        if procs == 1:
+            return [self._loadgen([*base, *per])]
+        return self._parallel([[*base, *per]] * procs)
+
+    def login(self, proxy: Proxy, sc: Scenario) -> dict[str, Any]:
+        port = str(self.servers.ports.proxy[sc.proto])
+        base = ["-m", "login", "-p", port, "-P", sc.proto, "-u", "user", "-w", "pass"]
+        results, s0, s1, ok, elapsed = self._storm(proxy, base, self.a.sessions, sc.concurrency)
+        per = 1e6 / ok if ok else 0.0
         figures = {
             "sessions_per_s": ok / elapsed if elapsed else 0.0,
-            "proxy_us_per_session": (s1["proxy"] - s0["proxy"]) / ok * 1e6 if ok else 0.0,
+            "proxy_us_per_session": (s1["proxy"] - s0["proxy"]) * per,
+            "proxy_user_us": (s1["proxy_user"] - s0["proxy_user"]) * per,
+            "proxy_sys_us": (s1["proxy_sys"] - s0["proxy_sys"]) * per,
             # with several loadgens, the worst one's percentile (conservative)
             "p50_ms": max(r["p50_us"] for r in results) / 1000,
             "p99_ms": max(r["p99_us"] for r in results) / 1000,
         }
         return self._outcome(figures, results, s0, s1)
 
-    def handshake(self, proxy: Proxy, resume: bool) -> dict[str, Any]:
+    def handshake(self, proxy: Proxy, sc: Scenario) -> dict[str, Any]:
         """TLS handshakes: connect, handshake, IMAP greeting through TLS, close_notify, close."""
+        resume = sc.kind == "tls-resume"
         ports = self.servers.ports.tls
         port = ports["imaps_resume" if resume else "imaps_full"]
         base = ["-m", "handshake", "-p", str(port), "-P", "imap", *(["-R"] if resume else [])]
-        results, s0, s1, ok, elapsed = self._storm(proxy, base, self.a.handshakes)
+        results, s0, s1, ok, elapsed = self._storm(proxy, base, self.a.handshakes, sc.concurrency)
         figures = {
             "handshakes_per_s": ok / elapsed if elapsed else 0.0,
             "proxy_us_per_handshake": (s1["proxy"] - s0["proxy"]) / ok * 1e6 if ok else 0.0,
@@ -183,8 +207,9 @@ class Bench:
         with concurrent.futures.ThreadPoolExecutor(len(argvs)) as ex:
             return list(ex.map(self._loadgen, argvs))
 
-    def relay(self, proxy: Proxy, proto: str, tls: bool = False) -> dict[str, Any]:
+    def relay(self, proxy: Proxy, sc: Scenario) -> dict[str, Any]:
         ports = self.servers.ports
+        proto, tls = sc.proto, sc.tls
         port = str(ports.tls["imaps_full"] if tls else ports.proxy[proto])
         n = str(self.a.relay_conns)
         argv = ["-m", "relay", "-p", port, "-P", proto, "-u", "echo", "-w", "pass", "-n", n]
@@ -210,9 +235,15 @@ class Bench:
             self.tls_seen.add(r["tls"])
         return out
 
-    def idle(self, proxy: Proxy, proto: str, state: str) -> dict[str, Any]:
-        port = str(self.servers.ports.proxy[proto])
-        base = ["-m", "idle", "-s", state, "-p", port, "-P", proto, "-u", "user", "-w", "pass"]
+    def idle(self, proxy: Proxy, sc: Scenario) -> dict[str, Any]:
+        """Idle connections: pre-auth (greeted), logged in, or logged in over implicit TLS
+        (the full-handshake listener: no session cache to grow)."""
+        ports = self.servers.ports
+        tls = sc.kind == "idle-auth-tls"
+        port = str(ports.tls["imaps_full"] if tls else ports.proxy[sc.proto])
+        state = "pre" if sc.kind == "idle-pre" else "auth"
+        base = ["-m", "idle", "-s", state, "-p", port, "-P", sc.proto, "-u", "user", "-w", "pass"]
+        base += ["-S"] if tls else []
         measured: dict[str, float] = {}
 
         def on_ready(proc: subprocess.Popen[str], line: str) -> None:
@@ -245,13 +276,18 @@ class Bench:
         s1: dict[str, float] | None,
     ) -> dict[str, Any]:
         errors = sum(r["errors"] + r["unfinished"] for r in results)
-        tried = sum(r["ok"] for r in results) + errors
+        ok = sum(r["ok"] for r in results)
+        samples = [e for r in results for e in r["errsample"]][:4]
+        if errors and not ok:
+            # nothing worked: the target cannot do this (e.g. no TLS yet), say so once
+            raise TargetError(f"every session failed, e.g. {'; '.join(samples[:2])}")
+        tried = ok + errors
         out: dict[str, Any] = {
             "figures": figures,
             "errors": errors,
             # a run with more than 1% failed sessions measured something else: left out
             "invalid": errors > 0.01 * max(tried, 1),
-            "errsample": [e for r in results for e in r["errsample"]][:4],
+            "errsample": samples,
             "loadgen": results,
         }
         if s0 and s1:
@@ -260,23 +296,32 @@ class Bench:
 
     # -- the run --------------------------------------------------------------------------------
 
-    def scenarios(self) -> list[tuple[str, str, str]]:
-        """(name, kind, protocol) in run order."""
+    def scenarios(self) -> list[Scenario]:
+        """The scenarios in run order: logins by protocol, then mode, then concurrency."""
         out = []
         protos = self.a.protocols
         for kind in self.a.kinds:
             if kind == "login":
-                out += [(f"login-{p}", "login", p) for p in protos]
+                out += [
+                    Scenario(f"login-{p}-{m}-c{c}", "login", p, m, c)
+                    for p in protos
+                    for m in self.a.modes
+                    for c in self.a.concurrency
+                ]
             elif kind == "relay":
-                out += [(f"relay-{p}", "relay", p) for p in protos[:1]]
+                out += [Scenario(f"relay-{p}", "relay", p) for p in protos[:1]]
             elif kind == "idle":
                 p = protos[0]
-                out += [(f"idle-pre-{p}", "idle-pre", p), (f"idle-auth-{p}", "idle-auth", p)]
+                out += [Scenario(f"idle-pre-{p}", "idle-pre", p)]
+                out += [Scenario(f"idle-auth-{p}", "idle-auth", p)]
+                if p == "imap":  # implicit TLS: the bench's TLS listeners are IMAP
+                    out += [Scenario("idle-auth-imaps", "idle-auth-tls", "imap")]
             elif kind == "tls":
+                c = self.a.tls_concurrency
                 out += [
-                    ("tls-handshake-full", "tls-full", "imap"),
-                    ("tls-handshake-resumed", "tls-resume", "imap"),
-                    ("tls-relay-imap", "tls-relay", "imap"),
+                    Scenario("tls-handshake-full", "tls-full", "imap", concurrency=c),
+                    Scenario("tls-handshake-resumed", "tls-resume", "imap", concurrency=c),
+                    Scenario("tls-relay-imap", "tls-relay", "imap"),
                 ]
         return out
 
@@ -293,52 +338,62 @@ class Bench:
             if busy < 0.33 or time.monotonic() >= t_end:
                 return
 
-    def run_one(self, target: str, kind: str, proto: str) -> dict[str, Any]:
+    def run_one(self, target: str, sc: Scenario) -> dict[str, Any]:
+        """One timed run on a fresh proxy."""
         self.servers.check_alive()
-        ports = self.servers.ports
-        tls = kind.startswith("tls")
+        p = self.servers.ports
         wait_for_ports(
-            {ports.auth, *ports.backend.values(), *ports.proxy.values(), *ports.tls.values()},
+            {*p.auth.values(), *p.backend.values(), *p.proxy.values(), *p.tls.values()},
             self.a.max_time_wait,
         )
         self._wait_for_calm()
-        cert = self.cert if tls else None
-        proxy = Proxy(target, self.workdir, self.servers.ports, self.a.workers, cert)
+        cert = self.cert if sc.tls else None
+        proxy = Proxy(target, self.workdir, p, self.a.workers, cert, sc.mode)
         proxy.start()
         try:
-            if kind == "login":
-                return self.login(proxy, proto)
-            if kind == "relay":
-                return self.relay(proxy, proto)
-            if kind in ("tls-full", "tls-resume"):
-                return self.handshake(proxy, kind == "tls-resume")
-            if kind == "tls-relay":
-                return self.relay(proxy, proto, tls=True)
-            return self.idle(proxy, proto, "pre" if kind == "idle-pre" else "auth")
+            if sc.kind == "login":
+                out = self.login(proxy, sc)
+            elif sc.kind in ("relay", "tls-relay"):
+                out = self.relay(proxy, sc)
+            elif sc.kind in ("tls-full", "tls-resume"):
+                out = self.handshake(proxy, sc)
+            else:
+                out = self.idle(proxy, sc)
+        except TargetError as e:
+            raise TargetError(proxy.died() or str(e)) from e  # a crash explains the errors
         finally:
+            died = proxy.died()
             proxy.stop()
+        if died:
+            raise TargetError(died)
+        return out
 
     def run(self, targets: list[str], meta: dict[str, Any]) -> dict[str, Any]:
         runs: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         unavailable: dict[str, str] = {}
+        # a target that failed is skipped from then on: for every scenario, or, when a TLS
+        # scenario failed, for the TLS ones (the plain figures still mean something)
         dead: set[str] = set()
+        dead_tls: set[str] = set()
         self.servers.start()
         try:
             with self.p.running():
-                for name, kind, proto in self.scenarios():
-                    if kind.startswith("tls") and self.no_tls:
+                for sc in self.scenarios():
+                    name = sc.name
+                    if sc.tls and self.no_tls:
                         unavailable[name] = f"cannot run: {self.no_tls}"
                         continue
                     task = self.p.scenario(name, self.a.rounds * len(targets))
                     for rnd in range(self.a.rounds):
                         order = targets if rnd % 2 == 0 else targets[::-1]
                         for t in order:
-                            if t in dead:
-                                self.p.step(task, f"{t}: skipped (failed before)")
+                            if t in dead or (sc.tls and t in dead_tls):
+                                why = "TLS failed before" if t not in dead else "failed before"
+                                self.p.step(task, f"{t}: skipped ({why})")
                                 continue
                             try:
-                                out = self.run_one(t, kind, proto)
+                                out = self.run_one(t, sc)
                             except ServersDied as e:
                                 failures.append(
                                     {"target": "servers", "scenario": name, "error": str(e)}
@@ -348,10 +403,11 @@ class Bench:
                             except TargetError as e:
                                 failures.append({"target": t, "scenario": name, "error": str(e)})
                                 self.p.say(f"[{t}] {name}: {e}")
-                                dead.add(t)
+                                (dead_tls if sc.tls else dead).add(t)
                                 self.p.step(task, f"{t}: FAILED")
                                 continue
-                            out.update(scenario=name, target=t, round=rnd)
+                            out.update(scenario=name, target=t, round=rnd, kind=sc.kind)
+                            out.update(proto=sc.proto, mode=sc.mode, concurrency=sc.concurrency)
                             runs.append(out)
                             figs = ", ".join(f"{k}={v:.4g}" for k, v in out["figures"].items())
                             self.p.step(task, f"{t}: {figs}")
@@ -403,8 +459,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument(
+        "--concurrency",
+        default="32,256",
+        help="login sessions in flight: a comma list, one login scenario per value",
+    )
+    p.add_argument(
+        "--modes",
+        default=",".join(LOGIN_MODES),
+        help="login modes (comma list): keepalive (keep-alive auth server; fastmail with "
+        "proxy_pipelining on), http10 (auth server answers HTTP/1.0 and closes; fastmail with "
+        "auth_http_keepalive 0 and nginx's backend bytes)",
+    )
     p.add_argument("--sessions", type=int, default=3000, help="login sessions per run")
+    p.add_argument("--tls-concurrency", type=int, default=64, help="TLS handshakes in flight")
     p.add_argument(
         "--procs", type=int, default=1, help="loadgen processes for login storms and handshakes"
     )
@@ -447,9 +515,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = set(a.protocols) - set(PROTOCOLS)
     if bad:
         p.error(f"unknown protocol {sorted(bad)}")
+    try:
+        a.concurrency = [int(x) for x in a.concurrency.split(",") if x]
+    except ValueError:
+        p.error(f"--concurrency takes numbers: {a.concurrency!r}")
+    if not a.concurrency or min(a.concurrency) <= 0:
+        p.error("--concurrency needs at least one positive number")
+    a.modes = [x for x in a.modes.split(",") if x]
+    if not a.modes or set(a.modes) - set(LOGIN_MODES):
+        p.error(f"--modes takes {','.join(LOGIN_MODES)}")
     if a.smoke:
-        a.rounds, a.concurrency, a.sessions, a.max_secs, a.handshakes = 1, 4, 40, 15, 40
+        a.rounds, a.concurrency, a.sessions, a.max_secs, a.handshakes = 1, [4], 40, 15, 40
         a.relay_conns, a.relay_secs, a.idle, a.settle, a.calm = 2, 0.3, 30, 0.1, 0
+        a.tls_concurrency = 4
     return a
 
 
@@ -499,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             k: getattr(a, k)
             for k in (
                 "concurrency",
+                "modes",
+                "tls_concurrency",
                 "sessions",
                 "handshakes",
                 "procs",

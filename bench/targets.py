@@ -2,8 +2,9 @@
 
 Owns: one config template rendered for fastmail and for nginx (same listeners, same auth_http,
 one worker, `master_process off; daemon off;`, and for TLS runs the same pinned TLS version,
-ciphersuite, group and certificate), starting/stopping each proxy, the auth_http server and
-backend they share, building bench/loadgen.c and bench/servers.c with the system cc into a
+ciphersuite, group and certificate; a login mode picks the auth_http server and fastmail's
+auth_http_keepalive/proxy_pipelining), starting/stopping each proxy, the auth_http servers
+(keep-alive and HTTP/1.0-close) and backend they share, building bench/loadgen.c and bench/servers.c with the system cc into a
 cache dir, and reading CPU (utime+stime) and RSS (smaps_rollup) from /proc for a process and
 its children.
 Must not: bind anything but 127.0.0.1, touch system services, or judge results (report.py).
@@ -16,6 +17,7 @@ import hashlib
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +32,21 @@ SERVERS_SRC = Path(__file__).resolve().parent / "servers.c"
 NGINX_MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROTOCOLS = ("imap", "pop3", "smtp")
+
+# Login modes: which auth_http server the proxy asks, and fastmail's settings for it (nginx
+# takes neither directive and always sends one HTTP/1.0 request per connection).
+#   keepalive: the keep-alive auth server; fastmail keeps auth_http connections (its default)
+#              and logs in to the backend in fewer round trips (one-line IMAP LOGIN).
+#   http10:    the auth server that answers HTTP/1.0 and closes, as nginx-style auth scripts
+#              do; fastmail sends nginx's exact bytes to the auth server and the backend.
+# Scenarios without a mode run fastmail's defaults against the keep-alive auth server.
+LOGIN_MODES = ("keepalive", "http10")
+MODE_AUTH = {"keepalive": "keepalive", "http10": "http10", None: "keepalive"}
+MODE_DIRECTIVES = {
+    "keepalive": ["proxy_pipelining on;"],
+    "http10": ["auth_http_keepalive 0;", "proxy_pipelining off;"],
+    None: [],
+}
 
 # TLS pinned the same on both proxies and in the load generator: nginx 1.22 and fastmail
 # default to different protocol lists, and the handshake cost depends on all of these.
@@ -81,7 +98,7 @@ events {{
 mail {{
     auth_http 127.0.0.1:{auth_port}/auth;
     proxy_pass_error_message on;
-
+{mode_directives}
     server {{
         listen 127.0.0.1:{imap};
         protocol imap;
@@ -140,17 +157,23 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of pid and its descendants, in seconds (kernel time included)."""
-    total = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of pid and its descendants, in seconds: user space and kernel."""
+    user = sys_ = 0
     for p in process_tree(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        sys_ += int(fields[12])
+    return user / CLK_TCK, sys_ / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of pid and its descendants, in seconds (kernel time included)."""
+    return sum(cpu_times(pid))
 
 
 def machine_cpu_seconds() -> float:
@@ -296,7 +319,7 @@ def make_cert(d: Path) -> tuple[Path, Path] | str:
 
 @dataclass
 class Ports:
-    auth: int
+    auth: dict[str, int]  # by MODE_AUTH value: keepalive, http10
     backend: dict[str, int]
     proxy: dict[str, int] = field(default_factory=dict)
     tls: dict[str, int] = field(default_factory=dict)  # imaps_full, imaps_resume
@@ -349,9 +372,11 @@ class Proxy:
         ports: Ports,
         workers: int = 1,
         cert: tuple[Path, Path] | None = None,
+        mode: str | None = None,
     ) -> None:
         self.name = name
         self.cert = cert  # TLS listeners only when given
+        self.mode = mode  # a LOGIN_MODES value, or None: fastmail's defaults
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ports = ports
@@ -371,14 +396,16 @@ class Proxy:
                 tls_group=TLS_GROUP,
                 **self.ports.tls,
             )
+        extra = MODE_DIRECTIVES[self.mode] if self.name == "fastmail" else []
         return CONF_TEMPLATE.format(
             tls_servers=tls,
+            mode_directives="".join(f"    {d}\n" for d in extra),
             load_module=f"load_module {NGINX_MAIL_MODULE};" if self.name == "nginx" else "",
             workers=self.workers,
             errlog=self.errlog,
             pidfile=self.dir / f"{self.name}.pid",
             worker_connections=max(1024, nofile_limit() - 64),
-            auth_port=self.ports.auth,
+            auth_port=self.ports.auth[MODE_AUTH[self.mode]],
             **self.ports.proxy,
         )
 
@@ -429,6 +456,14 @@ class Proxy:
         assert self.proc is not None
         return self.proc.pid
 
+    def died(self) -> str | None:
+        """Why the proxy is gone, when it exited on its own (crashed) during a run."""
+        rc = self.proc.poll() if self.proc else None
+        if rc is None:
+            return None
+        how = f"signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"status {rc}"
+        return f"{self.name} exited with {how} during the run:\n{self.log_tail()}"
+
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
@@ -473,17 +508,23 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
 class Servers:
     """The auth_http server and backend every target shares, as separate processes.
 
-    kind "c" (the default) runs bench/servers.c twice, as the auth_http server and as the
-    backend: any user with password "pass", users named echo* echo after login. kind
-    "testing" runs fastmail.testing's authd (SQLite users "user" and "echo", password "pass")
-    and two fake backends (the second echoes after login, for the relay scenario).
+    kind "c" (the default) runs bench/servers.c three times: the keep-alive auth_http
+    server, the HTTP/1.0-close one (-C), and the backend: any user with password "pass",
+    users named echo* echo after login. kind "testing" runs fastmail.testing's authd (SQLite
+    users "user" and "echo", password "pass"; it closes after answering an HTTP/1.0 request,
+    so one serves both modes) and two fake backends (the second echoes after login, for the
+    relay scenario).
     """
 
     def __init__(self, kind: str, workdir: Path) -> None:
         self.kind = kind
         self.dir = workdir / "servers"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.ports = Ports(auth=free_port(), backend={p: free_port() for p in PROTOCOLS})
+        auth = free_port()
+        self.ports = Ports(
+            auth={"keepalive": auth, "http10": free_port() if kind == "c" else auth},
+            backend={p: free_port() for p in PROTOCOLS},
+        )
         self.ports.proxy = {p: free_port() for p in PROTOCOLS}
         self.ports.tls = {"imaps_full": free_port(), "imaps_resume": free_port()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -510,9 +551,11 @@ class Servers:
             exe = str(build_c(SERVERS_SRC))
             b = ",".join(str(self.ports.backend[p]) for p in PROTOCOLS)
             self._spawn("backend", [exe, "backend", "-b", b], list(self.ports.backend.values()))
-            self._spawn(
-                "auth", [exe, "auth", "-a", str(self.ports.auth), "-b", b], [self.ports.auth]
-            )
+            for role, port, flags in (
+                ("auth", self.ports.auth["keepalive"], []),
+                ("auth-http10", self.ports.auth["http10"], ["-C"]),
+            ):
+                self._spawn(role, [exe, "auth", "-a", str(port), "-b", b, *flags], [port])
             return
         db = str(self.dir / "users.sqlite")
         authd = [py, "-m", "fastmail.testing.authd", "--db", db]
@@ -545,8 +588,8 @@ class Servers:
         )
         self._spawn(
             "auth",
-            [*authd, "--listen", f"127.0.0.1:{self.ports.auth}", "--wait", "0"],
-            [self.ports.auth],
+            [*authd, "--listen", f"127.0.0.1:{self.ports.auth['keepalive']}", "--wait", "0"],
+            [self.ports.auth["keepalive"]],
         )
 
     def pids(self) -> dict[str, int]:
@@ -559,10 +602,10 @@ class Servers:
                 raise ServersDied(f"{role} exited with status {p.returncode}:\n{log}")
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds per role; both backends count as "backend"."""
+        """CPU seconds per role; both backends count as "backend", both auth servers as "auth"."""
         out = {"backend": 0.0, "auth": 0.0}
         for role, p in self.procs.items():
-            out["auth" if role == "auth" else "backend"] += cpu_seconds(p.pid)
+            out["auth" if role.startswith("auth") else "backend"] += cpu_seconds(p.pid)
         return out
 
     def stop(self) -> None:

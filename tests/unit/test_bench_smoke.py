@@ -2,10 +2,11 @@
 
 Runs `python -m bench --smoke` as a user would, against nginx when installed and against
 fastmail. While fastmail's proxy cannot start, its test checks that the harness says so
-cleanly, then reports itself as xfail with fastmail's error. No timing is asserted. The C
-servers (bench/servers.c) are also checked directly: the auth_http server's HTTP/1.0 and
-keep-alive answers and its HTTP/1.0-close mode, and the backend's one-line logins (LITERAL+
-literals, quoted strings) and pipelined SMTP commands.
+cleanly, then reports itself as xfail with fastmail's error; while fastmail's TLS does not
+work, the plain scenarios must be complete and the TLS failure said once. No timing is
+asserted. The C servers (bench/servers.c) are also checked directly: the auth_http server's
+HTTP/1.0 and keep-alive answers, its HTTP/1.0-close mode, and the backend's one-line logins
+(LITERAL+ literals, quoted strings) and pipelined SMTP commands.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from bench.targets import (
+    LOGIN_MODES,
     NGINX_MAIL_MODULE,
     SERVERS_SRC,
     build_c,
@@ -33,15 +35,9 @@ from bench.targets import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {
-    "login-imap",
-    "login-pop3",
-    "login-smtp",
-    "relay-imap",
-    "idle-pre-imap",
-    "idle-auth-imap",
-}
-TLS_SCENARIOS = {"tls-handshake-full", "tls-handshake-resumed", "tls-relay-imap"}
+LOGINS = {f"login-{p}-{m}-c4" for p in ("imap", "pop3", "smtp") for m in LOGIN_MODES}
+SCENARIOS = LOGINS | {"relay-imap", "idle-pre-imap", "idle-auth-imap"}
+TLS_SCENARIOS = {"idle-auth-imaps", "tls-handshake-full", "tls-handshake-resumed", "tls-relay-imap"}
 
 
 def run_bench(target: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -58,15 +54,17 @@ def run_bench(target: str, out: Path) -> tuple[subprocess.CompletedProcess[str],
     return proc, json.loads(results.read_text())
 
 
-def check_complete_run(result: dict[str, Any], target: str, out: Path) -> None:
+def check_complete_run(result: dict[str, Any], target: str, out: Path, tls: bool) -> None:
     runs = [r for r in result["runs"] if r["target"] == target]
-    tls = openssl_headers()
     assert {r["scenario"] for r in runs} == SCENARIOS | (TLS_SCENARIOS if tls else set())
     for r in runs:
         assert r["errors"] == 0 and not r["invalid"], (r["scenario"], r["errsample"])
         figs = r["figures"]
         if r["scenario"].startswith("login"):
             assert figs["sessions_per_s"] > 0 and figs["p99_ms"] >= figs["p50_ms"] > 0
+            assert figs["proxy_user_us"] + figs["proxy_sys_us"] == pytest.approx(
+                figs["proxy_us_per_session"]
+            )
         elif r["scenario"].startswith("tls-handshake"):
             assert figs["handshakes_per_s"] > 0 and figs["p99_ms"] >= figs["p50_ms"] > 0
             resumed = r["scenario"].endswith("resumed")
@@ -76,12 +74,12 @@ def check_complete_run(result: dict[str, Any], target: str, out: Path) -> None:
         else:
             assert r["connections"] == 30 and figs["base_rss_mib"] > 1
     md = (out / "report.md").read_text()
-    assert "| login-imap | sessions/s" in md and "| login-imap | " + target in md
+    assert "| login-imap-keepalive-c4 | " + target in md
     if tls:
         assert result["unavailable"] == {}
         # the pinned TLS is what both proxies negotiated
         assert result["meta"]["tls_negotiated"] == ["TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"]
-    else:
+    elif not openssl_headers():
         assert set(result["unavailable"]) == TLS_SCENARIOS and "cannot run" in md
     if importlib.util.find_spec("matplotlib"):
         assert (out / "login.png").stat().st_size > 1000
@@ -95,20 +93,28 @@ def test_smoke_run_against_nginx_measures_every_scenario(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert result["failures"] == []
     assert result["meta"]["nginx"] and result["meta"]["cores"] >= 1
-    check_complete_run(result, "nginx", tmp_path)
+    check_complete_run(result, "nginx", tmp_path, openssl_headers())
 
 
 def test_smoke_run_against_fastmail(tmp_path: Path) -> None:
     proc, result = run_bench("fastmail", tmp_path)
     failures = [f for f in result["failures"] if f["target"] == "fastmail"]
-    if failures:
+    md = (tmp_path / "report.md").read_text()
+    if failures and not result["runs"]:
         # The harness must say what went wrong, once, and still write its report.
-        assert proc.returncode == 1 and result["runs"] == []
+        assert proc.returncode == 1
         assert len(failures) == 1 and "fastmail" in failures[0]["error"]
-        assert "## Failures" in (tmp_path / "report.md").read_text()
+        assert "## Failures" in md
         pytest.xfail(f"fastmail's proxy cannot run yet: {failures[0]['error'][-300:]}")
     assert proc.returncode == 0, proc.stderr
-    check_complete_run(result, "fastmail", tmp_path)
+    tls_failed = [f for f in failures if f["scenario"] in TLS_SCENARIOS]
+    assert failures == tls_failed
+    check_complete_run(result, "fastmail", tmp_path, openssl_headers() and not tls_failed)
+    if tls_failed:
+        # said once, at the first TLS scenario; the other TLS scenarios were skipped
+        assert len(tls_failed) == 1 and tls_failed[0]["scenario"] == "idle-auth-imaps"
+        assert md.count("- fastmail / idle-auth-imaps: ") == 1
+        pytest.xfail(f"fastmail's TLS does not work yet: {tls_failed[0]['error'][-300:]}")
 
 
 @contextlib.contextmanager
