@@ -1,8 +1,8 @@
 """What a person sees of a bench run: progress, the tables, and the files under bench/results/.
 
 Owns: the progress display (rich when installed, plain lines otherwise), turning raw runs into
-medians, spread and fastmail/nginx ratios, the tables (logins, the other scenarios), and
-writing results.json, report.md and PNG plots (matplotlib when installed). Must not start processes or measure anything itself
+medians, spread and fastmail/nginx ratios, the tables (goals from goals.py, logins, the other
+scenarios), and writing results.json, report.md and PNG plots (matplotlib when installed). Must not start processes or measure anything itself
 (targets.py and __main__.py do).
 """
 
@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench import goals
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ HANDSHAKE = [
 ]
 IDLE_BASE = Figure("base_rss_mib", "RSS before connections", "MiB", "lower")
 
-# What each kind of scenario reports.
+# What each kind of scenario reports; the targets they are held to are in goals.py.
 FIGURES = {
     "login": [
         Figure("sessions_per_s", "sessions/s", "1/s", "higher"),
@@ -323,7 +325,10 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def _tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, head, body) of every table the terminal shows (the report has them too)."""
+    s = result["summary"]
     out = [
+        ("Login goals (fastmail/nginx, or fastmail's own figure)", *goals.login_matrix(s)),
+        ("Other goals", *goals.other_table(s)),
         ("Logins: medians (min–max) over rounds", *login_table(result)),
         ("Relay, memory, TLS: medians (min–max) over rounds", *table_rows(result)),
     ]
@@ -358,6 +363,7 @@ def _md(head: list[str], body: list[list[str]]) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     m = result["meta"]
+    s = result["summary"]
     lines = [
         "# fastmail bench report",
         "",
@@ -369,7 +375,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"TLS: {m.get('tls', '?')}"
         + (f"; negotiated: {', '.join(m['tls_negotiated'])}" if m.get("tls_negotiated") else "")
         + ".",
+        "",
+        "## Goals",
+        "",
+        "Ratios are fastmail/nginx of the medians in this run (1 worker each); user-space CPU "
+        "per login is fastmail's own figure. " + goals.MODES_LEGEND,
+        "",
     ]
+    head, body = goals.login_matrix(s)
+    if len(head) > 2:
+        lines += _md(head, body) + [""]
+    lines += _md(*goals.other_table(s))
     head, body = login_table(result)
     if body:
         lines += ["", "## Logins", ""]

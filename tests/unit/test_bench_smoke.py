@@ -74,7 +74,8 @@ def check_complete_run(result: dict[str, Any], target: str, out: Path, tls: bool
         else:
             assert r["connections"] == 30 and figs["base_rss_mib"] > 1
     md = (out / "report.md").read_text()
-    assert "| login-imap-keepalive-c4 | " + target in md
+    assert "| login-imap-keepalive-c4 | " + target in md and "## Goals" in md
+    assert "| proxy CPU per login, keepalive ≤ 0.8x |" in md
     if tls:
         assert result["unavailable"] == {}
         # the pinned TLS is what both proxies negotiated
