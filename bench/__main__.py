@@ -2,7 +2,8 @@
 
 Owns: the command line, the scenario runners (login storms per protocol, login mode and
 concurrency; relay; idle density plain and TLS; TLS handshakes full and resumed; TLS relay),
-and the round-robin over targets. Each run starts a fresh proxy from the shared template,
+the round-robin over targets, and the probes' separate runs (syscalls per login under strace,
+a perf profile of fastmail's worker). Each run starts a fresh proxy from the shared template,
 drives it with the C load generator, and reads the proxy's CPU and RSS from /proc; the
 auth_http servers and backend are started once and shared. A target that fails is said once
 and skipped from then on (for the TLS scenarios only, when a TLS one failed). Must not write
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import probes, report
 from bench.targets import (
     LOGIN_MODES,
     PROTOCOLS,
@@ -46,6 +47,7 @@ from bench.targets import (
     make_cert,
     make_workdir,
     nginx_version,
+    process_tree,
     raise_nofile,
     rss_bytes,
     wait_for_ports,
@@ -84,6 +86,26 @@ class Bench:
             else:
                 self.cert = made
         self.tls_seen: set[str] = set()
+        # the probes: a reason when off (said once in the notes), and the run goes on without
+        self.strace_off = "--syscalls 0" if args.syscalls <= 0 else probes.missing("strace")
+        self.perf_off = probes.missing("perf")
+        self.profile_name = self._profile_scenario()
+        if args.syscalls > 0 and self.strace_off:
+            self.notes.append(f"no syscall counts: {self.strace_off}")
+
+    def _profile_scenario(self) -> str | None:
+        """The login scenario whose fastmail run is profiled (--profile), if any."""
+        logins = [sc for sc in self.scenarios() if sc.kind == "login"]
+        if self.a.profile == "none" or not logins:
+            return None
+        if self.a.profile and self.a.profile not in {sc.name for sc in logins}:
+            self.notes.append(f"no profile: --profile {self.a.profile} is no login scenario here")
+            return None
+        if self.perf_off:
+            self.notes.append(f"no profile: {self.perf_off}")
+            return None
+        keepalive = [sc.name for sc in logins if sc.mode == "keepalive"]
+        return self.a.profile or (keepalive or [logins[0].name])[0]
 
     # -- one loadgen invocation -----------------------------------------------------------------
 
@@ -162,7 +184,7 @@ class Bench:
             return [self._loadgen([*base, *per])]
         return self._parallel([[*base, *per]] * procs)
 
-    def login(self, proxy: Proxy, sc: Scenario) -> dict[str, Any]:
+    def login(self, proxy: Proxy, sc: Scenario, first: bool) -> dict[str, Any]:
         port = str(self.servers.ports.proxy[sc.proto])
         base = ["-m", "login", "-p", port, "-P", sc.proto, "-u", "user", "-w", "pass"]
         results, s0, s1, ok, elapsed = self._storm(proxy, base, self.a.sessions, sc.concurrency)
@@ -176,7 +198,53 @@ class Bench:
             "p50_ms": max(r["p50_us"] for r in results) / 1000,
             "p99_ms": max(r["p99_us"] for r in results) / 1000,
         }
-        return self._outcome(figures, results, s0, s1)
+        out = self._outcome(figures, results, s0, s1)
+        # the probes slow the proxy: their runs come after the timed one, once per target
+        if first and not self.strace_off:
+            out["syscalls"] = self._syscalls(proxy, base, sc)
+            if out["syscalls"]:
+                figures["syscalls_per_login"] = out["syscalls"]["total"]
+        if first and proxy.name == "fastmail" and sc.name == self.profile_name:
+            out["profile"] = self._profile(proxy, base, sc)
+        return out
+
+    def _syscalls(self, proxy: Proxy, base: list[str], sc: Scenario) -> dict[str, Any] | None:
+        """A separate run of --syscalls sessions under `strace -f -c`: calls per login."""
+        try:
+            with probes.Strace(process_tree(proxy.pid), proxy.dir) as st:
+                results = self._sessions(base, self.a.syscalls, sc.concurrency)
+        except RuntimeError as e:
+            self.strace_off = str(e)
+            self.notes.append(f"syscall counts stopped: {e}")
+            return None
+        counts = st.counts()
+        ok = sum(r["ok"] for r in results)
+        if not ok or not counts:
+            return None
+        per = {k: v / ok for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+        errors = sum(r["errors"] + r["unfinished"] for r in results)
+        return {"sessions": ok, "errors": errors, "total": sum(per.values()), "per_login": per}
+
+    def _profile(self, proxy: Proxy, base: list[str], sc: Scenario) -> dict[str, Any] | None:
+        """A separate run of --sessions sessions with `perf record` on the worker."""
+        if self.perf_off:
+            return None
+        try:
+            with probes.Perf(process_tree(proxy.pid), proxy.dir) as pf:
+                s0 = self._sample(proxy)
+                results = self._sessions(base, self.a.sessions, sc.concurrency)
+                s1 = self._sample(proxy)
+            out = pf.summary()
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            self.perf_off = str(e)
+            self.notes.append(f"no profile: {e}")
+            return None
+        ok = sum(r["ok"] for r in results)
+        out.update(scenario=sc.name, sessions=ok)
+        if ok:  # the worker's CPU in the profiled run, which the shares divide
+            out["user_us"] = (s1["proxy_user"] - s0["proxy_user"]) / ok * 1e6
+            out["sys_us"] = (s1["proxy_sys"] - s0["proxy_sys"]) / ok * 1e6
+        return out
 
     def handshake(self, proxy: Proxy, sc: Scenario) -> dict[str, Any]:
         """TLS handshakes: connect, handshake, IMAP greeting through TLS, close_notify, close."""
@@ -338,8 +406,8 @@ class Bench:
             if busy < 0.33 or time.monotonic() >= t_end:
                 return
 
-    def run_one(self, target: str, sc: Scenario) -> dict[str, Any]:
-        """One timed run on a fresh proxy."""
+    def run_one(self, target: str, sc: Scenario, first: bool) -> dict[str, Any]:
+        """One timed run on a fresh proxy (and, in the first round, the probes' runs)."""
         self.servers.check_alive()
         p = self.servers.ports
         wait_for_ports(
@@ -352,7 +420,7 @@ class Bench:
         proxy.start()
         try:
             if sc.kind == "login":
-                out = self.login(proxy, sc)
+                out = self.login(proxy, sc, first)
             elif sc.kind in ("relay", "tls-relay"):
                 out = self.relay(proxy, sc)
             elif sc.kind in ("tls-full", "tls-resume"):
@@ -393,7 +461,7 @@ class Bench:
                                 self.p.step(task, f"{t}: skipped ({why})")
                                 continue
                             try:
-                                out = self.run_one(t, sc)
+                                out = self.run_one(t, sc, rnd == 0)
                             except ServersDied as e:
                                 failures.append(
                                     {"target": "servers", "scenario": name, "error": str(e)}
@@ -472,6 +540,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "auth_http_keepalive 0 and nginx's backend bytes)",
     )
     p.add_argument("--sessions", type=int, default=3000, help="login sessions per run")
+    p.add_argument(
+        "--syscalls",
+        type=int,
+        default=500,
+        help="sessions of the separate run under strace -f -c, per login scenario and target "
+        "(first round only; 0: none)",
+    )
+    p.add_argument(
+        "--profile",
+        default="",
+        help="the login scenario whose fastmail worker is profiled with perf in a separate "
+        "run (default: the first keepalive one; none: no profile)",
+    )
     p.add_argument("--tls-concurrency", type=int, default=64, help="TLS handshakes in flight")
     p.add_argument(
         "--procs", type=int, default=1, help="loadgen processes for login storms and handshakes"
@@ -527,7 +608,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.smoke:
         a.rounds, a.concurrency, a.sessions, a.max_secs, a.handshakes = 1, [4], 40, 15, 40
         a.relay_conns, a.relay_secs, a.idle, a.settle, a.calm = 2, 0.3, 30, 0.1, 0
-        a.tls_concurrency = 4
+        a.tls_concurrency, a.syscalls = 4, min(a.syscalls, 20)
     return a
 
 
@@ -580,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
                 "modes",
                 "tls_concurrency",
                 "sessions",
+                "syscalls",
+                "profile",
                 "handshakes",
                 "procs",
                 "relay_conns",

@@ -2,8 +2,9 @@
 
 Owns: the progress display (rich when installed, plain lines otherwise), turning raw runs into
 medians, spread and fastmail/nginx ratios, the tables (goals from goals.py, logins, the other
-scenarios), and writing results.json, report.md and PNG plots (matplotlib when installed). Must not start processes or measure anything itself
-(targets.py and __main__.py do).
+scenarios, syscalls per login, fastmail's profile), and writing results.json, report.md and
+PNG plots (matplotlib when installed). Must not start processes or measure anything itself
+(targets.py, probes.py and __main__.py do).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ FIGURES = {
         Figure("proxy_sys_us", "kernel CPU per login", "µs", "lower", plot=False),
         Figure("p50_ms", "latency p50", "ms", "lower", plot=False),
         Figure("p99_ms", "latency p99", "ms", "lower"),
+        Figure("syscalls_per_login", "syscalls per login", "", "lower", plot=False),
     ],
     "relay": [
         Figure("mb_per_s", "relay both ways", "MB/s", "higher"),
@@ -278,6 +280,7 @@ LOGIN_COLUMNS = (
     ("proxy_sys_us", "kernel µs", False),
     ("p50_ms", "p50 ms", False),
     ("p99_ms", "p99 ms", True),
+    ("syscalls_per_login", "syscalls/login", False),
 )
 
 
@@ -323,6 +326,69 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def syscall_table(result: dict[str, Any], top: int = 8) -> tuple[list[str], list[list[str]]]:
+    """Per login scenario: syscalls per login of each target, and each one's top syscalls."""
+    targets = result["meta"]["targets"]
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in result["runs"]:
+        if r.get("syscalls"):
+            found.setdefault(r["scenario"], {})[r["target"]] = r["syscalls"]
+    head = ["scenario", *[f"{t} per login" for t in targets]]
+    head += ["fastmail/nginx"] if len(targets) > 1 else []
+    head += [f"{t}: top syscalls per login" for t in targets]
+    body = []
+    for sc, per in found.items():
+        row = [sc]
+        for t in targets:
+            got = per.get(t)
+            failed = f" ({got['errors']} sessions failed)" if got and got.get("errors") else ""
+            row.append(f"{got['total']:.1f}{failed}" if got else "—")
+        if len(targets) > 1:
+            f, n = per.get("fastmail"), per.get("nginx")
+            row.append(f"{f['total'] / n['total']:.2f}x" if f and n and n["total"] else "—")
+        for t in targets:
+            calls = per[t]["per_login"] if t in per else {}
+            row.append(", ".join(f"{k} {v:.1f}" for k, v in list(calls.items())[:top]) or "—")
+        body.append(row)
+    return head, body
+
+
+def profile_lines(result: dict[str, Any]) -> list[str]:
+    """The perf summary of fastmail's worker: where its CPU went, by library and symbol."""
+    prof = next((r["profile"] for r in result["runs"] if r.get("profile")), None)
+    if not prof:
+        return []
+    lib = ", ".join(f"{k} {v:.1f}%" for k, v in list(prof["by_dso"].items())[:8])
+    cpu = ""
+    if "user_us" in prof:
+        cpu = (
+            f" The worker used {prof['user_us']:.0f} µs of user-space and {prof['sys_us']:.0f} "
+            "µs of kernel CPU per login in this run (utime/stime; perf's own cost included)."
+        )
+    lines = [
+        f"## Profile: fastmail's worker, {prof['scenario']}",
+        "",
+        f"`perf record -e cpu-clock -g` on the worker during a separate run of "
+        f"{prof['sessions']} sessions ({prof['samples']} samples): kernel "
+        f"{prof['kernel_pct']:.1f}%, user space {prof['user_pct']:.1f}%.{cpu} By library: {lib}.",
+        "",
+        "Self time by symbol, as a share of all samples: the top ones, then the top user-space "
+        "ones (Cython functions show as their C names, `__pyx_...`; libpython as itself).",
+        "",
+        "| share | library | symbol |",
+        "|---|---|---|",
+    ]
+    seen = []
+    for part in (prof["top"], [t for t in prof.get("top_user", []) if t not in prof["top"]]):
+        if seen and part:
+            lines.append("| | **user space** | |")
+        for t in part:
+            sym = t["symbol"].replace("|", "/")
+            lines.append(f"| {t['pct']:.1f}% | {t['dso']} | {'[k] ' if t['kernel'] else ''}{sym} |")
+        seen += part
+    return lines
+
+
 def _tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, head, body) of every table the terminal shows (the report has them too)."""
     s = result["summary"]
@@ -332,6 +398,8 @@ def _tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         ("Logins: medians (min–max) over rounds", *login_table(result)),
         ("Relay, memory, TLS: medians (min–max) over rounds", *table_rows(result)),
     ]
+    calls = syscall_table(result, top=4)  # narrower than the report's: a terminal is
+    out.append(("Syscalls per login (a separate run under strace -f -c)", *calls))
     return [t for t in out if t[2]]
 
 
@@ -406,8 +474,24 @@ def markdown(result: dict[str, Any]) -> str:
         "compare the CPU per session, per handshake and per GB instead: they count the proxy's "
         "own work per unit and vary less under contention (not nothing: a descheduled proxy "
         "handles fewer bytes or sessions per wakeup, which costs more per unit). On a 2-core "
-        "machine the load generator shares the CPUs: judge login cost by CPU per login.",
+        "machine the load generator shares the CPUs: judge login cost by CPU per login and "
+        "syscalls per login.",
     ]
+    head, body = syscall_table(result)
+    if body:
+        n = m["params"].get("syscalls", "?")
+        lines += ["", "## Syscalls per login", ""]
+        lines += [
+            f"From a separate run of {n} sessions per scenario and target (first round, same "
+            "proxy, after the timed run) under `strace -f -c` attached to the proxy's process "
+            "tree: strace slows the proxy, so these runs are not timed. Calls divided by the "
+            "sessions that completed.",
+            "",
+        ]
+        lines += _md(head, body)
+    prof = profile_lines(result)
+    if prof:
+        lines += [""] + prof
     lines += ["", "## CPU use during the measured window (share of one core, median)", ""]
     lines += harness_table(result["runs"], result["meta"]["targets"])
     lines += ["", "## Parameters", "", "```", json.dumps(m["params"], indent=1), "```"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,6 +66,11 @@ def check_complete_run(result: dict[str, Any], target: str, out: Path, tls: bool
             assert figs["proxy_user_us"] + figs["proxy_sys_us"] == pytest.approx(
                 figs["proxy_us_per_session"]
             )
+            if shutil.which("strace"):  # the separate run under strace -f -c
+                calls = r["syscalls"]
+                assert calls["sessions"] == 20 and calls["total"] == figs["syscalls_per_login"]
+                # every login accepts the client and connects to the auth server and backend
+                assert calls["per_login"]["connect"] >= 2 and calls["total"] > 10
         elif r["scenario"].startswith("tls-handshake"):
             assert figs["handshakes_per_s"] > 0 and figs["p99_ms"] >= figs["p50_ms"] > 0
             resumed = r["scenario"].endswith("resumed")
@@ -76,6 +82,13 @@ def check_complete_run(result: dict[str, Any], target: str, out: Path, tls: bool
     md = (out / "report.md").read_text()
     assert "| login-imap-keepalive-c4 | " + target in md and "## Goals" in md
     assert "| proxy CPU per login, keepalive ≤ 0.8x |" in md
+    if shutil.which("strace"):
+        assert "## Syscalls per login" in md
+    if target == "fastmail" and shutil.which("perf"):
+        prof = next(r["profile"] for r in runs if r.get("profile"))
+        assert prof["scenario"] == "login-imap-keepalive-c4" and prof["samples"] > 0
+        assert prof["top"] and prof["kernel_pct"] + prof["user_pct"] == pytest.approx(100, 1)
+        assert "## Profile: fastmail's worker, login-imap-keepalive-c4" in md
     if tls:
         assert result["unavailable"] == {}
         # the pinned TLS is what both proxies negotiated
