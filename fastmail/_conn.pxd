@@ -38,7 +38,7 @@ cdef void sock_init(Sock *s, int fd) noexcept
 cdef Py_ssize_t sock_recv(Sock *s, char *buf, Py_ssize_t n) noexcept
 cdef Py_ssize_t sock_send_some(Sock *s, const char *p, Py_ssize_t n) noexcept
 cdef int sock_write(Sock *s, const char *p, Py_ssize_t n) noexcept
-cdef int sock_write_bytes(Sock *s, bytes data) except -2
+cdef int sock_write_bytes(Sock *s, bytes data) noexcept
 cdef int sock_flush(Sock *s) noexcept
 cdef void sock_close(Sock *s) noexcept
 cdef inline bint sock_pending(Sock *s) noexcept:

@@ -142,7 +142,7 @@ cdef int sock_write(Sock *s, const char *p, Py_ssize_t n) noexcept:
     return 0
 
 
-cdef int sock_write_bytes(Sock *s, bytes data) except -2:
+cdef int sock_write_bytes(Sock *s, bytes data) noexcept:
     return sock_write(s, data, len(data))
 
 

@@ -289,6 +289,26 @@ def test_client_gone_mid_command(proxy, authd, free_port, line_client, protocol)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_clients_resetting_while_answered_leave_the_server_serving(
+    proxy, authd, fake_backend, free_port, protocol
+):
+    """Clients that send a burst of binary junk (a TLS ClientHello on a plain port) and
+    reset before the replies are written: every write to them fails, and the proxy goes on
+    serving (fastmail's engine once crashed on a failed write to such a client)."""
+    add_user(authd, "alice", "secret", {protocol: ("127.0.0.1", fake_backend.port(protocol))})
+    p = start(proxy, authd, free_port, protocol)
+    junk = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) * 2 + b"\r\n" * 20
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        s.sendall(junk)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s, s.makefile("rb") as f:
+        assert f.readline().startswith(GREETING[protocol])
+    p.assert_no_leaks(p.base, p.ignore)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_client_gone_during_auth(proxy, authd, fake_backend, free_port, line_client, protocol):
     add_user(authd, "alice", "secret", {protocol: ("127.0.0.1", fake_backend.port(protocol))})
     authd.add_rule(lambda q: Reply.slow(0.5))
