@@ -19,7 +19,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from uvloop.loop import SSLProtocol as _UvSSLProtocol
+# uvloop's stubs leave out its (Cython) SSLProtocol class
+from uvloop.loop import SSLProtocol as _UvSSLProtocol  # type: ignore[attr-defined]
 
 # --- OpenSSL through ctypes ------------------------------------------------------------------
 
