@@ -251,7 +251,9 @@ class Proxy:
         skip = set(ignore_ports)
         return [c for c in tcp_connections(self.pid) if c[1][1] not in skip]
 
-    def _settled(self, ignore: list[int]) -> tuple[list[object], int]:
+    def _settled(
+        self, ignore: list[int]
+    ) -> tuple[list[tuple[tuple[str, int], tuple[str, int], str]], int]:
         """(connections not to `ignore`, fds not counting connections to `ignore`)."""
         all_conns = tcp_connections(self.pid)
         conns = [c for c in all_conns if c[1][1] not in ignore]
