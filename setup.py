@@ -25,6 +25,7 @@ extensions = [
     Extension(
         "fastmail." + os.path.basename(path)[:-4],
         [path],
+        include_dirs=["fastmail"],  # _debug.h, for the C files under build/
         define_macros=macros,
         # Release builds: Python's CFLAGS carry -g, which -g0 undoes, and the linker strips
         # the symbol table (the dynamic symbols Python imports stay): _relay 1.9 MB -> 0.3 MB.
@@ -40,5 +41,11 @@ setup(
         compiler_directives=directives,
         annotate=DEBUG,
         compile_time_env={"DEBUG": DEBUG},
-    )
+        # Cython's up-to-date check looks at timestamps, not at the variant: each variant
+        # generates its C in a directory of its own, so a release build never reuses the
+        # debug build's C (bounds checks, line tracing) or the other way round.
+        build_dir="build/cython-debug" if DEBUG else "build/cython-release",
+    ),
+    # nor does setuptools' check (the in-place .so may be the other variant's)
+    options={"build_ext": {"force": True}},
 )
