@@ -163,7 +163,7 @@ def _addr(hexaddr: str) -> tuple[str, int]:
 def _tcp_rows(pid: int) -> list[list[str]]:
     """The /proc/net/tcp{,6} rows of the TCP sockets the process holds."""
     inodes = _socket_inodes(pid)
-    rows = []
+    rows: list[list[str]] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
