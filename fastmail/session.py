@@ -324,7 +324,7 @@ class ClientSession(asyncio.Protocol):
                 if rt.conf.ssl_context is obj.context:
                     self.rt = rt
                     if self.trace is not None or rt.log.level >= DEBUG:
-                        fd = self.sock.fileno()  # type: ignore[union-attr]
+                        fd = self.sock.fileno()
                         debug = rt.log.level >= DEBUG
                         self.trace = Trace(rt.log, self.id, rt.protocol, fd) if debug else None
                     break

@@ -135,9 +135,9 @@ class DnsStub(asyncio.DatagramProtocol):
         for value, ttl, *rtype in answers:
             rtype_code = TYPES[rtype[0]] if rtype else qtype
             if rtype_code == 1:
-                rdata = ipaddress.IPv4Address(value).packed  # type: ignore[arg-type]
+                rdata = ipaddress.IPv4Address(value).packed
             elif rtype_code == 28:
-                rdata = ipaddress.IPv6Address(value).packed  # type: ignore[arg-type]
+                rdata = ipaddress.IPv6Address(value).packed
             else:
                 rdata = _encode_name(value)
             body += struct.pack("!HHHIH", 0xC00C, rtype_code, 1, ttl, len(rdata)) + rdata
