@@ -3,12 +3,23 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from typing_extensions import disjoint_base
+
 def pool_stats() -> tuple[int, int]: ...
 def pool_configure(idle_max: int = 16, pipe_size: int = 1048576) -> None: ...
 def pool_clear() -> None: ...
 def take_fd(transport: asyncio.Transport) -> int: ...
 
-class BackendSocket:
+@disjoint_base
+class Watcher:
+    """Something with fds in a Poller."""
+
+@disjoint_base
+class Poller:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None: ...
+
+@disjoint_base
+class BackendSocket(Watcher):
     fd: int
     closed: bool
     def __init__(
@@ -18,7 +29,8 @@ class BackendSocket:
     def fail(self, reason: str) -> None: ...
     def close(self) -> None: ...
 
-class ClientConn:
+@disjoint_base
+class ClientConn(Watcher):
     fd: int
     def __init__(
         self, loop: asyncio.AbstractEventLoop, fd: int, peer: tuple[str, int], local: Any
@@ -39,7 +51,8 @@ class ClientConn:
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
     def fileno(self) -> int: ...
 
-class Listener:
+@disjoint_base
+class Listener(Watcher):
     closed: bool
     def __init__(
         self,
@@ -50,7 +63,8 @@ class Listener:
     ) -> None: ...
     def close(self) -> None: ...
 
-class SpliceRelay:
+@disjoint_base
+class SpliceRelay(Watcher):
     closed: bool
     timed_out: bool
     close_reason: str | None
@@ -78,6 +92,7 @@ class SpliceRelay:
     @property
     def last_activity(self) -> float: ...
 
+@disjoint_base
 class BufferRelay:
     closed: bool
     timed_out: bool

@@ -13,13 +13,16 @@ import asyncio
 import os
 import socket
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from fastmail import _imap, _pop3, _smtp
 from fastmail.auth_http import AuthHttpClient
 from fastmail.conf.model import Config, ListenSocket, ServerConf
 from fastmail.log import ErrorLog
 from fastmail.proxy_protocol import TrustedNetworks
+
+# The client session machine of a server{}'s protocol: session.py drives any of them.
+ClientMachine = _imap.ImapSession | _pop3.Pop3Session | _smtp.SmtpSession
 
 
 def bind_socket(ls: ListenSocket) -> socket.socket:
@@ -98,6 +101,9 @@ class ServerRuntime:
         self.timeout_s = conf.timeout / 1000
         self.proxy_timeout_s = conf.proxy_timeout / 1000
         tls = conf.ssl_context is not None
+        self.profile: _imap.ImapProfile | _pop3.Pop3Profile | _smtp.SmtpProfile
+        # called with self.profile: each protocol's class goes with its own profile
+        self.machine_class: Callable[..., ClientMachine]
         if conf.protocol == "imap":
             self.profile = _imap.ImapProfile(
                 capabilities=[c.encode() for c in conf.imap_capabilities],

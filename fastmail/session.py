@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from fastmail import _login, proxy_protocol, tls
 from fastmail._core import (
@@ -32,11 +32,11 @@ from fastmail.log import ALERT, DEBUG, ERROR, INFO
 if TYPE_CHECKING:
     import ssl
 
-    from fastmail._core import Machine
     from fastmail.auth_http import AuthCall, AuthResult
+    from fastmail.conf.model import ListenSocket
     from fastmail.deadlines import Deadline
     from fastmail.resolver import ClientHost, Lookup
-    from fastmail.server import ServerRuntime
+    from fastmail.server import ClientMachine, ServerRuntime
     from fastmail.worker import Worker
 
 # session states
@@ -67,13 +67,13 @@ class ClientSession(asyncio.Protocol):
         "trace",
     )  # fmt: skip
 
-    def __init__(self, worker: Worker, listen: object) -> None:
+    def __init__(self, worker: Worker, listen: ListenSocket) -> None:
         self.worker = worker
         self.loop = worker.loop
         self.rt: ServerRuntime = None  # type: ignore[assignment]
         self.transport: asyncio.Transport | None = None
         self.state = DIALOGUE
-        self.machine: Machine | None = None
+        self.machine: ClientMachine | None = None
         self.login: _login.BackendLogin | None = None
         self.deadline: Deadline | None = None  # `timeout`: one loop timer for all sessions
         self.timer: asyncio.TimerHandle | None = None
@@ -92,15 +92,17 @@ class ClientSession(asyncio.Protocol):
         self.lookup: Lookup | None = None
         self.held = 0
         self.trace: Trace | None = None  # debug lines: only when the log takes them
-        self.sock = listen  # the ListenSocket until connection_made
+        # the ListenSocket until connection_made, then the transport's socket (one slot)
+        self.sock: Any = listen
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        t = cast("asyncio.Transport", transport)  # a stream transport (uvloop's or ClientConn)
+        self.transport = t
         w = self.worker
         self.id = w.next_id()
-        ls = self.sock
+        ls: ListenSocket = self.sock
         self.sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
@@ -116,7 +118,7 @@ class ClientSession(asyncio.Protocol):
             )
             self.state = CLOSED
             self.handover = True  # nothing to clean up in connection_lost
-            transport.abort()
+            t.abort()
             return
         w.sessions.add(self)
         log = self.rt.log
@@ -214,13 +216,13 @@ class ClientSession(asyncio.Protocol):
         # Beyond nginx, a header split over several reads is reassembled (nginx reads once).
         self.pending += data
         res = proxy_protocol.parse(bytes(self.pending), limit=PROXY_HEADER_LIMIT)
-        if res is proxy_protocol.NEED_MORE:
-            return
         if isinstance(res, proxy_protocol.ProxyError):
             if res.message:
                 self._log(ERROR, res.message, "reading PROXY protocol")
             self._close()
             return
+        if not isinstance(res, proxy_protocol.ProxyHeader):
+            return  # NEED_MORE
         self.proxy_header = res
         rest = bytes(self.pending[res.consumed :])
         self.pending = bytearray()
@@ -322,7 +324,7 @@ class ClientSession(asyncio.Protocol):
                 if rt.conf.ssl_context is obj.context:
                     self.rt = rt
                     if self.trace is not None or rt.log.level >= DEBUG:
-                        fd = self.sock.fileno()  # type: ignore[union-attr]
+                        fd = self.sock.fileno()
                         debug = rt.log.level >= DEBUG
                         self.trace = Trace(rt.log, self.id, rt.protocol, fd) if debug else None
                     break
@@ -357,6 +359,7 @@ class ClientSession(asyncio.Protocol):
             self.deadline = None
         rt = self.rt
         auth = self.machine.auth  # type: ignore[union-attr]
+        assert auth is not None  # ACT_AUTH: the machine has built it
         pp = None
         h = self.proxy_header
         if h is not None and h.src_addr is not None:
@@ -425,6 +428,7 @@ class ClientSession(asyncio.Protocol):
         rt = self.rt
         conf = rt.conf
         auth = self.machine.auth  # type: ignore[union-attr]
+        assert auth is not None  # auth_http answered the machine's request
         self.upstream = f"{res.server.decode('latin-1')}:{res.port}"  # type: ignore[union-attr]
         header = b""
         if conf.proxy_protocol != "off":
@@ -439,6 +443,7 @@ class ClientSession(asyncio.Protocol):
         tb_header = b""
         if transport_backend:
             tb_header, header = header, b""
+        login: _login.BackendLogin
         if rt.protocol == "imap":
             login = _login.ImapLogin(
                 auth,
@@ -471,7 +476,7 @@ class ClientSession(asyncio.Protocol):
         self.deadline = self.worker.deadline(rt.timeout_s, self._timed_out)
         if transport_backend:
             name = conf.proxy_ssl_name or res.server.decode("latin-1")  # type: ignore[union-attr]
-            self.backend = TransportBackend(  # type: ignore[assignment]
+            self.backend = TransportBackend(
                 self, res.addr or "", res.port or 0, mode, name, tb_header
             )
             if self.trace is not None:
@@ -551,7 +556,7 @@ class ClientSession(asyncio.Protocol):
         if isinstance(client, ClientConn):
             client_fd: int | ClientConn = client  # its fd and poller registration move as is
         else:
-            client_fd = os.dup(self.sock.fileno())  # type: ignore[union-attr]
+            client_fd = os.dup(self.sock.fileno())
             client.abort()  # type: ignore[union-attr]
         self.transport = None
         self.backend = None
@@ -677,15 +682,16 @@ class TransportBackend(asyncio.Protocol):
                 self.fail(f"connect() failed ({err}: {os.strerror(err)})")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        t = cast("asyncio.Transport", transport)  # create_connection's stream transport
+        self.transport = t
         if self.closed:
-            transport.abort()
+            t.abort()
             return
-        sock = transport.get_extra_info("socket")
+        sock = t.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.header:
-            transport.write(self.header)  # type: ignore[attr-defined]
+            t.write(self.header)
         if self.mode == "on":
             self.loop.create_task(self._tls())
         elif self.mode == "off":
@@ -715,6 +721,7 @@ class TransportBackend(asyncio.Protocol):
                 text = tls.handshake_error_text(e)
                 self.fail(f"upstream {text}" if text.startswith("SSL") else text)
             return
+        assert t is not None  # typeshed allows None; start_tls returns the new transport
         if self.closed:
             t.abort()
             return

@@ -10,6 +10,7 @@ and IO are nginx's signals too and must not kill it). Must not bind sockets or r
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import socket
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from fastmail.server import ServerRuntime, install_sni
 from fastmail.session import ClientSession
 
 if TYPE_CHECKING:
-    from fastmail.conf.model import Config, ListenSocket
+    from fastmail.conf.model import Config, ListenSocket, LogTarget
 
 
 class Worker:
@@ -48,7 +49,7 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.runtimes: dict[int, ServerRuntime] = {}
         self.sessions: set[ClientSession] = set()
-        self.relays: dict[SpliceRelay, ClientSession] = {}
+        self.relays: dict[SpliceRelay | BufferRelay, ClientSession] = {}
         self.servers: list[asyncio.AbstractServer | Listener] = []
         self._ids = 0
         self._stopping = False
@@ -74,7 +75,7 @@ class Worker:
             q = self._deadlines[delay] = Deadlines(self.loop, delay)
         return q.add(callback)
 
-    def _server_log(self, targets: list) -> ErrorLog:
+    def _server_log(self, targets: list[LogTarget]) -> ErrorLog:
         if not targets or targets == self.config.main.error_log:
             return self.log
         key = tuple(astuple(t) for t in targets)  # level, debug mask, syslog server included
@@ -120,13 +121,13 @@ class Worker:
                     Listener(
                         loop,
                         sock,
-                        lambda ls=ls: ClientSession(self, ls),
+                        functools.partial(ClientSession, self, ls),
                         (lst.host, lst.port) if one else None,
                     )
                 )
                 continue
             srv = await loop.create_server(
-                lambda ls=ls: ClientSession(self, ls), sock=sock, backlog=ls.listen.backlog
+                functools.partial(ClientSession, self, ls), sock=sock, backlog=ls.listen.backlog
             )
             self.servers.append(srv)
         if any(isinstance(s, Listener) for s in self.servers):
@@ -234,10 +235,10 @@ class Worker:
             # at least one TLS record, or every record would pause the other side
             buffer_size=max(session.rt.conf.proxy_buffer, 16384),
         )
-        self.relays[relay] = session  # type: ignore[index]
+        self.relays[relay] = session
         relay.start()
 
-    def _relay_closed(self, relay: SpliceRelay) -> None:
+    def _relay_closed(self, relay: SpliceRelay | BufferRelay) -> None:
         session = self.relays.pop(relay, None)
         if session is not None:
             log = session.rt.log

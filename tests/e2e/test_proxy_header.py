@@ -9,7 +9,7 @@ import time
 from support.fastmail import add_user, fastmail_only, mail_block, read_line, wait_eof
 
 
-def listener(proxy, authd, port: int):  # type: ignore[no-untyped-def]
+def listener(proxy, authd, port: int):
     servers = f"""
     server {{
         listen 127.0.0.1:{port} proxy_protocol;

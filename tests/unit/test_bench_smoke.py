@@ -117,7 +117,7 @@ def auth_server() -> Iterator[int]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        wait_listening(proc, [port], 10, "servers auth", lambda: "")  # type: ignore[arg-type]
+        wait_listening(proc, [port], 10, "servers auth", lambda: "")
         yield port
     finally:
         proc.kill()

@@ -5,7 +5,7 @@ machines are the real ones, the lines go through a real ErrorLog into a file."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from fastmail.auth_http import build_request
 from fastmail.conf.model import LogTarget
 from fastmail.debuglog import Trace, TracedLogin
 from fastmail.log import DEBUG, INFO, ErrorLog
+from fastmail.server import ClientMachine
 
 PW = b"Pw-7zQ x"  # with a space: a quoted IMAP string, several words on a POP3 PASS line
 B64_PW = base64.b64encode(PW)
@@ -57,7 +58,7 @@ def no_secret(text: str) -> None:
         assert secret.decode() not in text
 
 
-MACHINES = {
+MACHINES: dict[str, Callable[[], ClientMachine]] = {
     "imap": lambda: _imap.ImapSession(_imap.ImapProfile(auth_methods=["plain", "login"])),
     "pop3": lambda: _pop3.Pop3Session(_pop3.Pop3Profile(auth_methods=["plain", "apop"])),
     "smtp": lambda: _smtp.SmtpSession(_smtp.SmtpProfile(auth_methods=["plain", "login"])),
@@ -77,7 +78,7 @@ def converse(lg: Logged, protocol: str, chunks: list[bytes]) -> AuthRequest:
         if acts & ACT_AUTH:
             break
     assert acts & ACT_AUTH, m.take_output()
-    assert m.auth.passwd == PW
+    assert m.auth is not None and m.auth.passwd == PW
     return m.auth
 
 
@@ -274,9 +275,9 @@ def test_backend_dialogue_in_nginx_words_without_credentials(logged) -> None:
 
     lg = logged("smtp")
     auth = AuthRequest(b"smtp", b"plain", b"alice", PW)
-    login = SmtpLogin(auth, server_name=b"mx", client_addr=b"192.0.2.1", proxy_smtp_auth=True)
+    smtp = SmtpLogin(auth, server_name=b"mx", client_addr=b"192.0.2.1", proxy_smtp_auth=True)
     drive(
-        TracedLogin(login, lg.trace),
+        TracedLogin(smtp, lg.trace),
         [b"220 hi\r\n", b"250 ok\r\n", b"220 ok\r\n", b"235 ok\r\n"],
     )
     no_secret(lg.text())
