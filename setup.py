@@ -1,7 +1,8 @@
 """Build the Cython core: one extension per fastmail/_*.pyx.
 
-FASTMAIL_DEBUG=1 gives the debug build: bounds checks, line tracing and the
-FASTMAIL_DEBUG macro (see fastmail/_debug.h), as uvloop and asyncpg do.
+FASTMAIL_DEBUG=1 gives the debug build: bounds checks, line tracing, the
+FASTMAIL_DEBUG macro (see fastmail/_debug.h) and debug symbols, as uvloop and asyncpg
+do; the release build is stripped.
 """
 
 import glob
@@ -24,8 +25,12 @@ extensions = [
     Extension(
         "fastmail." + os.path.basename(path)[:-4],
         [path],
+        include_dirs=["fastmail"],  # _debug.h, for the C files under build/
         define_macros=macros,
-        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
+        # Release builds: Python's CFLAGS carry -g, which -g0 undoes, and the linker strips
+        # the symbol table (the dynamic symbols Python imports stay): _relay 1.9 MB -> 0.3 MB.
+        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2", "-g0"],
+        extra_link_args=[] if DEBUG else ["-s"],
     )
     for path in sorted(glob.glob("fastmail/_*.pyx"))
 ]
@@ -36,5 +41,11 @@ setup(
         compiler_directives=directives,
         annotate=DEBUG,
         compile_time_env={"DEBUG": DEBUG},
-    )
+        # Cython's up-to-date check looks at timestamps, not at the variant: each variant
+        # generates its C in a directory of its own, so a release build never reuses the
+        # debug build's C (bounds checks, line tracing) or the other way round.
+        build_dir="build/cython-debug" if DEBUG else "build/cython-release",
+    ),
+    # nor does setuptools' check (the in-place .so may be the other variant's)
+    options={"build_ext": {"force": True}},
 )

@@ -238,8 +238,11 @@ def harness_table(runs: list[dict[str, Any]], targets: list[str]) -> list[str]:
     ]
     for sc in dict.fromkeys(r["scenario"] for r in runs):
         for t in targets:
-            hs = [r.get("harness") for r in runs if r["scenario"] == sc and r["target"] == t]
-            hs = [h for h in hs if h]
+            hs = [
+                r["harness"]
+                for r in runs
+                if r["scenario"] == sc and r["target"] == t and r.get("harness")
+            ]
             if hs:
                 cells = [f"{statistics.median(h.get(k, 0.0) for h in hs):.0%}" for k in keys]
                 out.append(f"| {sc} | {t} | " + " | ".join(cells) + " |")

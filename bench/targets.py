@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -470,20 +471,24 @@ class Proxy:
 
 
 def wait_listening(
-    proc: subprocess.Popen[bytes], ports: list[int], timeout: float, name: str, tail: object
+    proc: subprocess.Popen[bytes],
+    ports: list[int],
+    timeout: float,
+    name: str,
+    tail: Callable[[], str],
 ) -> None:
     deadline = time.monotonic() + timeout
     pending = list(ports)
     while pending:
         if proc.poll() is not None:
             raise TargetError(
-                f"{name} exited with status {proc.returncode} before listening:\n{tail()}"  # type: ignore[operator]
+                f"{name} exited with status {proc.returncode} before listening:\n{tail()}"
             )
         if time.monotonic() > deadline:
             stop_process(proc)
             raise TargetError(
                 f"{name} did not listen on {pending} within {timeout:.0f}s:\n{tail()}"
-            )  # type: ignore[operator]
+            )
         try:
             with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5):
                 pending.pop(0)

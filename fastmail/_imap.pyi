@@ -2,11 +2,24 @@
 
 from collections.abc import Iterable
 
-from fastmail._core import AuthRequest
+from typing_extensions import disjoint_base
+
+from fastmail._core import Machine
 
 GREETING: bytes
+OK_COMPLETED: bytes
+BAD_INVALID: bytes
+STAR_TAG: bytes
+BYE: bytes
+NEXT: bytes
+PLUS_EMPTY: bytes
+PLUS_USERNAME: bytes
+PLUS_PASSWORD: bytes
 INTERNAL_ERROR: bytes
+ID_NIL: bytes
+OK_ID: bytes
 
+@disjoint_base
 class ImapProfile:
     greeting: bytes
     cap_plain: bytes
@@ -30,19 +43,11 @@ class ImapProfile:
         server_name: bytes | str = b"localhost",
     ) -> None: ...
 
-class ImapSession:
+@disjoint_base
+class ImapSession(Machine):
     tls: bool
     state: int
     tag: bytes
-    errors: int
-    max_errors: int
-    commands: int
-    max_commands: int
-    auth: AuthRequest | None
-    phase: str
-    close_reason: str | None
-    timer_ms: int
-    login_attempt: int
     def __init__(self, profile: ImapProfile, tls: bool = False) -> None: ...
     def start(self) -> int: ...
     def feed(self, data: bytes | bytearray | memoryview) -> int: ...
@@ -58,5 +63,3 @@ class ImapSession:
     def on_tls_done(self) -> int: ...
     def on_timeout(self) -> int: ...
     def on_timer(self) -> int: ...
-    def take_output(self) -> bytes: ...
-    def take_input(self) -> bytes: ...

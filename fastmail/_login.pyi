@@ -1,12 +1,17 @@
+from typing_extensions import disjoint_base
+
 from fastmail._core import AuthRequest
 
 IMAP_INTERNAL_ERROR: bytes
 POP3_INTERNAL_ERROR: bytes
 SMTP_INTERNAL_ERROR: bytes
 SMTP_AUTH_OK: bytes
+READING: str
+CTL_REASON: str
 
 def xtext(value: bytes) -> bytes: ...
 
+@disjoint_base
 class BackendLogin:
     auth: AuthRequest
     phase: str
@@ -40,6 +45,7 @@ class Pop3Login(BackendLogin):
         proxy_header: bytes = b"",
     ) -> None: ...
 
+@disjoint_base
 class SmtpLogin(BackendLogin):
     def __init__(
         self,

@@ -2,6 +2,8 @@
 
 from collections.abc import Iterable
 
+from typing_extensions import disjoint_base
+
 from fastmail._core import Machine
 
 GREETING: bytes
@@ -9,6 +11,7 @@ OK: bytes
 ERR_INVALID: bytes
 ERR_INTERNAL: bytes
 
+@disjoint_base
 class Pop3Profile:
     capa: bytes
     capa_stls: bytes
@@ -34,6 +37,7 @@ class Pop3Profile:
     @property
     def needs_salt(self) -> bool: ...
 
+@disjoint_base
 class Pop3Session(Machine):
     tls: bool
     state: int

@@ -1,6 +1,8 @@
 from collections.abc import Iterable
 
-from fastmail._core import AuthRequest
+from typing_extensions import disjoint_base
+
+from fastmail._core import Machine
 
 S220_START_TLS: bytes
 S221_BYE: bytes
@@ -16,6 +18,7 @@ S503_PIPELINING: bytes
 S530_AUTH_REQUIRED: bytes
 S535_DEFAULT_CODE: bytes
 
+@disjoint_base
 class SmtpProfile:
     greeting: bytes
     helo_reply: bytes
@@ -41,22 +44,14 @@ class SmtpProfile:
     ) -> None: ...
     def enabled(self, method: str) -> bool: ...
 
-class SmtpSession:
+@disjoint_base
+class SmtpSession(Machine):
     profile: SmtpProfile
     tls: bool
     helo: bytes
     mail_from: bytes
     rcpt_to: bytes
     esmtp: bool
-    errors: int
-    max_errors: int
-    commands: int
-    max_commands: int
-    auth: AuthRequest | None
-    phase: str
-    close_reason: str | None
-    timer_ms: int
-    login_attempt: int
     def __init__(self, profile: SmtpProfile, tls: bool = False) -> None: ...
     @property
     def state_name(self) -> str: ...
@@ -76,5 +71,3 @@ class SmtpSession:
     def on_tls_done(self) -> int: ...
     def on_timeout(self) -> int: ...
     def on_timer(self) -> int: ...
-    def take_output(self) -> bytes: ...
-    def take_input(self) -> bytes: ...

@@ -478,7 +478,6 @@ def interpret(
             ssl_backend = value
     wait = _atoi(wait_txt) if wait_txt is not None else 0
     wait = wait or 0
-    base = {"user": user, "passwd": passwd}
     if fail is not None:
         text = fail.decode("utf-8", "backslashreplace")
         return AuthResult(
@@ -489,22 +488,23 @@ def interpret(
             wait=wait,
             log_message=f'client login failed: "{text}"',
             log_level="info",
-            **base,
+            user=user,
+            passwd=passwd,
         )
     if wait_flag:
-        return AuthResult("wait", wait=wait, **base)
+        return AuthResult("wait", wait=wait, user=user, passwd=passwd)
     if not server or not port:
-        return _error(f"auth http server {peer} did not send server or port", **base)
+        return _error(f"auth http server {peer} did not send server or port", user, passwd)
     if not smtp and passwd is None and _no_password(auth):
-        return _error(f"auth http server {peer} did not send password", **base)
+        return _error(f"auth http server {peer} did not send password", user, passwd)
     addr = parse_server_addr(server)
     if addr is None and not (allow_names and _HOSTNAME_RE.match(server)):
         v = server.decode("utf-8", "backslashreplace")
-        return _error(f'auth http server {peer} sent invalid server address:"{v}"', **base)
+        return _error(f'auth http server {peer} sent invalid server address:"{v}"', user, passwd)
     n = _atoi(port)
     if n is None or not 1 <= n <= 65535:
         v = port.decode("utf-8", "backslashreplace")
-        return _error(f'auth http server {peer} sent invalid server port:"{v}"', **base)
+        return _error(f'auth http server {peer} sent invalid server port:"{v}"', user, passwd)
     return AuthResult("ok", server, n, addr, user, passwd, ssl_backend=ssl_backend)
 
 
@@ -516,8 +516,9 @@ def _no_password(auth: AuthRequest) -> bool:
     return auth.method == b"external" and not auth.passwd
 
 
-def _error(msg: str | None, **kw: bytes | None) -> AuthResult:
-    return AuthResult("error", log_message=msg, log_level="error" if msg else None, **kw)
+def _error(msg: str | None, user: bytes | None = None, passwd: bytes | None = None) -> AuthResult:
+    level = "error" if msg else None
+    return AuthResult("error", user=user, passwd=passwd, log_message=msg, log_level=level)
 
 
 def reader_error(reader: ResponseReader, peer: str) -> AuthResult:
@@ -911,6 +912,7 @@ class AuthHttpClient:
             if self.unix_path is not None:
                 await self.loop.create_unix_connection(lambda: conn, self.unix_path)
             else:
+                assert self.host is not None  # url_host is None only with unix_path
                 await self.loop.create_connection(lambda: conn, self.host, self.port)
         except BaseException:
             self._open.discard(conn)

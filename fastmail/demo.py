@@ -99,7 +99,7 @@ def _check(ports: dict[str, int]) -> list[str]:
     imap.login(USER, PASSWORD)
     typ, data = imap.select("INBOX")
     imap.logout()
-    lines.append(f"IMAP  login ok, INBOX holds {data[0].decode()} message(s)")
+    lines.append(f"IMAP  login ok, INBOX holds {(data[0] or b'?').decode()} message(s)")
     pop = poplib.POP3("127.0.0.1", ports["pop3"], timeout=10)
     pop.user(USER)
     pop.pass_(PASSWORD)

@@ -259,6 +259,7 @@ class Master:
         self.start_workers()
         while True:
             wait = self._next_timer()
+            info: signal.struct_siginfo | None  # None: sigtimedwait timed out
             if wait is None:
                 info = signal.sigwaitinfo(MASTER_SIGNALS)
             else:

@@ -11,6 +11,7 @@ exists and `client_host(None, ...)` answers `[UNAVAILABLE]` without any DNS.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import math
 import re
@@ -166,8 +167,8 @@ class Resolver:
         inflight, self._inflight = self._inflight, {}
         self._channel.close()
         for waiters in inflight.values():
-            for w in waiters:
-                w(("err", "2: Server failure", 0.0))
+            for waiter in waiters:
+                waiter(("err", "2: Server failure", 0.0))
 
     # --- cached queries -------------------------------------------------------------------
 
@@ -237,7 +238,10 @@ class Resolver:
                 if rr.type != qtype:
                     continue  # CNAMEs before the record are skipped
                 data = rr.data
-                values.append(data.dname if qtype == pycares.QUERY_TYPE_PTR else data.addr)
+                if isinstance(data, pycares.PTRRecordData):
+                    values.append(data.dname)
+                elif isinstance(data, (pycares.ARecordData, pycares.AAAARecordData)):
+                    values.append(data.addr)
                 ttl = min(ttl, rr.ttl)
             if not values:
                 status = aerr.ARES_ENODATA
@@ -281,7 +285,7 @@ class Resolver:
             for t in types:
                 kind, value, _ = results[t]
                 if kind == "ok":
-                    addrs += value  # type: ignore[arg-type]
+                    addrs += value
                 else:
                     errors.append(value)
             if addrs:
@@ -292,7 +296,7 @@ class Resolver:
                 cb([], _NOT_FOUND)
 
         for t in types:
-            self._query(name, t, lambda a, t=t: one(t, a))
+            self._query(name, t, functools.partial(one, t))
 
     def resolve_name(
         self, name: bytes, callback: Callable[[list[str], str | None], None]
@@ -334,7 +338,7 @@ class Resolver:
                 host = UNAVAILABLE if value == _NOT_FOUND else TEMPUNAVAIL
                 deliver(ClientHost(host, f"{addr} could not be resolved ({value})", ACTION_ADDRESS))
                 return
-            name = value[0].rstrip(".").lower()  # type: ignore[union-attr]
+            name = value[0].rstrip(".").lower()
             if not _VALID_NAME.match(name):
                 msg = f'{addr} resolved to invalid host name "{_shown(name)}"'
                 deliver(ClientHost(TEMPUNAVAIL, msg, ACTION_ADDRESS))

@@ -19,7 +19,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from uvloop.loop import SSLProtocol as _UvSSLProtocol
+# uvloop's stubs leave out its (Cython) SSLProtocol class
+from uvloop.loop import SSLProtocol as _UvSSLProtocol  # type: ignore[attr-defined]
 
 # --- OpenSSL through ctypes ------------------------------------------------------------------
 
@@ -446,11 +447,48 @@ def _dn(der: bytes, which: str) -> bytes:
         OSSL.x509_free(x)
 
 
-def _serial(der: bytes) -> bytes:
-    from cryptography import x509
+def _der_item(der: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER element at `pos`, inside `end`."""
+    if pos + 2 > end:
+        raise ValueError("truncated")
+    tag, n = der[pos], der[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if not 0 < k <= 4 or pos + k > end:
+            raise ValueError("bad length")
+        n = int.from_bytes(der[pos : pos + k], "big")
+        pos += k
+    if pos + n > end:
+        raise ValueError("truncated")
+    return tag, pos, pos + n
 
-    n = x509.load_der_x509_certificate(der).serial_number
-    return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big").hex().upper().encode()
+
+def cert_serial(der: bytes) -> bytes:
+    """Auth-SSL-Serial as nginx writes it (i2a_ASN1_INTEGER of X509_get_serialNumber): the
+    serial's magnitude in upper-case hex, `-` first when negative, `00` for zero; b"" when
+    `der` is not a certificate. OpenSSL breaks the hex with a backslash-newline every 35
+    bytes, which would split nginx's header; no legal serial is that long (RFC 5280: 20
+    octets), and fastmail leaves the break out. Read straight from the DER (Certificate ->
+    tbsCertificate -> optional [0] version -> INTEGER) so that no X.509 library is needed."""
+    try:
+        tag, start, end = _der_item(der, 0, len(der))
+        if tag != 0x30:
+            return b""
+        tag, start, end = _der_item(der, start, end)  # tbsCertificate
+        if tag != 0x30:
+            return b""
+        tag, start, stop = _der_item(der, start, end)
+        if tag == 0xA0:  # [0] EXPLICIT version
+            tag, start, stop = _der_item(der, stop, end)
+    except ValueError:
+        return b""
+    if tag != 0x02 or start == stop:
+        return b""
+    n = int.from_bytes(der[start:stop], "big", signed=True)
+    m = abs(n)
+    digits = m.to_bytes(max(1, (m.bit_length() + 7) // 8), "big").hex().upper()
+    return ("-" + digits if n < 0 else digits).encode()
 
 
 def ssl_info(obj: ssl.SSLObject, verify: str) -> dict[str, bytes]:
@@ -471,7 +509,7 @@ def ssl_info(obj: ssl.SSLObject, verify: str) -> dict[str, bytes]:
     )
     info["subject"] = _dn(der, "subject")
     info["issuer"] = _dn(der, "issuer")
-    info["serial"] = _serial(der)
+    info["serial"] = cert_serial(der)
     info["fingerprint"] = hashlib.sha1(der).hexdigest().encode()  # noqa: S324 - nginx's choice
     info["cert"] = ssl.DER_cert_to_PEM_cert(der).encode()
     return info

@@ -54,7 +54,7 @@ class Url:
     )
 
     def __init__(self) -> None:
-        self.family = socket.AF_INET
+        self.family: int = socket.AF_INET
         self.host = ""
         self.port = 0
         self.last_port = 0
@@ -87,9 +87,11 @@ def resolve_host(host: str) -> list[tuple[int, str]]:
         infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         raise ValueError("host not found") from None
-    v4 = [(socket.AF_INET, i[4][0]) for i in infos if i[0] == socket.AF_INET]
-    v6 = [
-        (socket.AF_INET6, str(ipaddress.IPv6Address(i[4][0].split("%")[0])))
+    v4: list[tuple[int, str]] = [
+        (socket.AF_INET, str(i[4][0])) for i in infos if i[0] == socket.AF_INET
+    ]
+    v6: list[tuple[int, str]] = [
+        (socket.AF_INET6, str(ipaddress.IPv6Address(str(i[4][0]).split("%")[0])))
         for i in infos
         if i[0] == socket.AF_INET6
     ]
@@ -517,7 +519,7 @@ def merge_mail(ld: Loader, mctx: Ctx) -> MailConf:
         fields = [d for d in mod.DIRECTIVES if d.field and d.contexts & SERVER]
         for sctx, out in zip(servers, outs, strict=True):
             for d in fields:
-                out[d.field] = merge_field(d, mctx, sctx)  # type: ignore[index]
+                out[d.field] = merge_field(d, mctx, sctx)
             fin = getattr(mod, "finalize", None)
             if fin is not None:
                 fin(ld, mctx, sctx, out)

@@ -28,6 +28,7 @@ from fastmail.conf.table import (
     TAKE2,
     TAKE12,
     Directive,
+    Handler,
     add_path,
     parse_number,
     parse_size,
@@ -109,10 +110,10 @@ def conf_command(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
 def _ssl_dir(
     name: str,
     args: int,
-    handler,
+    handler: Handler,
     field: str,
     default: Any = None,
-    default_doc: str = "—",  # type: ignore[no-untyped-def]
+    default_doc: str = "—",
     syntax: str = "file",
     doc: str = "",
     values: Any = None,
@@ -400,8 +401,10 @@ DIRECTIVES: tuple[Directive, ...] = (
 
 def _where(mctx: Ctx, sctx: Ctx) -> tuple[str, int]:
     if "listen_ssl" in sctx.extra:
-        return sctx.extra["listen_ssl"]
-    return sctx.extra.get("ssl_where") or mctx.extra.get("ssl_where") or ("", 0)
+        where: tuple[str, int] = sctx.extra["listen_ssl"]
+    else:
+        where = sctx.extra.get("ssl_where") or mctx.extra.get("ssl_where") or ("", 0)
+    return where
 
 
 def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import getpass
 import hashlib
 import hmac
@@ -519,8 +520,7 @@ class AuthServer:
             reply = rule(q)
             if reply is not None:
                 if reply.headers is None and reply.raw is None and not reply.drop:
-                    delay = reply.delay
-                    self.answer_from_db(q, lambda r, d=delay: done(_delayed(r, d)))
+                    self.answer_from_db(q, functools.partial(_answer_delayed, done, reply.delay))
                 else:
                     done(reply)
                 return
@@ -602,6 +602,10 @@ class AuthServer:
 def _delayed(reply: Reply, delay: float) -> Reply:
     reply.delay = max(reply.delay, delay)
     return reply
+
+
+def _answer_delayed(done: Callable[[Reply], None], delay: float, reply: Reply) -> None:
+    done(_delayed(reply, delay))
 
 
 class _AuthConnection(asyncio.Protocol):

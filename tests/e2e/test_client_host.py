@@ -19,7 +19,7 @@ def dns_stub(loop_thread):
     """`dns_stub(records)` -> a running DnsStub on the test loop thread."""
     made: list[DnsStub] = []
 
-    def start(records: dict) -> DnsStub:  # type: ignore[type-arg]
+    def start(records: dict) -> DnsStub:
         stub = DnsStub(records)
         loop_thread.run(stub.__aenter__())
         made.append(stub)

@@ -221,8 +221,8 @@ def smtp_auth(mech: str) -> Callable[[int], None]:
         with smtplib.SMTP("127.0.0.1", port, "client.example", timeout=10) as smtp:
             smtp.ehlo("client.example")
             smtp.user, smtp.password = "alice", PW
-            auth = {"PLAIN": smtp.auth_plain, "LOGIN": smtp.auth_login}.get(mech)
-            auth = auth or smtp.auth_cram_md5
+            # smtplib's own login() picks auth_plain/auth_login/auth_cram_md5 this way
+            auth = getattr(smtp, "auth_" + mech.lower().replace("-", "_"))
             assert smtp.auth(mech, auth, initial_response_ok=mech != "CRAM-MD5")[0] == 235
 
     return login

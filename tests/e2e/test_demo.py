@@ -8,7 +8,7 @@ import sys
 from support.ports import free_port
 
 
-def test_demo_logs_in_through_every_protocol_and_exits_clean(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_logs_in_through_every_protocol_and_exits_clean(tmp_path) -> None:
     ports = [str(free_port()) for _ in range(3)]
     proc = subprocess.run(
         [sys.executable, "-m", "fastmail.demo", "--check"]

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def test_stderr_of_a_daemon_is_its_error_log(kind, master):
 
 
 @pytest.fixture
-def syslog_dir() -> Path:
+def syslog_dir() -> Iterator[Path]:
     d = temp_dir("fastmail-syslog-")
     yield d
     for p in d.iterdir():

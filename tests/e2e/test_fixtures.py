@@ -22,10 +22,10 @@ def test_dovecot_imap_serves_seeded_messages(dovecot):
     with imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10) as imap:
         imap.login("alice", "secret")
         typ, data = imap.select("INBOX", readonly=True)
-        assert typ == "OK" and int(data[0]) == len(ALICE_MESSAGES)
-        typ, data = imap.fetch("2", "(BODY.PEEK[])")
-        assert typ == "OK"
-        assert data[0][1] == crlf(ALICE_MESSAGES[1])
+        assert typ == "OK" and data[0] is not None and int(data[0]) == len(ALICE_MESSAGES)
+        typ, fetched = imap.fetch("2", "(BODY.PEEK[])")
+        assert typ == "OK" and isinstance(fetched[0], tuple)
+        assert fetched[0][1] == crlf(ALICE_MESSAGES[1])
 
 
 def test_dovecot_rejects_wrong_password(dovecot):

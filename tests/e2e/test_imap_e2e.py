@@ -34,10 +34,10 @@ def imap_proxy(proxy, authd, dovecot, free_port):
 
 def read_inbox(imap: imaplib.IMAP4) -> list[bytes]:
     typ, data = imap.select("INBOX", readonly=True)
+    assert typ == "OK" and data[0] is not None
+    typ, fetched = imap.fetch(f"1:{int(data[0])}", "(BODY.PEEK[])")
     assert typ == "OK"
-    typ, data = imap.fetch(f"1:{int(data[0])}", "(BODY.PEEK[])")
-    assert typ == "OK"
-    return [part[1] for part in data if isinstance(part, tuple)]
+    return [part[1] for part in fetched if isinstance(part, tuple)]
 
 
 def dovecot_inbox(dovecot) -> list[bytes]:

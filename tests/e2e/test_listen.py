@@ -12,7 +12,7 @@ from pathlib import Path
 from support.fastmail import add_user, mail_block
 
 
-def wait_greeting(family: int, addr: object, timeout: float = 10.0) -> None:
+def wait_greeting(family: int, addr: str | tuple[str, int], timeout: float = 10.0) -> None:
     """The proxy is up once a connection gets the greeting (no PROXY header here)."""
     deadline = time.monotonic() + timeout
     while True:

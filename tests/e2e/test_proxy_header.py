@@ -15,7 +15,7 @@ from fastmail.testing.backend import ProxyHeader
 from support.fastmail import add_user, fastmail_only, mail_block, read_line, wait_eof
 
 
-def listener(proxy, authd, port: int):  # type: ignore[no-untyped-def]
+def listener(proxy, authd, port: int):
     servers = f"""
     server {{
         listen 127.0.0.1:{port} proxy_protocol;

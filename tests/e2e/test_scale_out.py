@@ -62,7 +62,7 @@ def test_two_instances_behind_haproxy(proxy, authd, dovecot, haproxy, free_port)
         with SourceIMAP("127.0.0.1", h.port, "127.0.0.2") as imap:
             assert imap.login("alice", "secret")[0] == "OK"
             _, data = imap.select("INBOX", readonly=True)
-            assert int(data[0]) == 3
+            assert data[0] is not None and int(data[0]) == 3
             imap.logout()
     reqs = authd.wait_for_requests(4)
     assert [r["Client-IP"] for r in reqs] == ["127.0.0.2"] * 4

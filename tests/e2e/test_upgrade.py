@@ -102,7 +102,7 @@ class Session:
         self.c.close()
 
 
-def setup(authd, fake_backend, free_port) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+def setup(authd, fake_backend, free_port) -> tuple[int, str]:
     add_user(authd, "alice", "secret", {"imap": ("127.0.0.1", fake_backend.port("imap"))})
     port = free_port()
     return port, mail_block(authd, server(port, "imap"))
@@ -186,7 +186,7 @@ def test_rollback_to_the_old_master(kind, master, authd, fake_backend, free_port
     )
 
     os.kill(old, signal.SIGHUP)
-    back = wait_for("the old master's workers", lambda: len(m.watch(old) - {new}) == 2)
+    wait_for("the old master's workers", lambda: len(m.watch(old) - {new}) == 2)
     back = children(old) - {new}
     os.kill(new, signal.SIGQUIT)
     wait_for("the new master to exit", lambda: gone(new))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,7 +86,7 @@ events = st.one_of(
 )
 
 
-def call(m: SmtpSession, ev: tuple[object, ...]) -> int:
+def call(m: SmtpSession, ev: tuple[Any, ...]) -> int:
     kind = ev[0]
     if kind == "feed":
         return m.feed(ev[1])

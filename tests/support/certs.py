@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import ssl
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
+
+from .process import find_binary
 
 
 @dataclass
@@ -49,3 +52,16 @@ def make_certs(directory: str | os.PathLike[str]) -> TestCerts:
     for p in (ca_cert, cert, key):
         os.chmod(p, 0o644)
     return TestCerts(d, ca, ca_cert, cert, key)
+
+
+def openssl_serial(pem: bytes) -> str:
+    """The serial of the first certificate in `pem` as OpenSSL prints it: i2a_ASN1_INTEGER,
+    which is nginx's Auth-SSL-Serial (its backslash-newline every 35 bytes joined)."""
+    out = subprocess.run(
+        [find_binary("openssl", "openssl"), "x509", "-noout", "-serial"],
+        input=pem,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout.decode()
+    return out.strip().removeprefix("serial=").replace("\\\n", "")

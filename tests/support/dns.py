@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import struct
+from collections.abc import Mapping, Sequence
 
 TYPES = {"A": 1, "PTR": 12, "AAAA": 28, "CNAME": 5}
 TYPE_NAMES = {v: k for k, v in TYPES.items()}
@@ -53,13 +54,13 @@ class DnsStub(asyncio.DatagramProtocol):
 
     def __init__(
         self,
-        records: Records | None = None,
+        records: Mapping[tuple[str, str], Sequence[tuple[str | bytes, int]]] | None = None,
         *,
         rcodes: dict[str, int] | None = None,
         delays: dict[str, float] | None = None,
         drop: set[str] | None = None,
     ) -> None:
-        self.records: Records = {(k[0].lower(), k[1]): v for k, v in (records or {}).items()}
+        self.records: Records = {(k[0].lower(), k[1]): list(v) for k, v in (records or {}).items()}
         self.rcodes = rcodes or {}
         self.delays = delays or {}
         self.drop = drop or set()
@@ -134,9 +135,9 @@ class DnsStub(asyncio.DatagramProtocol):
         for value, ttl, *rtype in answers:
             rtype_code = TYPES[rtype[0]] if rtype else qtype
             if rtype_code == 1:
-                rdata = ipaddress.IPv4Address(value).packed  # type: ignore[arg-type]
+                rdata = ipaddress.IPv4Address(value).packed
             elif rtype_code == 28:
-                rdata = ipaddress.IPv6Address(value).packed  # type: ignore[arg-type]
+                rdata = ipaddress.IPv6Address(value).packed
             else:
                 rdata = _encode_name(value)
             body += struct.pack("!HHHIH", 0xC00C, rtype_code, 1, ttl, len(rdata)) + rdata

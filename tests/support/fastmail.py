@@ -184,7 +184,7 @@ def _addr(hexaddr: str) -> tuple[str, int]:
 def _tcp_rows(pid: int) -> list[list[str]]:
     """The /proc/net/tcp{,6} rows of the TCP sockets the process holds."""
     inodes = _socket_inodes(pid)
-    rows = []
+    rows: list[list[str]] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -272,7 +272,9 @@ class Proxy:
         skip = set(ignore_ports)
         return [c for c in tcp_connections(self.pid) if c[1][1] not in skip]
 
-    def _settled(self, ignore: list[int]) -> tuple[list[object], int]:
+    def _settled(
+        self, ignore: list[int]
+    ) -> tuple[list[tuple[tuple[str, int], tuple[str, int], str]], int]:
         """(connections not to `ignore`, fds not counting connections to `ignore`)."""
         all_conns = tcp_connections(self.pid)
         conns = [c for c in all_conns if c[1][1] not in ignore]

@@ -97,11 +97,11 @@ class HAProxy(Runner):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                log = self.log()
+                text = self.log()
                 self.proc = None
-                if "Address already in use" in log or "cannot bind" in log:
-                    raise PortClash(log)
-                raise RuntimeError(f"haproxy exited: {log[-2000:]}")
+                if "Address already in use" in text or "cannot bind" in text:
+                    raise PortClash(text)
+                raise RuntimeError(f"haproxy exited: {text[-2000:]}")
             try:
                 if "be," in self.stats_command("show stat"):
                     return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from . import MissingPackage
 from .clients import wait_greeting
@@ -87,7 +88,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(what: str, check: Callable[[], T], timeout: float = 10.0) -> T:
+def wait_for(what: str, check: Callable[[], T | Literal[False] | None], timeout: float = 10.0) -> T:
     """Polls `check()` until it returns something true; returns it."""
     deadline = time.monotonic() + timeout
     while True:
@@ -190,7 +191,7 @@ class Master:
                     os.kill(pid, signal.SIGKILL)
         for pid in self.seen:
             with contextlib.suppress(TimeoutError):
-                wait_for(f"process {pid} to end", lambda pid=pid: gone(pid), 5)
+                wait_for(f"process {pid} to end", functools.partial(gone, pid), 5)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)

@@ -708,7 +708,7 @@ def test_client_cancel_drops_answer() -> None:
 
 def test_client_resolves_auth_server_name_through_resolver() -> None:
     from fastmail.resolver import Resolver
-    from tests.support.dns import DnsStub
+    from support.dns import DnsStub
 
     named = b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: backend.example\r\nAuth-Port: 143\r\nContent-Length: 0\r\n\r\n"
     unknown = named.replace(b"backend.example", b"nope.example")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import uvloop
 
@@ -36,7 +37,7 @@ def test_cancelled_deadlines_never_fire_and_the_rest_still_do() -> None:
     try:
         q = Deadlines(loop, 0.03)
         fired: list[int] = []
-        handles = [q.add(lambda i=i: fired.append(i)) for i in range(200)]
+        handles = [q.add(functools.partial(fired.append, i)) for i in range(200)]
         for i, h in enumerate(handles):
             if i != 0:
                 h.cancel()

@@ -5,14 +5,14 @@ machines are the real ones, the lines go through a real ErrorLog into a file."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fastmail import _imap, _pop3, _smtp
-from fastmail._core import ACT_AUTH, ACT_BACKEND, ACT_SEND, AuthRequest
+from fastmail._core import ACT_AUTH, ACT_BACKEND, ACT_SEND, AuthRequest, Machine
 from fastmail._login import ImapLogin, Pop3Login, SmtpLogin
 from fastmail.auth_http import build_request
 from fastmail.conf.model import LogTarget
@@ -58,7 +58,7 @@ def no_secret(text: str) -> None:
         assert secret.decode() not in text
 
 
-MACHINES = {
+MACHINES: dict[str, Callable[[], Machine]] = {
     "imap": lambda: _imap.ImapSession(_imap.ImapProfile(auth_methods=["plain", "login"])),
     "pop3": lambda: _pop3.Pop3Session(_pop3.Pop3Profile(auth_methods=["plain", "apop"])),
     "smtp": lambda: _smtp.SmtpSession(_smtp.SmtpProfile(auth_methods=["plain", "login"])),
@@ -78,7 +78,7 @@ def converse(lg: Logged, protocol: str, chunks: list[bytes]) -> AuthRequest:
         if acts & ACT_AUTH:
             break
     assert acts & ACT_AUTH, m.take_output()
-    assert m.auth.passwd == PW
+    assert m.auth is not None and m.auth.passwd == PW
     return m.auth
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from fastmail._core import ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS
 from fastmail._imap import ImapProfile, ImapSession
-from tests.support.playbook import Playbook, run
+from support.playbook import Playbook, run
 
 GREETING = b"* OK IMAP4 ready\r\n"
 CAP_DEFAULT = b"* CAPABILITY IMAP4 IMAP4rev1 UIDPLUS AUTH=PLAIN\r\n"
@@ -24,7 +25,7 @@ def b64(data: bytes) -> bytes:
     return base64.b64encode(data)
 
 
-def session(tls: bool = False, **kw: object) -> Playbook:
+def session(tls: bool = False, **kw: Any) -> Playbook:
     kw.setdefault("tls_available", True)
     pb = Playbook(ImapSession(ImapProfile(**kw), tls=tls))
     assert pb.start() == GREETING

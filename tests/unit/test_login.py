@@ -3,6 +3,8 @@ imap.md §15, pop3.md §15, smtp.md §10."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fastmail._core import ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, ACT_STARTTLS, AuthRequest
@@ -10,6 +12,7 @@ from fastmail._login import (
     IMAP_INTERNAL_ERROR,
     POP3_INTERNAL_ERROR,
     SMTP_INTERNAL_ERROR,
+    BackendLogin,
     ImapLogin,
     Pop3Login,
     SmtpLogin,
@@ -17,9 +20,7 @@ from fastmail._login import (
 )
 
 
-def req(
-    protocol: bytes, user: bytes = b"user", passwd: bytes = b"pass", **kw: object
-) -> AuthRequest:
+def req(protocol: bytes, user: bytes = b"user", passwd: bytes = b"pass", **kw: Any) -> AuthRequest:
     a = AuthRequest(protocol, kw.pop("method", b"plain"), user, passwd)
     for k, v in kw.items():
         setattr(a, k, v)
@@ -30,13 +31,13 @@ class Backend:
     """Plays the backend: each reply goes in (optionally split byte by byte); records what
     the machine sent to the backend and to the client."""
 
-    def __init__(self, m: object, split: bool = False) -> None:
+    def __init__(self, m: BackendLogin, split: bool = False) -> None:
         self.m = m
         self.split = split
         self.sent: list[bytes] = []
-        act = m.start()  # type: ignore[attr-defined]
+        act = m.start()
         if act & ACT_BACKEND:
-            self.sent.append(m.take_backend_output())  # type: ignore[attr-defined]
+            self.sent.append(m.take_backend_output())
         self.client = b""
         self.act = act
 
@@ -45,11 +46,11 @@ class Backend:
         act = 0
         for c in chunks:
             assert not act & (ACT_DONE | ACT_CLOSE), "fed after the end"
-            act = self.m.feed(c)  # type: ignore[attr-defined]
+            act = self.m.feed(c)
             if act & ACT_BACKEND:
-                self.sent.append(self.m.take_backend_output())  # type: ignore[attr-defined]
+                self.sent.append(self.m.take_backend_output())
             if act & ACT_SEND:
-                self.client += self.m.take_output()  # type: ignore[attr-defined]
+                self.client += self.m.take_output()
         self.act = act
         return act
 

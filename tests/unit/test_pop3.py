@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +28,7 @@ def b64(data: bytes) -> bytes:
 class Client:
     """A tiny playbook: bytes in, (actions, bytes out) per step; auth results in."""
 
-    def __init__(self, tls: bool = False, **kw: object) -> None:
+    def __init__(self, tls: bool = False, **kw: Any) -> None:
         profile = Pop3Profile(**kw)
         self.m = Pop3Session(profile, tls=tls, salt=SALT if profile.needs_salt else None)
         self.acts = self.m.start()
@@ -110,7 +111,7 @@ def test_real_salt_format() -> None:
         ),
     ],
 )
-def test_capa(kw: dict[str, object], capa: bytes) -> None:
+def test_capa(kw: dict[str, Any], capa: bytes) -> None:
     c = Client(**kw)
     assert c(b"CAPA\r\n") == capa
     assert c(b"capa extra args\n") == capa

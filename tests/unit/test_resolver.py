@@ -19,13 +19,13 @@ from fastmail.resolver import (
     Resolver,
     client_host_off,
 )
-from tests.support.dns import NXDOMAIN, REFUSED, SERVFAIL, DnsStub, reverse_name
+from support.dns import NXDOMAIN, REFUSED, SERVFAIL, DnsStub, reverse_name
 
 PTR1 = (reverse_name("127.0.0.1"), "PTR")
 GOOD = {PTR1: [("Mail.Example.NET.", 60)], ("mail.example.net", "A"): [("127.0.0.1", 60)]}
 
 
-def run(records: dict, test: Callable[[Resolver, DnsStub], Awaitable[None]], **kw: object) -> None:  # type: ignore[type-arg]
+def run(records: dict, test: Callable[[Resolver, DnsStub], Awaitable[None]], **kw: object) -> None:
     stub_kw = {k: kw.pop(k) for k in ("rcodes", "delays", "drop") if k in kw}
 
     async def main() -> None:

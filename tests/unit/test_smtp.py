@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -33,7 +34,7 @@ def b64(data: bytes) -> bytes:
 class Client:
     """Drives one SmtpSession as the session driver would, recording actions."""
 
-    def __init__(self, tls: bool = False, **profile: object) -> None:
+    def __init__(self, tls: bool = False, **profile: Any) -> None:
         profile.setdefault("server_name", b"mx.test")
         self.m = SmtpSession(SmtpProfile(**profile), tls=tls)
         self.act = self.m.start()
@@ -44,7 +45,7 @@ class Client:
         return self.m.take_output()
 
     def fail(
-        self, msg: bytes = b"Nope", code: bytes | None = None, retry: bool = False, **kw: object
+        self, msg: bytes = b"Nope", code: bytes | None = None, retry: bool = False, **kw: Any
     ) -> bytes:
         self.act = self.m.on_auth_fail(msg, code, retry, **kw)
         return self.m.take_output()
@@ -107,12 +108,16 @@ EHLO_CASES = [
 
 
 @pytest.mark.parametrize(("profile", "reply"), EHLO_CASES)
-def test_ehlo_reply(profile: dict[str, object], reply: bytes) -> None:
+def test_ehlo_reply(profile: dict[str, Any], reply: bytes) -> None:
     assert Client(**profile).send(b"EHLO client.example\r\n") == reply
 
 
 def test_ehlo_after_starttls_and_on_tls_listener() -> None:
-    kw = {"starttls": "on", "tls_available": True, "capabilities": [b"SIZE 1000", b"8BITMIME"]}
+    kw: dict[str, Any] = {
+        "starttls": "on",
+        "tls_available": True,
+        "capabilities": [b"SIZE 1000", b"8BITMIME"],
+    }
     c = Client(**kw)
     assert c.send(b"STARTTLS\r\n") == b"220 2.0.0 Start TLS\r\n"
     assert c.act == ACT_SEND | ACT_STARTTLS
@@ -470,7 +475,7 @@ def test_external_never_reuses_password_beyond_nginx() -> None:
 
 # --- XOAUTH2 / OAUTHBEARER (freenginx 1.27.1) --------------------------------------------------
 
-OAUTH = {"auth_methods": ["plain", "xoauth2", "oauthbearer"]}
+OAUTH: dict[str, Any] = {"auth_methods": ["plain", "xoauth2", "oauthbearer"]}
 XO_TOKEN = b64(b"user=test@example.com\x01auth=Bearer secretok\x01\x01")
 OB_TOKEN = b64(b"n,a=test@example.com,\x01auth=Bearer secretok\x01\x01")
 

@@ -12,6 +12,7 @@ import trustme
 
 from fastmail import tls
 from fastmail.conf import ConfigError, load
+from support.certs import openssl_serial
 
 pytestmark = pytest.mark.skipif(not tls.OSSL.ok, reason="OpenSSL layout not recognised")
 
@@ -95,6 +96,7 @@ def test_client_certificate_verdicts_and_auth_ssl_values(tmp_path: Path, ca: tru
     assert info["subject"].startswith(b"CN=client one,")
     assert info["protocol"] in (b"TLSv1.2", b"TLSv1.3") and info["cipher"]
     assert len(info["fingerprint"]) == 40 and info["cert"].startswith(b"-----BEGIN CERTIFICATE")
+    assert info["serial"].decode() == openssl_serial(good.cert_chain_pems[0].bytes())
     stranger = trustme.CA().issue_cert("x.test")
     s_obj, _ = _handshake(srv.ssl_context, _client(ca, stranger))  # the handshake succeeds
     reply, log = tls.check_client_cert(s_obj, "on", "smtp")  # type: ignore[misc]

@@ -27,7 +27,7 @@ def err(tmp: Path, text: str, params: str | None = None) -> str:
     return str(e.value).replace(str(p), "F")
 
 
-def ok(tmp: Path, text: str, params: str | None = None):  # type: ignore[no-untyped-def]
+def ok(tmp: Path, text: str, params: str | None = None):
     return load(str(write(tmp, text)), str(tmp), params)
 
 
