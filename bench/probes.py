@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ATTACH_TIMEOUT = 10.0
 STOP_TIMEOUT = 60.0  # perf writes its file on SIGINT; strace prints its table
@@ -55,7 +55,7 @@ class _Attached:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def __enter__(self) -> _Attached:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -145,7 +145,7 @@ def _short_dso(dso: str) -> str:
 
 
 def parse_perf_report(text: str, top: int = 15, top_user: int = 10) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for line in text.splitlines():
         m = _PERF_ROW.match(line)
         if m:

@@ -381,7 +381,7 @@ def profile_lines(result: dict[str, Any]) -> list[str]:
         "| share | library | symbol |",
         "|---|---|---|",
     ]
-    seen = []
+    seen: list[Any] = []
     for part in (prof["top"], [t for t in prof.get("top_user", []) if t not in prof["top"]]):
         if seen and part:
             lines.append("| | **user space** | |")

@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 from typing_extensions import disjoint_base
 
-from fastmail._core import Machine
+from fastmail._core import Machine, Profile
 
 GREETING: bytes
 OK_COMPLETED: bytes
@@ -20,7 +20,7 @@ ID_NIL: bytes
 OK_ID: bytes
 
 @disjoint_base
-class ImapProfile:
+class ImapProfile(Profile):
     greeting: bytes
     cap_plain: bytes
     cap_starttls: bytes
@@ -50,7 +50,7 @@ class ImapSession(Machine):
     tag: bytes
     def __init__(self, profile: ImapProfile, tls: bool = False) -> None: ...
     def start(self) -> int: ...
-    def feed(self, data: bytes | bytearray | memoryview) -> int: ...
+    def feed(self, data: bytes) -> int: ...
     def on_auth_ok(self) -> int: ...
     def on_auth_fail(
         self,

@@ -1,3 +1,4 @@
+# mypy: ignore-errors
 """INTERIM (engine bring-up only, replaced by fastmail._auth): a minimal auth_http client on
 fastmail._poll.Loop, one HTTP/1.0 connection per request, for testing the session engine."""
 

@@ -9,6 +9,8 @@ SMTP_AUTH_OK: bytes
 READING: str
 CTL_REASON: str
 
+TLS_MODES: dict[str, int]
+
 def xtext(value: bytes) -> bytes: ...
 
 @disjoint_base
@@ -17,14 +19,17 @@ class BackendLogin:
     phase: str
     close_reason: str | None
     log_level: str
+    tls_mode: int
     @property
     def done(self) -> bool: ...
     def start(self) -> int: ...
+    def on_tls_done(self) -> int: ...
     def feed(self, data: bytes) -> int: ...
     def on_error(self, reason: str | None = None) -> int: ...
     def take_output(self) -> bytes: ...
     def take_backend_output(self) -> bytes: ...
 
+@disjoint_base
 class ImapLogin(BackendLogin):
     def __init__(
         self,
@@ -33,6 +38,7 @@ class ImapLogin(BackendLogin):
         proxy_buffer: int = 4096,
         pass_error_message: bool = False,
         proxy_header: bytes = b"",
+        pipelining: bool = False,
     ) -> None: ...
 
 class Pop3Login(BackendLogin):
@@ -43,6 +49,7 @@ class Pop3Login(BackendLogin):
         proxy_buffer: int = 4096,
         pass_error_message: bool = False,
         proxy_header: bytes = b"",
+        pipelining: bool = False,
     ) -> None: ...
 
 @disjoint_base
@@ -59,4 +66,36 @@ class SmtpLogin(BackendLogin):
         proxy_buffer: int = 4096,
         pass_error_message: bool = False,
         proxy_header: bytes = b"",
+        pipelining: bool = False,
+    ) -> None: ...
+
+@disjoint_base
+class LoginConf:
+    proxy_buffer: int
+    pass_error_message: bool
+    pipelining: bool
+    def __init__(
+        self, proxy_buffer: int = 4096, pass_error_message: bool = False, pipelining: bool = False
+    ) -> None: ...
+    def new_login(
+        self, auth: AuthRequest, client_addr: bytes, client_host: bytes, proxy_header: bytes
+    ) -> BackendLogin: ...
+
+class ImapLoginConf(LoginConf): ...
+class Pop3LoginConf(LoginConf): ...
+
+@disjoint_base
+class SmtpLoginConf(LoginConf):
+    server_name: bytes
+    xclient: bool
+    proxy_smtp_auth: bool
+    def __init__(
+        self,
+        proxy_buffer: int = 4096,
+        pass_error_message: bool = False,
+        pipelining: bool = False,
+        *,
+        server_name: bytes | str = b"localhost",
+        xclient: bool = True,
+        proxy_smtp_auth: bool = False,
     ) -> None: ...

@@ -190,6 +190,7 @@ cdef class Loop:
     (edge-triggered, once); the Python layer uses the asyncio-style methods below."""
 
     def __init__(self):
+        """A new loop with its own epoll set."""
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, os.strerror(errno))

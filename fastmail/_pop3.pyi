@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 from typing_extensions import disjoint_base
 
-from fastmail._core import Machine
+from fastmail._core import Machine, Profile
 
 GREETING: bytes
 OK: bytes
@@ -12,7 +12,7 @@ ERR_INVALID: bytes
 ERR_INTERNAL: bytes
 
 @disjoint_base
-class Pop3Profile:
+class Pop3Profile(Profile):
     capa: bytes
     capa_stls: bytes
     capa_only: bytes

@@ -2,7 +2,7 @@ from collections.abc import Iterable
 
 from typing_extensions import disjoint_base
 
-from fastmail._core import Machine
+from fastmail._core import Machine, Profile
 
 S220_START_TLS: bytes
 S221_BYE: bytes
@@ -19,7 +19,7 @@ S530_AUTH_REQUIRED: bytes
 S535_DEFAULT_CODE: bytes
 
 @disjoint_base
-class SmtpProfile:
+class SmtpProfile(Profile):
     greeting: bytes
     helo_reply: bytes
     ehlo_plain: bytes
@@ -65,7 +65,7 @@ class SmtpSession(Machine):
         message: bytes,
         error_code: bytes | None = None,
         retry: bool = False,
-        sasl_error: bytes | None = None,
+        sasl: bytes | None = None,
     ) -> int: ...
     def on_auth_error(self) -> int: ...
     def on_tls_done(self) -> int: ...

@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import pycares
 import pycares.errno as aerr
@@ -51,6 +52,19 @@ _ERRORS = {
     aerr.ARES_ETIMEOUT: _TIMEOUT,
 }
 _VALID_NAME = re.compile(r"[A-Za-z0-9.-]+\Z")
+
+
+class EventLoop(Protocol):
+    """What the resolver needs of a loop: fastmail's own (_poll.Loop) in a worker, an
+    asyncio loop in tests and tools."""
+
+    def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> object: ...
+    def remove_reader(self, fd: int) -> bool: ...
+    def add_writer(self, fd: int, callback: Callable[..., object], *args: Any) -> object: ...
+    def remove_writer(self, fd: int) -> bool: ...
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> Any: ...
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any: ...
+    def time(self) -> float: ...
 
 
 @dataclass(slots=True)
@@ -90,7 +104,7 @@ class Resolver:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: EventLoop,
         servers: list[tuple[str, int]],
         valid_s: float | None = None,
         ipv4: bool = True,
@@ -360,12 +374,14 @@ class Resolver:
         return lookup
 
     async def client_host_async(self, addr: str | None) -> ClientHost:
-        fut: asyncio.Future[ClientHost] = self.loop.create_future()
+        fut: asyncio.Future[ClientHost] = asyncio.get_running_loop().create_future()
         self.client_host(addr, fut.set_result)
         return await fut
 
     async def resolve_name_async(self, name: bytes) -> tuple[list[str], str | None]:
-        fut: asyncio.Future[tuple[list[str], str | None]] = self.loop.create_future()
+        fut: asyncio.Future[tuple[list[str], str | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.resolve_name(name, lambda a, e: fut.set_result((a, e)))
         return await fut
 

@@ -107,7 +107,7 @@ def make_server(
         )
     from fastmail._interim_auth import InterimAuthClient
 
-    srv.auth = InterimAuthClient(loop, conf, srv.resolver)
+    srv.auth = InterimAuthClient(loop, conf, srv.resolver)  # type: ignore[no-untyped-call]
     srv.trusted = TrustedNetworks.from_entries(conf.set_real_ip_from)
     return srv
 

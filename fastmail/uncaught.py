@@ -14,7 +14,6 @@ Multi-line tracebacks would break log readers, at any level.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import threading
@@ -74,11 +73,11 @@ def install(log: ErrorLog) -> None:
 
 def loop_handler(
     log: ErrorLog,
-) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+) -> Callable[[Any, dict[str, Any]], None]:
     """An event loop exception handler writing to `log`; the connection's `*N` when the
     failing protocol is a session (it has an `id`)."""
 
-    def handler(loop: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
+    def handler(loop: Any, ctx: dict[str, Any]) -> None:
         proto = ctx.get("protocol")
         conn = getattr(proto, "id", 0)
         message = ctx.get("message") or "unhandled exception in event loop"

@@ -106,7 +106,7 @@ def test_addresses_are_read_and_written_as_nginx(proxy, authd, fake_backend, fre
 
 
 @pytest.fixture
-def via_proxy(proxy, authd, fake_backend, loop_thread, free_port):  # type: ignore[no-untyped-def]
+def via_proxy(proxy, authd, fake_backend, loop_thread, free_port):
     """`via_proxy(mode, header)`: logs in through a `proxy_protocol <mode>` server after
     sending `header`; returns the PROXY header the backend got, the client's own port and
     the listener's."""

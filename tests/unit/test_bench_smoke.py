@@ -137,7 +137,7 @@ def _servers(args: list[str], ports: list[int]) -> Iterator[None]:
         [str(build_c(SERVERS_SRC)), *args, "-t", "60"], stdout=subprocess.DEVNULL
     )
     try:
-        wait_listening(proc, ports, 10, "servers", lambda: "")  # type: ignore[arg-type]
+        wait_listening(proc, ports, 10, "servers", lambda: "")
         yield
     finally:
         proc.kill()

@@ -276,8 +276,8 @@ def test_backend_dialogue_in_nginx_words_without_credentials(logged) -> None:
 
     lg = logged("smtp")
     auth = AuthRequest(b"smtp", b"plain", b"alice", PW)
-    login = SmtpLogin(auth, server_name=b"mx", client_addr=b"192.0.2.1", proxy_smtp_auth=True)
-    drive(login, [b"220 hi\r\n", b"250 ok\r\n", b"220 ok\r\n", b"235 ok\r\n"], lg.trace)
+    smtp = SmtpLogin(auth, server_name=b"mx", client_addr=b"192.0.2.1", proxy_smtp_auth=True)
+    drive(smtp, [b"220 hi\r\n", b"250 ok\r\n", b"220 ok\r\n", b"235 ok\r\n"], lg.trace)
     no_secret(lg.text())
     msgs = lg.messages()
     assert 'mail proxy send xclient: "XCLIENT ADDR=192.0.2.1 NAME=[UNAVAILABLE]\\r\\n"' in msgs
