@@ -36,6 +36,7 @@ cdef enum:
 
 cdef void sock_init(Sock *s, int fd) noexcept
 cdef Py_ssize_t sock_recv(Sock *s, char *buf, Py_ssize_t n) noexcept
+cdef Py_ssize_t sock_peek(Sock *s, char *buf, Py_ssize_t n) noexcept
 cdef Py_ssize_t sock_send_some(Sock *s, const char *p, Py_ssize_t n) noexcept
 cdef int sock_write(Sock *s, const char *p, Py_ssize_t n) noexcept
 cdef int sock_write_bytes(Sock *s, bytes data) noexcept

@@ -49,6 +49,7 @@ cdef extern from *:
     unsigned short ntohs(unsigned short v) nogil
     unsigned short htons(unsigned short v) nogil
     int AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL
+    int MSG_PEEK
     int IPPROTO_TCP, TCP_NODELAY
 
 
@@ -71,6 +72,23 @@ cdef Py_ssize_t sock_recv(Sock *s, char *buf, Py_ssize_t n) noexcept:
         if r == 0:
             s.rd_ready = False
             return 0
+        if errno == EINTR:
+            continue
+        s.rd_ready = False
+        if errno == EAGAIN:
+            return IO_AGAIN
+        s.err = errno
+        return IO_ERROR
+
+
+cdef Py_ssize_t sock_peek(Sock *s, char *buf, Py_ssize_t n) noexcept:
+    """What the socket holds, left in it (MSG_PEEK): as sock_recv, for a header whose end
+    is not known yet (the PROXY protocol: what follows it may be TLS, read by OpenSSL)."""
+    cdef ssize_t r
+    while True:
+        r = recv(s.fd, buf, n, MSG_PEEK)
+        if r >= 0:
+            return r
         if errno == EINTR:
             continue
         s.rd_ready = False

@@ -36,12 +36,11 @@ from libc.stdint cimport uint32_t, int64_t
 from libc.stdlib cimport free
 from posix.unistd cimport close as c_close
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 from fastmail._poll cimport (Loop, Watcher, TNode, TimerQueue, timer_cancel, timer_armed,
                              FASTMAIL_DEBUG, EPOLLIN, EPOLLOUT, EPOLLET, EPOLLRDHUP,
                              EPOLLERR, EPOLLHUP)
-from fastmail._conn cimport (Sock, sock_init, sock_recv, sock_write_bytes, sock_flush,
+from fastmail._conn cimport (Sock, sock_init, sock_recv, sock_peek, sock_write_bytes, sock_flush,
                              sock_close, sock_connect, sock_pending, os_error, sockaddr_ip,
                              Acceptor, Listener, sockaddr, sockaddr_storage, socklen_t,
                              IO_AGAIN, IO_ERROR)
@@ -293,7 +292,6 @@ cdef class Session(Relay):
         self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
         if e.proxy_protocol:
             self._to(S_PROXY)
-            self.pending = bytearray()
         else:
             self._start()
         return 0
@@ -372,7 +370,9 @@ cdef class Session(Relay):
         cdef int st
         while self.c.rd_ready:
             st = self.state
-            if st == S_DIALOGUE or st == S_PROXY or st == S_RESOLVE:
+            if st == S_PROXY:
+                return self._read_proxy()
+            if st == S_DIALOGUE or st == S_RESOLVE:
                 pass
             elif st == S_AUTH or st == S_AUTH_WAIT or st == S_BACKEND:
                 if self.held > HOLD_LIMIT:
@@ -382,12 +382,10 @@ cdef class Session(Relay):
             n = sock_recv(&self.c, _rbuf, sizeof(_rbuf))
             if n > 0:
                 data = PyBytes_FromStringAndSize(_rbuf, n)
-                if self.trace is not None and st != S_PROXY and st != S_RESOLVE:
+                if self.trace is not None and st != S_RESOLVE:
                     self.trace.client_read(data)
                 if st == S_DIALOGUE:
                     self.run(self.m.feed(data))
-                elif st == S_PROXY:
-                    self._proxy_header(data)
                 elif st == S_RESOLVE:
                     self.pending += data
                 else:
@@ -448,24 +446,22 @@ cdef class Session(Relay):
 
     # --- the PROXY header (beyond nginx: one split over several reads is reassembled) --------
 
-    cdef int _proxy_header(self, bytes data) except -1:
-        cdef bytearray acc = self.pending
+    cdef int _read_proxy(self) except -1:
+        """The PROXY header, peeked at (MSG_PEEK) until it is whole, then read exactly: what
+        follows stays in the socket, for the protocol or for OpenSSL's handshake. Beyond
+        nginx, a header that comes in pieces is reassembled (nginx needs it in one read)."""
+        cdef Py_ssize_t n
         cdef ProxyHeader h
         cdef bytes real
         cdef str msg
-        cdef Py_ssize_t n
-        if PyByteArray_GET_SIZE(acc):
-            # an earlier read ended inside the header: parse all that came so far
-            acc += data
-            n = PyByteArray_GET_SIZE(acc)
-            res = proxy_parse(PyByteArray_AS_STRING(acc), n, PROXY_HEADER_LIMIT, False)
-        else:
-            # the usual case, the whole header in one read: parse it where it lies
-            n = PyBytes_GET_SIZE(data)
-            res = proxy_parse(PyBytes_AS_STRING(data), n, PROXY_HEADER_LIMIT, False)
-            if res is None:
-                acc += data
+        n = sock_peek(&self.c, _rbuf, PROXY_HEADER_LIMIT)
+        if n == IO_AGAIN:
+            return 0
+        if n <= 0:
+            return self.finish()    # EOF or an error: the client left, nginx logs nothing
+        res = proxy_parse(_rbuf, n, PROXY_HEADER_LIMIT, False)
         if res is None:
+            self.c.rd_ready = False     # all that came is peeked: the next bytes are an edge
             return 0
         if type(res) is ProxyError:
             msg = (<ProxyError>res).message
@@ -473,14 +469,10 @@ cdef class Session(Relay):
                 self._log(ERROR, msg, "reading PROXY protocol")
             return self.finish()
         h = <ProxyHeader>res
+        if sock_recv(&self.c, _rbuf, h.consumed) != h.consumed:
+            return self.finish()
+        self.c.rd_ready = n > h.consumed
         self.pp = h
-        self.pending = None
-        if n > h.consumed:
-            # the protocol's first bytes came with the header
-            if PyByteArray_GET_SIZE(acc):
-                self.pending = acc[h.consumed:]
-            else:
-                self.pending = bytearray(data[h.consumed:])
         real = proxy_realip(self.srv.trusted, self.client_ip, h)
         if real is not None:
             self.client_ip = real
