@@ -315,7 +315,8 @@ class ResponseReader:
             if self.error:
                 return True
             data, self._pending = self._pending, b""
-        room = MAX_HEADER_BLOCK - self._header_bytes
+        # a status line alone may already be longer than nginx's buffer
+        room = max(MAX_HEADER_BLOCK - self._header_bytes, 0)
         head = data[:room]
         self._header_bytes += len(head)
         self._feed_parser(head)

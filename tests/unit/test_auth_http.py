@@ -330,6 +330,10 @@ def test_header_block_limit() -> None:
     assert len(fits) == MAX_HEADER_BLOCK
     assert parse(fits).status == "ok"
     assert parse(fits[:-2] + b"a\r\n\r\n").status == "error"
+    # a status line longer than the buffer, whatever follows it
+    long_status = b"HTTP/1.1 200 " + b"O" * 1020 + b"\r\n" + OK.split(b"\r\n", 1)[1]
+    r = parse(long_status + b"x" * 100)
+    assert (r.status, r.log_message) == ("error", None)
 
 
 def test_body_after_headers_ignored() -> None:
