@@ -27,13 +27,13 @@ if TYPE_CHECKING:
     from fastmail.debuglog import Trace
     from fastmail.resolver import Resolver
 
-# nginx reads the answer into one fixed buffer; status line and headers must fit (spec §4.3).
-MAX_HEADER_BLOCK = 1024
-# Beyond nginx: WAIT without Auth-Wait is re-asked at most this many times, then it is a
-# temporary error (nginx loops forever, spec §6.3).
-WAIT_IMMEDIATE_RETRIES = 3
-# A kept-alive connection is only reused when the body that follows the headers is small.
-MAX_DRAIN_BODY = 64 * 1024
+# The limits the C client (fastmail/_authproto.pyx) defines: nginx reads the answer into one
+# 1024-byte buffer, status line and headers included (spec §4.3); WAIT without Auth-Wait is
+# re-asked at most WAIT_IMMEDIATE_RETRIES times, then it is a temporary error (beyond nginx,
+# which loops forever, spec §6.3); a kept-alive connection is only reused when the body after
+# the headers is at most MAX_DRAIN_BODY bytes, read within DRAIN_TIMEOUT_S.
+from fastmail._authproto import MAX_DRAIN_BODY, MAX_HEADER_BLOCK, WAIT_IMMEDIATE_RETRIES
+
 DRAIN_TIMEOUT_S = 5.0
 
 Status = Literal["ok", "fail", "wait", "error"]
