@@ -1,9 +1,13 @@
 """The auth_http client: which backend, for which credentials (ngx_mail_auth_http_module).
 
-Owns the request bytes nginx sends (`build_request`), the reading of the answer
-(`ResponseReader` on httptools plus nginx's own header rules, `interpret`), and the I/O to
-the auth server (`AuthHttpClient`: asyncio Protocols, a bounded keep-alive pool, timeouts,
-the WAIT loop, Auth-Server names resolved through resolver.py).
+Owns the auth_http policy and the Python reference of the protocol: the request bytes nginx
+sends (`build_request`), the reading of the answer (`ResponseReader` on httptools plus
+nginx's own header rules, `interpret`), and `client_for`, which makes the engine's C client
+(fastmail/_auth.pyx, with _authproto.pyx: the same rules in C, held to these by
+tests/unit/test_auth_proto.py) from a server block's config. ResponseReader also reads, for
+the C client, every answer its fast path does not take. The asyncio client
+(`AuthHttpClient`: Protocols, a bounded keep-alive pool, timeouts, the WAIT loop, Auth-Server
+names resolved through resolver.py) serves session.py until the engine replaces it.
 Must not touch the client connection, the session machines or the backend: it only hands an
 `AuthResult` to a callback.
 """
@@ -20,10 +24,14 @@ from typing import TYPE_CHECKING, Literal
 
 import httptools
 
+from fastmail._auth import AuthClient
+from fastmail._authproto import MAX_DRAIN_BODY, MAX_HEADER_BLOCK, WAIT_IMMEDIATE_RETRIES
 from fastmail.deadlines import Deadline, Deadlines
 
 if TYPE_CHECKING:
     from fastmail._core import AuthRequest
+    from fastmail._poll import Loop
+    from fastmail.conf.model import ServerConf
     from fastmail.debuglog import Trace
     from fastmail.resolver import Resolver
 
@@ -32,8 +40,6 @@ if TYPE_CHECKING:
 # re-asked at most WAIT_IMMEDIATE_RETRIES times, then it is a temporary error (beyond nginx,
 # which loops forever, spec §6.3); a kept-alive connection is only reused when the body after
 # the headers is at most MAX_DRAIN_BODY bytes, read within DRAIN_TIMEOUT_S.
-from fastmail._authproto import MAX_DRAIN_BODY, MAX_HEADER_BLOCK, WAIT_IMMEDIATE_RETRIES
-
 DRAIN_TIMEOUT_S = 5.0
 
 Status = Literal["ok", "fail", "wait", "error"]
@@ -1010,7 +1016,34 @@ class AuthHttpClient:
         return await fut
 
 
+# --- the engine's client (fastmail/_auth.pyx) ---------------------------------------------------
+
+
+def client_for(loop: Loop, conf: ServerConf, resolver: Resolver | None) -> AuthClient:
+    """The C client of a server block's auth_http config, on the worker's Loop: the address the
+    config resolved at load (nginx uses the first one) or the unix socket, the request
+    template's constant parts, auth_http_timeout, the keep-alive pool (0: nginx's HTTP/1.0
+    connection per request), and this module's ResponseReader for answers it reads no other
+    way. With a resolver, Auth-Server may name a host."""
+    url = conf.auth_http
+    return AuthClient(
+        loop,
+        url.host or None,
+        url.port,
+        url.uri.encode(),
+        url.host_header.encode(),
+        conf.auth_http_timeout,
+        conf.auth_http_keepalive,
+        unix_path=url.path,
+        extra_headers=[(k.encode(), v.encode()) for k, v in conf.auth_http_header],
+        pass_client_cert=conf.auth_http_pass_client_cert,
+        resolver=resolver,
+        reader_factory=ResponseReader,
+    )
+
+
 __all__ = [
+    "client_for",
     "AuthCall",
     "AuthHttpClient",
     "AuthResult",

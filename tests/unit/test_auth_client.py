@@ -1,0 +1,649 @@
+"""The engine's auth_http client (fastmail._auth) on a real _poll.Loop, against the reference
+auth server (fastmail.testing.authd) and small raw-socket servers for the faults: answers,
+keep-alive reuse, nginx's HTTP/1.0 connection per request, timeouts, refused and dropped
+connections, trickled and split answers, WAIT, Auth-Server names, and no fd left behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastmail import _auth
+from fastmail._auth import AuthClient, AuthWaiter
+from fastmail._core import AuthRequest
+from fastmail._poll import Loop
+from fastmail.auth_http import ResponseReader, build_request
+from fastmail.testing import LoopThread
+from fastmail.testing.authd import AuthServer, Backend, UserDB
+
+OK = b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n\r\n"
+OK11 = (
+    b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
+    b"Content-Length: 2\r\n\r\nok"
+)
+
+
+def req(protocol: bytes = b"imap", user: bytes = b"alice", passwd: bytes = b"secret",
+        method: bytes = b"plain", attempt: int = 1) -> AuthRequest:  # fmt: skip
+    return AuthRequest(protocol, method, user, passwd, b"", attempt)
+
+
+def open_fds() -> list[str]:
+    """The process's sockets, epoll sets and pipes (what the client and its loop could leak;
+    libuv keeps a spare /dev/null per loop once it listens, which is not counted)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # the listing's own fd
+            continue
+        if target.startswith(("socket:", "pipe:", "anon_inode:[eventpoll]")):
+            out.append(f"{fd} {target}")
+    return sorted(out)
+
+
+class Waiter(AuthWaiter):
+    """Collects results; stops the loop when `want` results are in."""
+
+    def __init__(self, loop: Loop, results: list[Any], want: list[int]) -> None:
+        self.loop = loop
+        self.results = results
+        self.want = want
+
+    def auth_done(self, result: Any) -> int:
+        self.results.append(result)
+        if len(self.results) >= self.want[0]:
+            self.loop.stop()
+        return 0
+
+
+class Harness:
+    """A Loop, a client on it, and asks run to completion within a bound."""
+
+    def __init__(self, host: str | None, port: int, **kw: Any) -> None:
+        self.loop = Loop()
+        kw.setdefault("reader_factory", ResponseReader)
+        timeout_ms = kw.pop("timeout_ms", 2000)
+        pool = kw.pop("pool_size", 64)
+        self.client = AuthClient(
+            self.loop, host, port, b"/auth", b"127.0.0.1", timeout_ms, pool, **kw
+        )
+        self.results: list[Any] = []
+        self._want = [0]
+
+    def waiter(self) -> Waiter:
+        return Waiter(self.loop, self.results, self._want)
+
+    def run(self, asks: list[tuple[Waiter, AuthRequest]] | None = None, n: int | None = None,
+            timeout: float = 5.0, **kw: Any) -> list[Any]:  # fmt: skip
+        """Submits the asks from inside the loop, runs until n more results (default: one per
+        ask) or the bound, and returns the new results."""
+        asks = asks or []
+        start = len(self.results)
+        self._want[0] = start + (len(asks) if n is None else n)
+
+        def submit() -> None:
+            for w, auth in asks:
+                self.client.submit(w, auth, b"127.0.0.1", **kw)
+
+        self.loop.call_soon(submit)
+        bound = self.loop.call_later(timeout, self.loop.stop)
+        if len(self.results) < self._want[0] or asks:
+            self.loop.run_forever()
+        bound.cancel()
+        return self.results[start:]
+
+    def ask(self, auth: AuthRequest | None = None, **kw: Any) -> Any:
+        got = self.run([(self.waiter(), auth or req())], **kw)
+        assert len(got) == 1, "no answer within the bound"
+        return got[0]
+
+    def turn(self, seconds: float = 0.05) -> None:
+        """Runs the loop for a while (lets closes and server events land)."""
+        self._want[0] = 1 << 30
+        self.loop.call_later(seconds, self.loop.stop)
+        self.loop.run_forever()
+
+    def until(self, pred: Callable[[], bool], timeout: float = 2.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not pred() and time.monotonic() < deadline:
+            self.turn(0.005)
+        return pred()
+
+    def close(self) -> None:
+        self.client.close()
+        self.turn(0.01)
+        self.loop.close()
+
+
+@pytest.fixture
+def harness(loop_thread: LoopThread) -> Iterator[Callable[..., Harness]]:
+    """Harnesses, closed at teardown, which then checks that every fd the test opened in
+    this process is closed again: request it first, so the servers stop before it checks
+    (the session's loop thread stays)."""
+    made: list[Harness] = []
+    before = open_fds()
+
+    def make(host: str | None, port: int, **kw: Any) -> Harness:
+        h = Harness(host, port, **kw)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+    assert _auth.live_connections() == 0
+    assert open_fds() == before  # no socket, epoll set or pipe left behind
+
+
+@pytest.fixture
+def users(loop_thread: LoopThread, tmp_path: Path) -> Iterator[AuthServer]:
+    """authd with alice/secret (IMAP 127.0.0.1:1143) and a cheap password hash."""
+    db = UserDB(tmp_path / "users.sqlite")
+    db.add_user("alice", "secret", {"imap": Backend("127.0.0.1", 1143)}, scrypt_ln=4)
+    server = AuthServer(db, fail_wait=2)
+    loop_thread.run(server.start())
+    try:
+        yield server
+    finally:
+        loop_thread.run(server.stop())
+        db.close()
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 in threads: `handle(conn, n)` serves the n-th connection.
+    Records every request head it reads with `read_head`."""
+
+    def __init__(self, handle: Callable[[socket.socket, int], None]) -> None:
+        self.handle = handle
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.stopping = False
+        self.threads: list[threading.Thread] = []
+        self.conns: list[socket.socket] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.conns.append(conn)
+            t = threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        conn.settimeout(5)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.handle(conn, n)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def read_head(self, conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return b""
+            data += chunk
+        self.requests.append(data)
+        return data
+
+    def close(self) -> None:
+        self.stopping = True
+        self.sock.close()
+        for conn in self.conns:  # wakes handlers blocked in recv() on kept-alive connections
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.threads:
+            t.join(5)
+
+
+@pytest.fixture
+def raw() -> Iterator[Callable[[Callable[[socket.socket, int], None]], RawServer]]:
+    made: list[RawServer] = []
+
+    def make(handle: Callable[[socket.socket, int], None]) -> RawServer:
+        s = RawServer(handle)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def keep_answering(srv: list[RawServer], answer: Callable[[int], bytes | None]) -> Callable:
+    """A handler answering each request on the connection with answer(request number);
+    None closes the connection without answering."""
+
+    def handle(conn: socket.socket, n: int) -> None:
+        while True:
+            if not srv[0].read_head(conn):
+                return
+            data = answer(len(srv[0].requests))
+            if data is None:
+                return
+            conn.sendall(data)
+
+    return handle
+
+
+def serve(raw: Callable[..., RawServer], answer: Callable[[int], bytes | None]) -> RawServer:
+    box: list[RawServer] = []
+    s = raw(keep_answering(box, answer))
+    box.append(s)
+    return s
+
+
+# --- answers through the reference server ------------------------------------------------------
+
+
+def test_ok_and_keepalive_reuse(harness: Callable[..., Harness], users: AuthServer) -> None:
+    h = harness("127.0.0.1", users.port)
+    results = [h.ask() for _ in range(5)]
+    assert [(r.status, r.server, r.port, r.addr) for r in results] == [
+        ("ok", b"127.0.0.1", 1143, "127.0.0.1")
+    ] * 5
+    assert results[0].log_message is None
+    assert h.client.connections_made == 1 and h.client.idle_count() == 1
+    peers = {q.peer for q in users.requests}
+    assert len(users.requests) == 5 and len(peers) == 1
+    raw = users.requests[0].raw
+    assert raw.startswith(b"GET /auth HTTP/1.1\r\nHost: 127.0.0.1\r\nAuth-Method: plain\r\n")
+    assert raw.endswith(b"Client-IP: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
+    if _auth.DEBUG_BUILD:
+        assert _auth.live_connections() == 1
+
+
+def test_logins_at_once_open_connections_then_reuse_them(
+    harness: Callable[..., Harness], users: AuthServer
+) -> None:
+    h = harness("127.0.0.1", users.port, pool_size=8)
+    got = h.run([(h.waiter(), req()) for _ in range(12)])
+    assert [r.status for r in got] == ["ok"] * 12
+    assert h.client.connections_made == 12 and h.client.idle_count() == 8  # the pool's bound
+    got = h.run([(h.waiter(), req()) for _ in range(8)])
+    assert [r.status for r in got] == ["ok"] * 8
+    assert h.client.connections_made == 12
+
+
+def test_without_pool_nginx_bytes_one_connection_each(
+    harness: Callable[..., Harness], users: AuthServer
+) -> None:
+    h = harness("127.0.0.1", users.port, pool_size=0)
+    assert [h.ask().status for _ in range(3)] == ["ok"] * 3
+    assert h.client.connections_made == 3 and h.client.idle_count() == 0
+    want = build_request(
+        req(),
+        uri_path=b"/auth",
+        host_header=b"127.0.0.1",
+        client_ip=b"127.0.0.1",
+        client_host=None,
+        extra_headers=[],
+        keepalive=False,
+    )
+    assert [q.raw for q in users.requests] == [want] * 3
+    assert len({q.peer for q in users.requests}) == 3
+
+
+def test_failure_with_auth_wait(harness: Callable[..., Harness], users: AuthServer) -> None:
+    h = harness("127.0.0.1", users.port)
+    r = h.ask(req(passwd=b"wrong"))
+    assert (r.status, r.error_message, r.wait, r.error_code) == (
+        "fail",
+        b"Invalid login or password",
+        2,
+        None,
+    )
+    assert (r.log_message, r.log_level) == (
+        'client login failed: "Invalid login or password"',
+        "info",
+    )
+    r = h.ask(req(protocol=b"smtp", passwd=b"wrong"))
+    assert r.error_code == b"535 5.7.8"
+
+
+def test_unix_socket_server(harness: Callable[..., Harness], loop_thread: LoopThread,
+                            tmp_path: Path) -> None:  # fmt: skip
+    db = UserDB(tmp_path / "u.sqlite")
+    db.add_user("alice", "secret", {"imap": Backend("127.0.0.1", 1143)}, scrypt_ln=4)
+    server = AuthServer(db)
+    path = str(tmp_path / "auth.sock")
+    loop_thread.run(server.start(path=path))
+    try:
+        h = harness(None, 0, unix_path=path)
+        assert h.client.peer == f"unix:{path}"
+        assert [h.ask().status for _ in range(2)] == ["ok", "ok"]
+        assert h.client.connections_made == 1
+        h.client.close()
+        h.turn(0.01)
+    finally:
+        loop_thread.run(server.stop())
+        db.close()
+
+
+def test_ipv6_server(harness: Callable[..., Harness]) -> None:
+    srv = socket.socket(socket.AF_INET6)
+    try:
+        srv.bind(("::1", 0))
+    except OSError:
+        srv.close()
+        pytest.skip("no IPv6 loopback")
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(OK)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        h = harness("::1", port, pool_size=0)
+        assert h.client.peer == f"[::1]:{port}"
+        assert h.ask().status == "ok"
+    finally:
+        t.join(5)
+        srv.close()
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+def test_refused(harness: Callable[..., Harness], free_port: Callable[[], int]) -> None:
+    h = harness("127.0.0.1", free_port())
+    r = h.ask()
+    assert (r.status, r.log_message, r.log_level) == (
+        "error",
+        "connect() failed (111: Connection refused)",
+        "error",
+    )
+
+
+def test_hanging_server_times_out_once(harness: Callable[..., Harness], raw: Any) -> None:
+    def hang(conn: socket.socket, n: int) -> None:
+        srv.read_head(conn)
+        conn.recv(1)  # until the client gives up
+
+    srv = raw(hang)
+    h = harness("127.0.0.1", srv.port, timeout_ms=300)
+    t0 = time.monotonic()
+    r = h.ask()
+    assert 0.25 < time.monotonic() - t0 < 1.0
+    assert (
+        r.log_message
+        == f"auth http server 127.0.0.1:{srv.port} timed out (110: Connection timed out)"
+    )
+
+
+def test_trickled_answer_hits_the_one_deadline(harness: Callable[..., Harness], raw: Any) -> None:
+    def trickle(conn: socket.socket, n: int) -> None:
+        srv.read_head(conn)
+        for i in range(len(OK)):
+            conn.sendall(OK[i : i + 1])
+            time.sleep(0.02)
+
+    srv = raw(trickle)
+    h = harness("127.0.0.1", srv.port, timeout_ms=500, pool_size=0)
+    t0 = time.monotonic()
+    r = h.ask()
+    assert "timed out" in r.log_message and time.monotonic() - t0 < 1.2  # not re-armed per byte
+
+
+def test_answer_one_byte_at_a_time(harness: Callable[..., Harness], raw: Any) -> None:
+    def trickle(conn: socket.socket, n: int) -> None:
+        while srv.read_head(conn):
+            for i in range(len(OK11)):
+                conn.sendall(OK11[i : i + 1])
+                time.sleep(0.001)
+
+    srv = raw(trickle)
+    h = harness("127.0.0.1", srv.port)
+    assert h.ask().status == "ok"  # the header block is in; the body still trickles
+    assert h.client.idle_count() == 0
+    assert h.until(lambda: h.client.idle_count() == 1)  # read to the end of the body, pooled
+    assert h.ask().status == "ok"
+    assert h.client.connections_made == 1
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+def test_answer_split_at_every_byte(
+    harness: Callable[..., Harness], raw: Any, keepalive: bool
+) -> None:
+    data = OK11 if keepalive else OK
+    cut = [0]
+
+    def split(conn: socket.socket, n: int) -> None:
+        while srv.read_head(conn):
+            k = cut[0]
+            conn.sendall(data[:k])
+            time.sleep(0.003)  # the client reads the first part on its own
+            conn.sendall(data[k:])
+            if not keepalive:
+                return
+
+    srv = raw(split)
+    h = harness("127.0.0.1", srv.port, pool_size=64 if keepalive else 0)
+    for k in range(1, len(data)):
+        cut[0] = k
+        r = h.ask()
+        assert (r.status, r.addr, r.port) == ("ok", "127.0.0.1", 143), k
+        if keepalive:  # a split in the body: it is drained before the connection is reused
+            assert h.until(lambda: h.client.idle_count() == 1), k
+    assert h.client.connections_made == (1 if keepalive else len(data) - 1)
+
+
+@pytest.mark.parametrize(
+    "answer,log,kept",
+    [
+        (b"\x00\x01garbage here\r\n\r\n", "sent invalid header in response", 0),
+        (b"HTTP/1.0 200 OK\r\nAuth Status: OK\r\n\r\n", "sent invalid header in response", 0),
+        (b"HTTP/1.0 200 OK\rX\r\n\r\n", "sent invalid response", 0),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 1100 + b"\r\n\r\n", None, 0),
+        (None, None, 0),
+        # a well-formed answer that nginx's rules refuse: the connection stays usable
+        (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+         "did not send server or port", 1),
+        (b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: localhost\r\nAuth-Port: 143\r\n"
+         b"Content-Length: 0\r\n\r\n", 'sent invalid server address:"localhost"', 1),
+    ],
+)  # fmt: skip
+def test_broken_answers(
+    harness: Callable[..., Harness], raw: Any, answer: bytes | None, log: str | None, kept: int
+) -> None:
+    srv = serve(raw, lambda n: answer)
+    h = harness("127.0.0.1", srv.port)
+    r = h.ask()
+    assert r.status == "error"
+    if log is None:
+        assert (r.log_message, r.log_level) == (None, None)
+    else:
+        assert r.log_message == f"auth http server 127.0.0.1:{srv.port} {log}"
+        assert r.log_level == "error"
+    assert h.client.idle_count() == kept
+
+
+def test_kept_alive_connection_closed_by_server_is_retried_once(
+    harness: Callable[..., Harness], raw: Any
+) -> None:
+    def handle(conn: socket.socket, n: int) -> None:
+        srv.read_head(conn)
+        conn.sendall(OK11)
+        if n == 1:
+            srv.read_head(conn)  # the second request: close without answering
+            return
+        while srv.read_head(conn):
+            conn.sendall(OK11)
+
+    srv = raw(handle)
+    h = harness("127.0.0.1", srv.port)
+    assert h.ask().status == "ok"
+    assert h.ask().status == "ok"
+    assert (srv.connections, len(srv.requests)) == (2, 3)
+
+
+def test_idle_connection_closed_by_server_leaves_the_pool(
+    harness: Callable[..., Harness], raw: Any
+) -> None:
+    def handle(conn: socket.socket, n: int) -> None:
+        srv.read_head(conn)
+        conn.sendall(OK11)  # then close
+
+    srv = raw(handle)
+    h = harness("127.0.0.1", srv.port)
+    assert h.ask().status == "ok"
+    assert h.until(lambda: h.client.idle_count() == 0)
+    assert h.ask().status == "ok" and srv.connections == 2
+
+
+def test_lost_on_fresh_connection_is_not_retried(harness: Callable[..., Harness], raw: Any) -> None:
+    srv = serve(raw, lambda n: None)
+    h = harness("127.0.0.1", srv.port)
+    assert (h.ask().status, srv.connections) == ("error", 1)
+
+
+def test_body_in_a_later_segment_is_drained_then_reused(
+    harness: Callable[..., Harness], raw: Any
+) -> None:
+    def handle(conn: socket.socket, n: int) -> None:
+        while srv.read_head(conn):
+            conn.sendall(OK11[:-1])
+            time.sleep(0.01)
+            conn.sendall(OK11[-1:])
+
+    srv = raw(handle)
+    h = harness("127.0.0.1", srv.port)
+    for _ in range(3):
+        assert h.ask().status == "ok"
+        assert h.until(lambda: h.client.idle_count() == 1)
+    assert srv.connections == 1
+
+
+def test_answer_without_length_is_not_reused(harness: Callable[..., Harness], raw: Any) -> None:
+    srv = serve(raw, lambda n: OK11.replace(b"Content-Length: 2\r\n", b""))
+    h = harness("127.0.0.1", srv.port)
+    assert [h.ask().status for _ in range(2)] == ["ok", "ok"]
+    assert srv.connections == 2
+
+
+def test_cancel_drops_the_answer_and_the_connection(
+    harness: Callable[..., Harness], raw: Any
+) -> None:
+    def slow(conn: socket.socket, n: int) -> None:
+        srv.read_head(conn)
+        time.sleep(0.2)
+        conn.sendall(OK11)
+        conn.recv(1)
+
+    srv = raw(slow)
+    h = harness("127.0.0.1", srv.port)
+    w = h.waiter()
+    h.run([(w, req())], n=1, timeout=0.05)
+    assert w.auth_pending
+    h.client.withdraw(w)
+    assert not w.auth_pending
+    h.turn(0.4)
+    assert h.results == [] and h.client.idle_count() == 0
+
+
+# --- WAIT, Auth-User, salts -----------------------------------------------------------------------
+
+
+def test_wait_then_ok_repeats_with_same_attempt_and_new_user(
+    harness: Callable[..., Harness], raw: Any
+) -> None:
+    wait = (b"HTTP/1.1 200 OK\r\nAuth-Status: WAIT\r\nAuth-Wait: 1\r\nAuth-User: bob\r\n"
+            b"Content-Length: 0\r\n\r\n")  # fmt: skip
+    srv = serve(raw, lambda n: wait if n == 1 else OK11)
+    h = harness("127.0.0.1", srv.port)
+    auth = req(protocol=b"smtp", user=b"alice", attempt=2)
+    t0 = time.monotonic()
+    r = h.ask(auth)
+    assert r.status == "ok" and time.monotonic() - t0 >= 0.9
+    assert len(srv.requests) == 2
+    assert b"Auth-User: bob\r\n" in srv.requests[1]
+    assert b"Auth-Login-Attempt: 2\r\n" in srv.requests[1]
+    assert auth.user == b"bob"
+
+
+def test_wait_without_auth_wait_is_bounded(harness: Callable[..., Harness], raw: Any) -> None:
+    wait = b"HTTP/1.1 200 OK\r\nAuth-Status: WAIT\r\nContent-Length: 0\r\n\r\n"
+    srv = serve(raw, lambda n: wait)
+    h = harness("127.0.0.1", srv.port)
+    r = h.ask()
+    assert r.log_message == (
+        f"auth http server 127.0.0.1:{srv.port} sent WAIT without Auth-Wait 4 times"
+    )
+    assert len(srv.requests) == 4  # the first answer and three repeats
+
+
+def test_auth_pass_applied_and_salted_password_forgotten(
+    harness: Callable[..., Harness], raw: Any
+) -> None:
+    with_pass = OK11.replace(b"Content-Length", b"Auth-Pass: plain%20pw\r\nContent-Length")
+    srv = serve(raw, lambda n: OK11 if n == 1 else with_pass)
+    h = harness("127.0.0.1", srv.port)
+    auth = AuthRequest(b"imap", b"cram-md5", b"alice", b"0" * 32, b"<1.2@mx>\r\n", 1)
+    r = h.ask(auth)
+    assert r.log_message == f"auth http server 127.0.0.1:{srv.port} did not send password"
+    assert auth.passwd == b"" and b"Auth-Pass: " + b"0" * 32 in srv.requests[0]
+    auth = AuthRequest(b"imap", b"cram-md5", b"alice", b"0" * 32, b"<1.2@mx>\r\n", 2)
+    r = h.ask(auth)
+    assert (r.status, r.passwd, auth.passwd) == ("ok", b"plain%20pw", b"plain%20pw")
+
+
+# --- Auth-Server host names ---------------------------------------------------------------------
+
+
+def test_auth_server_name_resolved_through_resolver(
+    harness: Callable[..., Harness], raw: Any, loop_thread: LoopThread
+) -> None:
+    from fastmail.resolver import Resolver
+    from support.dns import DnsStub
+
+    named = OK11.replace(b"127.0.0.1", b"backend.example")
+    srv = serve(raw, lambda n: named if n < 3 else named.replace(b"backend", b"nope"))
+    dns = DnsStub({("backend.example", "A"): [("192.0.2.5", 60)]})
+    loop_thread.run(dns.__aenter__())
+    try:
+        h = harness("127.0.0.1", srv.port)
+        res = Resolver(h.loop, [("127.0.0.1", dns.port)], ipv6=False)
+        h.client.close()
+        h.client = AuthClient(h.loop, "127.0.0.1", srv.port, b"/auth", b"h", 2000, 64,
+                              resolver=res, reader_factory=ResponseReader)  # fmt: skip
+        r = h.ask()
+        assert (r.status, r.server, r.addr, r.port) == ("ok", b"backend.example", "192.0.2.5", 143)
+        r = h.ask()  # from the resolver's cache
+        assert r.addr == "192.0.2.5" and len(dns.queries) == 1
+        r = h.ask()
+        assert r.status == "error"
+        assert r.log_message == (
+            f'auth http server 127.0.0.1:{srv.port} sent server name "nope.example" that '
+            "could not be resolved (3: Host not found)"
+        )
+        res.close()
+    finally:
+        loop_thread.run(dns.__aexit__(None, None, None))
