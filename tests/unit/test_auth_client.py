@@ -647,3 +647,36 @@ def test_auth_server_name_resolved_through_resolver(
         res.close()
     finally:
         loop_thread.run(dns.__aexit__(None, None, None))
+
+
+# --- from the config ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keepalive", [0, 2])
+def test_client_for_a_server_block(
+    harness: Callable[..., Harness], raw: Any, tmp_path: Path, keepalive: int
+) -> None:
+    from fastmail.auth_http import client_for
+    from fastmail.conf import load
+
+    srv = serve(raw, lambda n: OK11 if keepalive else OK)
+    conf_file = tmp_path / "f.conf"
+    conf_file.write_text(
+        "events {}\nmail {\n"
+        f"  auth_http http://127.0.0.1:{srv.port}/a/b?c=1;\n"
+        "  auth_http_header X-Auth-Key secret;\n"
+        f"  auth_http_keepalive {keepalive};\n"
+        "  auth_http_timeout 700ms;\n"
+        "  server { listen 127.0.0.1:1143; protocol imap; }\n"
+        "}\n"
+    )
+    conf = load(str(conf_file), str(tmp_path)).mail.servers[0]  # type: ignore[union-attr]
+    h = harness("127.0.0.1", srv.port)
+    h.client.close()
+    h.client = client_for(h.loop, conf, None)
+    assert (h.client.peer, h.client.pool_size) == (f"127.0.0.1:{srv.port}", keepalive)
+    assert [h.ask().status for _ in range(2)] == ["ok", "ok"]
+    version = b"HTTP/1.1" if keepalive else b"HTTP/1.0"
+    assert srv.requests[0].startswith(b"GET /a/b?c=1 " + version + b"\r\nHost: 127.0.0.1\r\n")
+    assert b"\r\nX-Auth-Key: secret\r\n" in srv.requests[0]
+    assert srv.connections == (1 if keepalive else 2)
