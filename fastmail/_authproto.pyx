@@ -21,12 +21,10 @@ from fastmail._core cimport AuthRequest
 cdef extern from *:
     """
     #include <arpa/inet.h>
-    #include <stdio.h>
     """
     int AF_INET6
     int inet_pton(int af, const char *src, void *dst) nogil
     const char *inet_ntop(int af, const void *src, char *dst, unsigned int size) nogil
-    int snprintf(char *buf, size_t n, const char *fmt, ...) nogil
 
 # Python names of the shared limits (auth_http.py takes them from here).
 globals().update(
@@ -109,10 +107,26 @@ cdef void _put_esc(Writer *w, bytes b) noexcept:
             w.n += 1
 
 
+cdef int _decimal(char *end, long long v) noexcept:
+    """Writes v in decimal ending just before `end` (at most 20 bytes); returns the length."""
+    cdef unsigned long long u = <unsigned long long>(-v if v < 0 else v)
+    cdef int n = 0
+    while True:
+        n += 1
+        end[-n] = c'0' + <char>(u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        n += 1
+        end[-n] = c'-'
+    return n
+
+
 cdef void _put_int(Writer *w, long long v) noexcept:
     cdef char buf[24]
-    cdef int n = snprintf(buf, sizeof(buf), "%lld", v)
-    _put(w, buf, n)
+    cdef int n = _decimal(buf + 24, v)
+    _put(w, buf + 24 - n, n)
 
 
 cdef bint _is_salted(bytes method) noexcept:
@@ -650,8 +664,13 @@ cdef object server_addr(const char *p, Py_ssize_t n):
             if nums[i] > 255:
                 bad4 = True
         if not bad4 and not (nums[0] == nums[1] == nums[2] == nums[3] == 255):
-            i = snprintf(text, sizeof(text), "%d.%d.%d.%d", nums[0], nums[1], nums[2], nums[3])
-            return PyUnicode_FromStringAndSize(text, i)
+            i = 16
+            for part in range(3, -1, -1):
+                i -= _decimal(text + i, nums[part])
+                if part:
+                    i -= 1
+                    text[i] = c'.'
+            return PyUnicode_FromStringAndSize(text + i, 16 - i)
     if has_dot and not has_colon:
         return None
     if n >= <Py_ssize_t>sizeof(text):
