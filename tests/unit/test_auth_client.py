@@ -680,3 +680,25 @@ def test_client_for_a_server_block(
     assert srv.requests[0].startswith(b"GET /a/b?c=1 " + version + b"\r\nHost: 127.0.0.1\r\n")
     assert b"\r\nX-Auth-Key: secret\r\n" in srv.requests[0]
     assert srv.connections == (1 if keepalive else 2)
+
+
+def test_immediate_connect_failure_is_delivered_on_a_later_loop_turn(
+    harness: Callable[..., Harness], tmp_path: Path
+) -> None:
+    path = str(tmp_path / "nobody.sock")
+    h = harness(None, 0, unix_path=path)
+    w = h.waiter()
+    seen: list[int] = []
+
+    def submit() -> None:
+        h.client.submit(w, req(), b"127.0.0.1")
+        seen.append(len(h.results))  # auth_done did not run inside ask()
+
+    h._want[0] = 1
+    h.loop.call_soon(submit)
+    h.loop.call_later(2.0, h.loop.stop)
+    h.loop.run_forever()
+    assert seen == [0] and len(h.results) == 1
+    r = h.results[0]
+    assert (r.status, r.log_message) == ("error", "connect() failed (2: No such file or directory)")
+    assert h.client.connections_made == 1 and not w.auth_pending
