@@ -702,3 +702,43 @@ def test_immediate_connect_failure_is_delivered_on_a_later_loop_turn(
     r = h.results[0]
     assert (r.status, r.log_message) == ("error", "connect() failed (2: No such file or directory)")
     assert h.client.connections_made == 1 and not w.auth_pending
+
+
+def test_stale_edge_on_an_idle_connection_keeps_it(
+    harness: Callable[..., Harness], raw: Any
+) -> None:
+    """An answer's second segment arriving between epoll_wait and the read leaves an edge
+    for bytes already read (epoll reports it as writable only): the idle connection must
+    stay pooled."""
+
+    def handle(conn: socket.socket, n: int) -> None:
+        srv.read_head(conn)
+        conn.sendall(OK11)  # the first round pools both connections
+        srv.read_head(conn)
+        if n == 1:
+            conn.sendall(OK11)  # A: whole, first
+        else:
+            time.sleep(0.005)
+            conn.sendall(OK11[:20])  # B: in the same batch as A ...
+            time.sleep(0.04)
+            conn.sendall(OK11[20:])  # ... and the rest while A's auth_done runs
+        srv.read_head(conn)
+
+    srv = raw(handle)
+    h = harness("127.0.0.1", srv.port)
+    assert [r.status for r in h.run([(h.waiter(), req()), (h.waiter(), req())])] == ["ok"] * 2
+    assert h.client.idle_count() == 2
+
+    class Slow(Waiter):
+        def auth_done(self, result: Any) -> int:
+            if len(self.results) == 2:
+                time.sleep(0.03)
+            return super().auth_done(result)
+
+    a, b = Slow(h.loop, h.results, h._want), Slow(h.loop, h.results, h._want)
+    # after the requests went out, both answers' first bytes land before the next epoll_wait
+    h.loop.call_soon(lambda: h.loop.call_soon(time.sleep, 0.03))
+    got = h.run([(a, req()), (b, req())])
+    assert [r.status for r in got] == ["ok", "ok"]
+    h.turn(0.05)
+    assert h.client.idle_count() == 2 and srv.connections == 2
