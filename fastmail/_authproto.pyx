@@ -12,6 +12,7 @@ auth_http.py keeps the Python reference of every rule here (build_request, Respo
 interpret); tests/unit/test_auth_proto.py holds the two to the same results.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_FromStringAndSize
 from libc.string cimport memcpy
@@ -34,6 +35,7 @@ globals().update(
 )
 
 
+@cython.freelist(64)
 cdef class AuthResult:
     """What the auth server decided. `user`/`passwd` are None unless Auth-User/Auth-Pass came
     (raw, not percent-decoded). For "ok", `server`/`port` are the Auth-Server/Auth-Port texts
