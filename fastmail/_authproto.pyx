@@ -302,6 +302,8 @@ cdef int _parse(AnswerReader r, const unsigned char *p, Py_ssize_t n) noexcept:
     cdef int k, code = 0, nh = 0
     cdef unsigned char c
     cdef const char *lit = b"HTTP/1."
+    r.clen = -1
+    r.conn = 0
     for k in range(7):
         if i >= lim:
             return _short(n)
@@ -400,41 +402,40 @@ cdef int _parse(AnswerReader r, const unsigned char *p, Py_ssize_t n) noexcept:
         _hdr[nh].nlen = ne - ns
         _hdr[nh].value = <const char *>p + vs
         _hdr[nh].vlen = ve - vs
+        # at once, as httptools stops at a bad Content-Length before the block is complete
+        if _framing(r, &_hdr[nh]) == P_UNUSUAL:
+            return P_UNUSUAL
         nh += 1
         i += 2
     _nhdr = nh
-    return _framing(r, nh)
+    return P_HEAD
 
 
-cdef int _framing(AnswerReader r, int nh) noexcept:
+cdef int _framing(AnswerReader r, Header *h) noexcept:
     """Content-Length and Connection as httptools would read them, or P_UNUSUAL."""
-    cdef int k
     cdef Py_ssize_t j
-    cdef Header *h
-    r.clen = -1
-    r.conn = 0
-    for k in range(nh):
-        h = &_hdr[k]
-        if _iequal(h.name, h.nlen, b"content-length", 14):
-            if r.clen >= 0 or h.vlen == 0 or h.vlen > 9:
-                return P_UNUSUAL
-            r.clen = 0
-            for j in range(h.vlen):
-                if not (c'0' <= h.value[j] <= c'9'):
-                    return P_UNUSUAL
-                r.clen = r.clen * 10 + (h.value[j] - c'0')
-        elif _iequal(h.name, h.nlen, b"connection", 10):
-            if r.conn:
-                return P_UNUSUAL
-            if _iequal(h.value, h.vlen, b"close", 5):
-                r.conn = 1
-            elif _iequal(h.value, h.vlen, b"keep-alive", 10):
-                r.conn = 2
-            else:
-                return P_UNUSUAL
-        elif (_iequal(h.name, h.nlen, b"transfer-encoding", 17)
-              or _iequal(h.name, h.nlen, b"upgrade", 7)):
+    if h.nlen < 7:
+        return P_HEAD
+    if _iequal(h.name, h.nlen, b"content-length", 14):
+        if r.clen >= 0 or h.vlen == 0 or h.vlen > 9:
             return P_UNUSUAL
+        r.clen = 0
+        for j in range(h.vlen):
+            if not (c'0' <= h.value[j] <= c'9'):
+                return P_UNUSUAL
+            r.clen = r.clen * 10 + (h.value[j] - c'0')
+    elif _iequal(h.name, h.nlen, b"connection", 10):
+        if r.conn:
+            return P_UNUSUAL
+        if _iequal(h.value, h.vlen, b"close", 5):
+            r.conn = 1
+        elif _iequal(h.value, h.vlen, b"keep-alive", 10):
+            r.conn = 2
+        else:
+            return P_UNUSUAL
+    elif (_iequal(h.name, h.nlen, b"transfer-encoding", 17)
+          or _iequal(h.name, h.nlen, b"upgrade", 7)):
+        return P_UNUSUAL
     return P_HEAD
 
 
