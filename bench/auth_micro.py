@@ -27,9 +27,9 @@ import tempfile
 from typing import Any
 
 from bench.targets import SERVERS_SRC, build_c, free_port, wait_listening
-from fastmail._auth import AuthClient, AuthWaiter
+from fastmail._auth import AuthClient
 from fastmail._core import AuthRequest
-from fastmail._poll import Loop
+from fastmail._poll import Loop, Watcher
 from fastmail.auth_http import AuthHttpClient, ResponseReader
 
 MODES = ("new-keepalive", "old-keepalive", "new-http10", "old-http10")
@@ -40,21 +40,21 @@ def login() -> AuthRequest:
     return AuthRequest(b"imap", b"plain", b"user", b"pass", b"", 1)
 
 
-class _Driver(AuthWaiter):
+class _Driver(Watcher):
     """Keeps one ask in flight: each answer submits the next until the count is reached."""
 
     def __init__(self, run: _NewRun) -> None:
         self.run = run
         self.auth = login()
 
-    def auth_done(self, result: Any) -> int:
+    def completed(self, kind: int, result: Any) -> int:
         run = self.run
         if result.status != "ok":
             run.errors += 1
         run.done += 1
         if run.started < run.count:
             run.started += 1
-            run.client.submit(self, self.auth, b"127.0.0.1")
+            run.client.ask(self, self.auth, b"127.0.0.1", None, None, None)
         elif run.done == run.count:
             run.loop.stop()
         return 0
@@ -76,7 +76,7 @@ class _NewRun:
         def start() -> None:
             for d in drivers:
                 self.started += 1
-                self.client.submit(d, d.auth, b"127.0.0.1")
+                self.client.ask(d, d.auth, b"127.0.0.1", None, None, None)
 
         self.loop.call_soon(start)
         self.loop.call_later(DEADLINE_S, self.loop.stop)

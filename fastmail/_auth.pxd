@@ -8,15 +8,16 @@ from fastmail._core cimport AuthRequest
 from fastmail._authproto cimport AuthResult, RequestTemplate, AnswerReader
 
 
-cdef class AuthWaiter(Watcher):
-    """What waits for an answer (the session derives from this)."""
-    cdef object _auth_pending            # the client's handle for this waiter's request
-    cpdef int auth_done(self, AuthResult result) except -1   # exactly once per ask, on the loop
+# The kind of Watcher.completed(kind, result) that brings an auth_http answer (the engine's
+# DONE_AUTH).
+cdef enum:
+    DONE_AUTH = 1
 
 
 cdef class _Ask:
     cdef AuthClient client
-    cdef AuthWaiter waiter               # None once delivered or cancelled
+    cdef Watcher watcher                 # gets completed(DONE_AUTH, result); None once
+                                         # delivered or cancelled
     cdef AuthRequest auth
     cdef bytes client_ip
     cdef object client_host, proxy_protocol, ssl_info
@@ -70,13 +71,14 @@ cdef class AuthClient:
     cdef TimerQueue _tq                  # auth_http_timeout
     cdef TimerQueue _dq                  # body drain bound
     cdef list _idle
+    cdef set _draining                   # connections reading a body nobody waits for
     cdef object resolver
     cdef bint allow_names
     cdef readonly bint closed
     cdef readonly long connections_made
 
-    cdef int ask(self, AuthWaiter w, AuthRequest auth, bytes client_ip, object client_host,
-                 object proxy_protocol, object ssl_info) except -1
-    cdef void cancel(self, AuthWaiter w) noexcept
+    cpdef object ask(self, Watcher w, AuthRequest auth, bytes client_ip, object client_host,
+                     object proxy_protocol, object ssl_info)
+    cpdef cancel(self, object handle)
     cdef _Conn _acquire(self)
     cdef int _open(self, _Ask ask, int64_t when) except -1

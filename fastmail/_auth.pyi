@@ -2,16 +2,11 @@ from typing import Any
 
 from fastmail._authproto import AuthResult as AuthResult
 from fastmail._core import AuthRequest
-from fastmail._poll import Loop
 
 DEBUG_BUILD: bool
+DONE_AUTH: int
 
-def live_connections() -> int: ...
-
-class AuthWaiter:
-    @property
-    def auth_pending(self) -> bool: ...
-    def auth_done(self, result: AuthResult) -> int: ...  # an override must return 0
+def live_count() -> int: ...
 
 class AuthClient:
     peer: str
@@ -20,7 +15,7 @@ class AuthClient:
     connections_made: int
     def __init__(
         self,
-        loop: Loop,
+        loop: Any,
         host: str | None,
         port: int,
         path: bytes,
@@ -34,15 +29,15 @@ class AuthClient:
         resolver: Any = None,
         reader_factory: Any = None,
     ) -> None: ...
-    def close(self) -> None: ...
-    def idle_count(self) -> int: ...
-    def submit(
+    def ask(
         self,
-        w: AuthWaiter,
+        w: Any,  # a fastmail._poll.Watcher: w.completed(DONE_AUTH, result) follows
         auth: AuthRequest,
         client_ip: bytes,
-        client_host: bytes | None = None,
-        proxy_protocol: tuple[bytes, int, bytes, int] | None = None,
-        ssl_info: dict[str, bytes] | None = None,
-    ) -> None: ...
-    def withdraw(self, w: AuthWaiter) -> None: ...
+        client_host: bytes | None,
+        proxy_protocol: tuple[bytes, int, bytes, int] | None,
+        ssl_info: dict[str, bytes] | None,
+    ) -> object: ...
+    def cancel(self, handle: object) -> None: ...
+    def close(self) -> None: ...
+    def idle_count(self) -> int: ...

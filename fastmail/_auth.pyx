@@ -10,7 +10,7 @@ send and the whole header block, never re-armed) as a timer node inside the conn
 WAIT loop; Auth-User/Auth-Pass applied to the AuthRequest. Python runs only for what is rare:
 an Auth-Wait delay (call_later), an Auth-Server host name (resolver.py), a connection error.
 Must not: parse HTTP or build requests (_authproto does), log (the session logs the result's
-line), or know what the waiter does with the answer. Mirrors ngx_mail_auth_http_module.c
+line), or know what the asker does with the answer. Mirrors ngx_mail_auth_http_module.c
 (ngx_mail_auth_http_init, _write_handler, _read_handler) and the Python reference client,
 auth_http.AuthHttpClient.
 """
@@ -24,6 +24,7 @@ from posix.unistd cimport close as c_close
 from fastmail._poll cimport (Loop, Watcher, TNode, TimerQueue, timer_cancel, EPOLLIN, EPOLLOUT,
                              EPOLLRDHUP, EPOLLET, EPOLLERR, EPOLLHUP)
 from fastmail._core cimport AuthRequest
+from fastmail._conn cimport os_error
 from fastmail._authproto cimport (AuthResult, RequestTemplate, AnswerReader, error_result,
                                   R_MORE, R_HEAD, R_ERROR, B_CLOSE, B_KEEP, B_DRAIN,
                                   WAIT_IMMEDIATE_RETRIES)
@@ -89,34 +90,19 @@ cdef uint32_t GONE = EPOLLRDHUP | EPOLLHUP | EPOLLERR
 cdef long _live = 0                      # debug build: auth connections open (pooled + busy)
 
 
-def live_connections():
+def live_count():
     """Auth connections open in this process (pooled and busy); counted in the debug build
     (FASTMAIL_DEBUG=1) only, 0 otherwise."""
     return _live
 
 
-DEBUG_BUILD = bool(FASTMAIL_DEBUG)  # live_connections() counts
-globals()["AuthResult"] = AuthResult  # what auth_done receives, for Python code
-
-
-cdef str _os_error(str call, int err):
-    return f"{call}() failed ({err}: {os.strerror(err)})"
+DEBUG_BUILD = bool(FASTMAIL_DEBUG)  # live_count() counts
+globals()["DONE_AUTH"] = DONE_AUTH
+globals()["AuthResult"] = AuthResult  # what completed() receives, for Python code
 
 
 cdef bint _salted(AuthRequest auth) noexcept:
     return auth.salt and (auth.method == b"apop" or auth.method == b"cram-md5")
-
-
-cdef class AuthWaiter(Watcher):
-    """Base of what asks: `auth_done(result)` comes exactly once per ask, on the loop (never
-    from inside ask()), unless AuthClient.cancel() came first."""
-
-    cpdef int auth_done(self, AuthResult result) except -1:
-        return 0
-
-    @property
-    def auth_pending(self):
-        return self._auth_pending is not None
 
 
 # --- one request, from the first send to the result ---------------------------------------------
@@ -145,7 +131,7 @@ cdef class _Ask:
 
     def _resend(self):
         self.timer = None
-        if self.waiter is not None:
+        if self.watcher is not None:
             self.send()
 
     cdef int answered(self, AuthResult r) except -1:
@@ -153,7 +139,7 @@ cdef class _Ask:
         ever sees ok, fail or error."""
         cdef AuthClient client = self.client
         self.conn = None
-        if self.waiter is None:
+        if self.watcher is None:
             return 0
         # nginx applies these while parsing, whatever the outcome (spec §4.2, §6.2)
         if r.user is not None:
@@ -182,7 +168,7 @@ cdef class _Ask:
         cdef AuthResult r = self.pending
         self.lookup = None
         self.pending = None
-        if r is None or self.waiter is None:
+        if r is None or self.watcher is None:
             return
         if addrs:
             r.addr = addrs[0]
@@ -194,24 +180,23 @@ cdef class _Ask:
             f"resolved ({err})", r.user, r.passwd))
 
     cdef int deliver(self, AuthResult r) except -1:
-        cdef AuthWaiter w = self.waiter
+        cdef Watcher w = self.watcher
         if w is None:
             return 0
         if self.starting:
             self.client.loop.call_soon(self._deliver_later, r)
             return 0
-        self.waiter = None
-        w._auth_pending = None
-        w.auth_done(r)
+        self.watcher = None
+        w.completed(DONE_AUTH, r)
         return 0
 
     def _deliver_later(self, AuthResult r):
         self.deliver(r)
 
     cdef void drop(self) noexcept:
-        """The waiter left: no result will be delivered; the connection is not reused."""
+        """The asker left: no result will be delivered; the connection is not reused."""
         cdef _Conn conn = self.conn
-        self.waiter = None
+        self.watcher = None
         self.pending = None
         if conn is not None:
             self.conn = None
@@ -339,6 +324,7 @@ cdef class _Conn(Watcher):
             self._release()
         elif verdict == B_DRAIN and not events & GONE:
             self.state = C_DRAINING
+            client._draining.add(self)
             client._dq.add(&self.node, self, K_DRAIN)
             if full:
                 self._drain(events)  # more may wait behind a full read
@@ -377,6 +363,8 @@ cdef class _Conn(Watcher):
         """Back to the pool, or closed when the pool is full or shut."""
         cdef AuthClient client = self.client
         timer_cancel(&self.node)
+        if self.state == C_DRAINING:
+            client._draining.discard(self)
         if client.closed or len(client._idle) >= client.pool_size:
             self._close()
             return 0
@@ -398,7 +386,7 @@ cdef class _Conn(Watcher):
         if again and not ask.retried:
             ask.retried = True
             return self.client._open(ask, when)
-        return ask.answered(error_result(_os_error(call, err) if err else None))
+        return ask.answered(error_result(os_error(call, err) if err else None))
 
     cdef int expired(self, int kind) except -1:
         cdef _Ask ask = self.ask
@@ -414,11 +402,13 @@ cdef class _Conn(Watcher):
         if self.fd < 0:
             return
         timer_cancel(&self.node)
-        if self.state == C_IDLE:
-            try:
+        try:
+            if self.state == C_IDLE:
                 self.client._idle.remove(self)
-            except ValueError:
-                pass
+            elif self.state == C_DRAINING:
+                self.client._draining.discard(self)
+        except ValueError:
+            pass
         self.state = C_CLOSED
         self.out = None
         if self.registered:
@@ -484,40 +474,35 @@ cdef class AuthClient:
         self._tq = loop.queue(timeout_ms)
         self._dq = loop.queue(DRAIN_MS)
         self._idle = []
+        self._draining = set()
         self.resolver = resolver
         self.allow_names = resolver is not None
 
-    cdef int ask(self, AuthWaiter w, AuthRequest auth, bytes client_ip, object client_host,
-                 object proxy_protocol, object ssl_info) except -1:
-        """Asks about `auth`; w.auth_done(result) follows on the loop. `client_host` is
-        bytes for SMTP (None: no Client-Host line), `proxy_protocol` None or (src, sport,
-        dst, dport), `ssl_info` None or the dict tls.ssl_info gives."""
-        cdef _Ask a
-        if w._auth_pending is not None:
-            self.cancel(w)
-        a = _Ask.__new__(_Ask)
+    cpdef object ask(self, Watcher w, AuthRequest auth, bytes client_ip, object client_host,
+                     object proxy_protocol, object ssl_info):
+        """Asks about `auth`; w.completed(DONE_AUTH, result) follows on the loop, never from
+        inside ask(). `client_host` is bytes for SMTP (None: no Client-Host line),
+        `proxy_protocol` None or (src, sport, dst, dport), `ssl_info` None or the dict
+        tls.ssl_info gives. Returns the handle cancel() takes."""
+        cdef _Ask a = _Ask.__new__(_Ask)
         a.client = self
-        a.waiter = w
+        a.watcher = w
         a.auth = auth
         a.client_ip = client_ip
         a.client_host = client_host
         a.proxy_protocol = proxy_protocol
         a.ssl_info = ssl_info
-        w._auth_pending = a
         a.starting = True
         try:
             a.send()
         finally:
             a.starting = False
-        return 0
+        return a
 
-    cdef void cancel(self, AuthWaiter w) noexcept:
-        """The client left: auth_done never comes, the request's connection is closed."""
-        cdef _Ask a = w._auth_pending
-        if a is None:
-            return
-        w._auth_pending = None
-        a.drop()
+    cpdef cancel(self, object handle):
+        """The asker left: completed() never comes, the request's connection is closed."""
+        if handle is not None:
+            (<_Ask?>handle).drop()
 
     cdef _Conn _acquire(self):
         cdef _Conn conn
@@ -535,7 +520,7 @@ cdef class AuthClient:
         cdef int fd = socket(self._family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         cdef int rc, err
         if fd < 0:
-            return ask.answered(error_result(_os_error("socket", errno)))
+            return ask.answered(error_result(os_error("socket", errno)))
         if FASTMAIL_DEBUG:
             _live += 1
         conn = _Conn.__new__(_Conn)
@@ -547,33 +532,27 @@ cdef class AuthClient:
         if rc < 0 and errno != EINPROGRESS:
             err = errno
             conn._close()
-            return ask.answered(error_result(_os_error("connect", err)))
+            return ask.answered(error_result(os_error("connect", err)))
         try:
             self.loop.register(fd, conn, 0, EVENTS)
         except OSError as e:
             conn._close()
-            return ask.answered(error_result(_os_error("epoll_ctl", e.errno)))
+            return ask.answered(error_result(os_error("epoll_ctl", e.errno)))
         conn.registered = True
         conn.state = C_CONNECTING if rc < 0 else C_SENDING
         return conn.start(ask, when)
 
     def close(self):
-        """Reload or shutdown: idle connections close now, busy ones after their answer."""
+        """Reload or shutdown: idle connections and bodies being drained close now; busy ones
+        after their answer (a request in flight is not lost)."""
         cdef _Conn conn
         self.closed = True
         while self._idle:
             conn = self._idle.pop()
             conn.state = C_CLOSED  # out of the list already
             conn._close()
+        for conn in list(self._draining):
+            conn._close()
 
     def idle_count(self):
         return len(self._idle)
-
-    # --- Python entry points (tests, tools); the engine calls ask()/cancel() ---------------
-
-    def submit(self, AuthWaiter w, AuthRequest auth, bytes client_ip, client_host=None,
-               proxy_protocol=None, ssl_info=None):
-        self.ask(w, auth, client_ip, client_host, proxy_protocol, ssl_info)
-
-    def withdraw(self, AuthWaiter w):
-        self.cancel(w)

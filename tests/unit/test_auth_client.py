@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from fastmail import _auth
-from fastmail._auth import AuthClient, AuthWaiter
+from fastmail._auth import DONE_AUTH, AuthClient
 from fastmail._core import AuthRequest
-from fastmail._poll import Loop
+from fastmail._poll import Loop, Watcher
 from fastmail.auth_http import ResponseReader, build_request
 from fastmail.testing import LoopThread
 from fastmail.testing.authd import AuthServer, Backend, UserDB
@@ -49,15 +49,19 @@ def open_fds() -> list[str]:
     return sorted(out)
 
 
-class Waiter(AuthWaiter):
-    """Collects results; stops the loop when `want` results are in."""
+class Waiter(Watcher):
+    """What a session is to the client: collects the results completed() brings; stops the
+    loop when `want` results are in."""
 
     def __init__(self, loop: Loop, results: list[Any], want: list[int]) -> None:
         self.loop = loop
         self.results = results
         self.want = want
+        self.handle: Any = None  # what ask() returned, until completed()
 
-    def auth_done(self, result: Any) -> int:
+    def completed(self, kind: int, result: Any) -> int:
+        assert kind == DONE_AUTH
+        self.handle = None
         self.results.append(result)
         if len(self.results) >= self.want[0]:
             self.loop.stop()
@@ -91,7 +95,14 @@ class Harness:
 
         def submit() -> None:
             for w, auth in asks:
-                self.client.submit(w, auth, b"127.0.0.1", **kw)
+                w.handle = self.client.ask(
+                    w,
+                    auth,
+                    b"127.0.0.1",
+                    kw.get("client_host"),
+                    kw.get("proxy_protocol"),
+                    kw.get("ssl_info"),
+                )
 
         self.loop.call_soon(submit)
         bound = self.loop.call_later(timeout, self.loop.stop)
@@ -139,7 +150,7 @@ def harness(loop_thread: LoopThread) -> Iterator[Callable[..., Harness]]:
     yield make
     for h in made:
         h.close()
-    assert _auth.live_connections() == 0
+    assert _auth.live_count() == 0
     assert open_fds() == before  # no socket, epoll set or pipe left behind
 
 
@@ -273,7 +284,7 @@ def test_ok_and_keepalive_reuse(harness: Callable[..., Harness], users: AuthServ
     assert raw.startswith(b"GET /auth HTTP/1.1\r\nHost: 127.0.0.1\r\nAuth-Method: plain\r\n")
     assert raw.endswith(b"Client-IP: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
     if _auth.DEBUG_BUILD:
-        assert _auth.live_connections() == 1
+        assert _auth.live_count() == 1
 
 
 def test_logins_at_once_open_connections_then_reuse_them(
@@ -562,9 +573,8 @@ def test_cancel_drops_the_answer_and_the_connection(
     h = harness("127.0.0.1", srv.port)
     w = h.waiter()
     h.run([(w, req())], n=1, timeout=0.05)
-    assert w.auth_pending
-    h.client.withdraw(w)
-    assert not w.auth_pending
+    assert w.handle is not None
+    h.client.cancel(w.handle)
     h.turn(0.4)
     assert h.results == [] and h.client.idle_count() == 0
 
@@ -691,8 +701,8 @@ def test_immediate_connect_failure_is_delivered_on_a_later_loop_turn(
     seen: list[int] = []
 
     def submit() -> None:
-        h.client.submit(w, req(), b"127.0.0.1")
-        seen.append(len(h.results))  # auth_done did not run inside ask()
+        w.handle = h.client.ask(w, req(), b"127.0.0.1", None, None, None)
+        seen.append(len(h.results))  # completed() did not run inside ask()
 
     h._want[0] = 1
     h.loop.call_soon(submit)
@@ -701,7 +711,7 @@ def test_immediate_connect_failure_is_delivered_on_a_later_loop_turn(
     assert seen == [0] and len(h.results) == 1
     r = h.results[0]
     assert (r.status, r.log_message) == ("error", "connect() failed (2: No such file or directory)")
-    assert h.client.connections_made == 1 and not w.auth_pending
+    assert h.client.connections_made == 1 and w.handle is None
 
 
 def test_stale_edge_on_an_idle_connection_keeps_it(
@@ -721,7 +731,7 @@ def test_stale_edge_on_an_idle_connection_keeps_it(
             time.sleep(0.005)
             conn.sendall(OK11[:20])  # B: in the same batch as A ...
             time.sleep(0.04)
-            conn.sendall(OK11[20:])  # ... and the rest while A's auth_done runs
+            conn.sendall(OK11[20:])  # ... and the rest while A's completed() runs
         srv.read_head(conn)
 
     srv = raw(handle)
@@ -730,10 +740,10 @@ def test_stale_edge_on_an_idle_connection_keeps_it(
     assert h.client.idle_count() == 2
 
     class Slow(Waiter):
-        def auth_done(self, result: Any) -> int:
+        def completed(self, kind: int, result: Any) -> int:
             if len(self.results) == 2:
                 time.sleep(0.03)
-            return super().auth_done(result)
+            return super().completed(kind, result)
 
     a, b = Slow(h.loop, h.results, h._want), Slow(h.loop, h.results, h._want)
     # after the requests went out, both answers' first bytes land before the next epoll_wait
@@ -742,3 +752,20 @@ def test_stale_edge_on_an_idle_connection_keeps_it(
     assert [r.status for r in got] == ["ok", "ok"]
     h.turn(0.05)
     assert h.client.idle_count() == 2 and srv.connections == 2
+
+
+def test_close_ends_a_body_being_drained(harness: Callable[..., Harness], raw: Any) -> None:
+    closed = threading.Event()
+
+    def handle(conn: socket.socket, n: int) -> None:
+        srv.read_head(conn)
+        conn.sendall(OK11[:-1])  # the header block and half the body
+        if conn.recv(1) == b"":  # the client closed while draining
+            closed.set()
+
+    srv = raw(handle)
+    h = harness("127.0.0.1", srv.port)
+    assert h.ask().status == "ok"
+    assert h.client.idle_count() == 0
+    h.client.close()  # reload: nothing of this client stays open
+    assert closed.wait(2)
