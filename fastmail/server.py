@@ -14,6 +14,7 @@ import os
 import socket
 import stat
 
+from fastmail import auth_http
 from fastmail._poll import Loop
 from fastmail._proxy import TrustedNetworks
 from fastmail._session import Entry, Server
@@ -105,9 +106,7 @@ def make_server(
             timeout_s=conf.resolver_timeout / 1000,
             log=main_log or log,
         )
-    from fastmail._interim_auth import InterimAuthClient
-
-    srv.auth = InterimAuthClient(loop, conf, srv.resolver)  # type: ignore[no-untyped-call]
+    srv.auth = auth_http.client_for(loop, conf, srv.resolver)
     srv.trusted = TrustedNetworks.from_entries(conf.set_real_ip_from)
     return srv
 
