@@ -52,6 +52,7 @@ from fastmail._core cimport (Machine, Profile, AuthRequest, ACT_SEND, ACT_AUTH, 
 from fastmail._login cimport BackendLogin, LoginConf
 from fastmail._proxy cimport (ProxyHeader, ProxyError, TrustedNetworks, proxy_parse,
                               proxy_realip, proxy_build_v1, proxy_build_v2)
+from fastmail._auth cimport AuthClient, AuthResult
 
 cdef extern from *:
     """
@@ -136,7 +137,7 @@ cdef class Server:
     cdef public object conf
     cdef public Profile profile
     cdef public LoginConf login_conf
-    cdef public object auth             # the auth_http client
+    cdef public AuthClient auth         # the auth_http client
     cdef public object resolver         # fastmail.resolver.Resolver, or None
     cdef public TrustedNetworks trusted  # realip: set_real_ip_from
     cdef public object log              # fastmail.log.ErrorLog
@@ -536,7 +537,7 @@ cdef class Session(Relay):
     cdef object _ssl_info(self):
         return None
 
-    cdef int _auth_done(self, res) except -1:
+    cdef int _auth_done(self, AuthResult res) except -1:
         cdef Machine m = self.m
         if res.log_message:
             self._log(ERROR if res.log_level == "error" else INFO, res.log_message,
@@ -571,7 +572,7 @@ cdef class Session(Relay):
 
     # --- the backend ---------------------------------------------------------------------------
 
-    cdef int _connect_backend(self, res) except -1:
+    cdef int _connect_backend(self, AuthResult res) except -1:
         cdef Server srv = self.srv
         cdef AuthRequest auth = self.m.auth
         self._to(S_BACKEND)
