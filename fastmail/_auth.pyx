@@ -8,11 +8,12 @@ block is read (auth_http_keepalive 0), or HTTP/1.1 keep-alive connections reused
 when a kept-alive one turns out closed; one deadline per request (auth_http_timeout: connect,
 send and the whole header block, never re-armed) as a timer node inside the connection; the
 WAIT loop; Auth-User/Auth-Pass applied to the AuthRequest. Python runs only for what is rare:
-an Auth-Wait delay (call_later), an Auth-Server host name (resolver.py), a connection error.
+an Auth-Wait delay (call_later), an Auth-Server host name (resolver.py), a connection error,
+an answer the C reader leaves to auth_http.ResponseReader. No TCP_NODELAY: a request is one
+write on a connection with nothing unacknowledged, so Nagle never holds it.
 Must not: parse HTTP or build requests (_authproto does), log (the session logs the result's
 line), or know what the asker does with the answer. Mirrors ngx_mail_auth_http_module.c
-(ngx_mail_auth_http_init, _write_handler, _read_handler) and the Python reference client,
-auth_http.AuthHttpClient.
+(ngx_mail_auth_http_init, _write_handler, _read_handler).
 """
 
 cimport cython

@@ -267,9 +267,11 @@ def test_c_backend_smtp_pipelined_mail_from_and_rcpt_to(backend: dict[str, int])
         assert f.readline() == b"250 2.0.0 Ok\r\n" and f.readline() == b"250 2.0.0 Ok\r\n"
         s.sendall(b"QUIT\r\n")
         assert f.readline().startswith(b"221 ")
-@pytest.mark.parametrize("mode", ["new-keepalive", "old-keepalive", "new-http10", "old-http10"])
+
+
+@pytest.mark.parametrize("mode", ["keepalive", "http10"])
 def test_auth_micro_benchmark_runs(auth_server: int, mode: str) -> None:
-    """bench/auth_micro.py's clients get every answer from the C auth server (OK for all)."""
+    """bench/auth_micro.py's client gets every answer from the C auth server (OK for all)."""
     from bench import auth_micro
 
     assert auth_micro.run_mode(mode, auth_server, 50, 4) == (50, 0)
