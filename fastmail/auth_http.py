@@ -176,15 +176,6 @@ def build_request(
 _NAME_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _STATUS_RE = re.compile(rb"HTTP/1\.[01] [1-9][0-9][0-9](?: [^\r\n]*)?\r?\n\Z")
 _SYNTH_10 = b"HTTP/1.0 200 OK\r\n"
-# The usual answer, whole in one read: printable bytes only, simple "Name: value" lines, a
-# Content-Length body. It is read without httptools (a third of the per-login Python time);
-# anything else (tabs, folding, chunked, odd Connection tokens, 1xx/204/304, no length, bytes
-# after the body) takes the general path, which gives the same result for these answers.
-_FAST_RE = re.compile(
-    rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: [ -~]*)?\r\n"
-    rb"((?:[A-Za-z0-9][A-Za-z0-9-]*:[ -~]*\r\n)*)\r\n"
-)
-_FRAMING = frozenset((b"content-length", b"connection", b"transfer-encoding", b"upgrade"))
 
 
 class ResponseReader:
@@ -293,9 +284,6 @@ class ResponseReader:
                 self._synthetic = True
 
     def feed(self, data: bytes) -> bool:
-        if not self.received and self._fast(data):
-            self.received = len(data)
-            return True
         self.received += len(data)
         if self.headers_complete or self.error:
             if self._parser is not None and not self.error:
@@ -325,42 +313,6 @@ class ResponseReader:
             self.error = "too big"
             return True
         return False
-
-    def _fast(self, data: bytes) -> bool:
-        m = _FAST_RE.match(data)
-        if m is None or m.end() > MAX_HEADER_BLOCK // 2 or m.group(2) in (b"204", b"304"):
-            return False
-        # the match allowed only `name:[ -~]*` lines, so splitting them is exact
-        headers: list[tuple[bytes, bytes]] = []
-        length = conn = None
-        for line in m.group(3).split(b"\r\n")[:-1]:
-            name, _, value = line.partition(b":")
-            value = value.strip(b" ")
-            headers.append((name, value))
-            low = name.lower()
-            if low not in _FRAMING:
-                continue
-            if low == b"content-length":
-                if length is not None or not value.isdigit() or len(value) > 9:
-                    return False
-                length = int(value)
-            elif low == b"connection":
-                if conn is not None:
-                    return False
-                conn = value.lower()
-                if conn not in (b"close", b"keep-alive"):
-                    return False
-            elif low in (b"transfer-encoding", b"upgrade"):
-                return False
-        if length is None or len(data) - m.end() != length:
-            return False
-        keep = conn != b"close" if m.group(1) == b"1" else conn == b"keep-alive"
-        self.headers = headers
-        self._header_bytes = m.end()
-        self.headers_complete = self.message_complete = True
-        self.body_bytes = length
-        self.keep_alive = self._server_keep_alive = keep
-        return True
 
     def _update_keep_alive(self) -> None:
         parser = self._parser

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_auth_http import FAST_CASES, OK
+from test_auth_http import OK, READ_CASES
 
 from fastmail import _authproto as P
 from fastmail._core import AuthRequest
@@ -210,7 +210,7 @@ UNIT_ANSWERS = [
     b"HTTP/1.1 200 OK\r\nAuth-Status: Invalid login or password\r\nAuth-Wait: 1\r\n"
     b"Auth-Error-Code: 535 5.7.8\r\nContent-Length: 0\r\n\r\n",
 ]
-ANSWERS = UNIT_ANSWERS + FAST_CASES
+ANSWERS = UNIT_ANSWERS + READ_CASES
 AUTHS = [
     req(),
     req(protocol=b"imap"),
@@ -293,10 +293,10 @@ def test_reader_one_byte_at_a_time(data: bytes) -> None:
 
 
 def test_usual_answers_are_read_in_c() -> None:
-    for data in UNIT_ANSWERS[-3:] + [OK, FITS, FAST_CASES[0], FAST_CASES[1]]:
+    for data in UNIT_ANSWERS[-3:] + [OK, FITS, READ_CASES[0], READ_CASES[1]]:
         code, _, _, _, r = read_whole(data)
         assert code == P.R_HEAD and not r.used_fallback, data
-    for data in (OK_BODY, FAST_CASES[8], UNIT_ANSWERS[6]):  # no status line, chunked, LF only
+    for data in (OK_BODY, READ_CASES[8], UNIT_ANSWERS[6]):  # no status line, chunked, LF only
         assert read_whole(data)[4].used_fallback
 
 
