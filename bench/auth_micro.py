@@ -2,9 +2,10 @@
 (fastmail._auth on a _poll.Loop), with keep-alive connections and with nginx's HTTP/1.0
 connection per request, against bench/servers.c's auth server (a separate process: its CPU is
 not counted). The asker is a small Python Watcher (completed() asks again), counted in.
-At 0c992ce the asyncio client it replaced (auth_http.AuthHttpClient on uvloop) took 21.2 µs
-and 2.1 syscalls per kept-alive ask, 76.5 µs and 10.5 syscalls with HTTP/1.0; this one 7.8 µs
-and 2.06, 43.9 µs and 6.13 (2 cores, busy machine; nginx makes 7 syscalls per request).
+Just before it was removed, the asyncio client this one replaced (auth_http.AuthHttpClient on
+uvloop) took 21.2 µs and 2.1 syscalls per kept-alive ask, 76.5 µs and 10.5 syscalls with
+HTTP/1.0; this one 7.8 µs and 2.06, 43.9 µs and 6.13 (2 cores, busy machine; nginx makes 7
+syscalls per request).
 
     python -m bench.auth_micro                  # CPU table, then syscalls (strace) per request
     python -m bench.auth_micro --no-strace --rounds 5 --count 20000

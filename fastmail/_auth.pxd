@@ -21,6 +21,7 @@ cdef class _Ask:
     cdef AuthRequest auth
     cdef bytes client_ip
     cdef object client_host, proxy_protocol, ssl_info
+    cdef object trace                    # debuglog.Trace when the session logs debug lines
     cdef bytes request
     cdef _Conn conn                      # the connection carrying the request, if any
     cdef int waits                       # WAIT answers without Auth-Wait in a row
@@ -78,7 +79,7 @@ cdef class AuthClient:
     cdef readonly long connections_made
 
     cpdef object ask(self, Watcher w, AuthRequest auth, bytes client_ip, object client_host,
-                     object proxy_protocol, object ssl_info)
+                     object proxy_protocol, object ssl_info, object trace=*)
     cpdef cancel(self, object handle)
     cdef _Conn _acquire(self)
     cdef int _open(self, _Ask ask, int64_t when) except -1

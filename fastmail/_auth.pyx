@@ -120,6 +120,8 @@ cdef class _Ask:
         self.timer = None
         self.request = client.tpl.build(auth, self.client_ip, self.client_host,
                                         self.proxy_protocol, self.ssl_info)
+        if self.trace is not None:
+            self.trace.auth_request(self.request)
         if _salted(auth):
             auth.passwd = b""  # nginx forgets the password once the salt went out
         self.retried = False
@@ -317,6 +319,8 @@ cdef class _Conn(Watcher):
         if ask is None:
             self._close()
             return 0
+        if ask.trace is not None:
+            ask.trace.auth_answer(self.reader.headers())
         r = self.reader.interpret(ask.auth, client.peer, client.allow_names)
         verdict = self.reader.body(client.pool_size > 0 and not client.closed)
         self.ask = None
@@ -480,11 +484,12 @@ cdef class AuthClient:
         self.allow_names = resolver is not None
 
     cpdef object ask(self, Watcher w, AuthRequest auth, bytes client_ip, object client_host,
-                     object proxy_protocol, object ssl_info):
+                     object proxy_protocol, object ssl_info, object trace=None):
         """Asks about `auth`; w.completed(DONE_AUTH, result) follows on the loop, never from
         inside ask(). `client_host` is bytes for SMTP (None: no Client-Host line),
         `proxy_protocol` None or (src, sport, dst, dport), `ssl_info` None or the dict
-        tls.ssl_info gives. Returns the handle cancel() takes."""
+        tls.ssl_info gives, `trace` a debuglog.Trace that gets every request and answer
+        (debug level only). Returns the handle cancel() takes."""
         cdef _Ask a = _Ask.__new__(_Ask)
         a.client = self
         a.watcher = w
@@ -493,6 +498,7 @@ cdef class AuthClient:
         a.client_host = client_host
         a.proxy_protocol = proxy_protocol
         a.ssl_info = ssl_info
+        a.trace = trace
         a.starting = True
         try:
             a.send()

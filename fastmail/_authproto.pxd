@@ -84,6 +84,7 @@ cdef class AnswerReader:
     cdef int got(self, Py_ssize_t n) except -1
     cdef AuthResult error(self, str peer)
     cdef AuthResult interpret(self, AuthRequest auth, str peer, bint allow_names)
+    cdef list headers(self)
     cdef int body(self, bint pool) except -1
     cdef int drain(self, Py_ssize_t n) except -1
     cdef int _py_feed(self, bytes data) except -1

@@ -528,6 +528,12 @@ cdef class AnswerReader:
         """The result for R_HEAD; call it before the next got() of any reader."""
         return interpret_headers(_hdr, _nhdr, auth, peer, allow_names)
 
+    cdef list headers(self):
+        """After R_HEAD: the (name, value) pairs (for debug lines; before the next got())."""
+        return [(PyBytes_FromStringAndSize(_hdr[k].name, _hdr[k].nlen),
+                 PyBytes_FromStringAndSize(_hdr[k].value, _hdr[k].vlen))
+                for k in range(_nhdr)]
+
     cdef int body(self, bint pool) except -1:
         """After R_HEAD: B_KEEP, B_DRAIN (then drain() per recv) or B_CLOSE. `pool` False:
         the connection is never reused (auth_http_keepalive 0, or the pool is shut)."""
@@ -582,9 +588,7 @@ cdef class AnswerReader:
         rc = self.got(PyBytes_GET_SIZE(data))
         if rc != R_HEAD:
             return rc, None
-        return rc, [(PyBytes_FromStringAndSize(_hdr[k].name, _hdr[k].nlen),
-                     PyBytes_FromStringAndSize(_hdr[k].value, _hdr[k].vlen))
-                    for k in range(_nhdr)]
+        return rc, self.headers()
 
     def feed_body(self, bytes data):
         """Body bytes after R_HEAD and a "drain" verdict: the next verdict."""

@@ -769,3 +769,33 @@ def test_close_ends_a_body_being_drained(harness: Callable[..., Harness], raw: A
     assert h.client.idle_count() == 0
     h.client.close()  # reload: nothing of this client stays open
     assert closed.wait(2)
+
+
+def test_trace_gets_each_request_and_answer(harness: Callable[..., Harness], raw: Any) -> None:
+    """At debug level the session passes its debuglog.Trace: every request sent (a WAIT
+    repeat too) and every answer's headers go to it."""
+    wait = b"HTTP/1.1 200 OK\r\nAuth-Status: WAIT\r\nContent-Length: 0\r\n\r\n"
+    srv = serve(raw, lambda n: wait if n == 1 else OK11)
+    h = harness("127.0.0.1", srv.port)
+    calls: list[tuple[str, Any]] = []
+
+    class Trace:
+        def auth_request(self, request: bytes) -> None:
+            calls.append(("request", request))
+
+        def auth_answer(self, headers: list[tuple[bytes, bytes]]) -> None:
+            calls.append(("answer", headers))
+
+    w = h.waiter()
+    h._want[0] = 1
+    h.loop.call_soon(lambda: h.client.ask(w, req(), b"127.0.0.1", None, None, None, Trace()))
+    h.loop.call_later(2.0, h.loop.stop)
+    h.loop.run_forever()
+    assert h.results[0].status == "ok"
+    assert calls == [
+        ("request", srv.requests[0]),
+        ("answer", [(b"Auth-Status", b"WAIT"), (b"Content-Length", b"0")]),
+        ("request", srv.requests[1]),
+        ("answer", [(b"Auth-Status", b"OK"), (b"Auth-Server", b"127.0.0.1"),
+                    (b"Auth-Port", b"143"), (b"Content-Length", b"2")]),
+    ]  # fmt: skip
