@@ -1,13 +1,19 @@
+"""Stubs for fastmail._auth (the engine's auth_http client)."""
+
 from typing import Any
+
+from typing_extensions import disjoint_base
 
 from fastmail._authproto import AuthResult as AuthResult
 from fastmail._core import AuthRequest
+from fastmail._poll import Loop, Watcher
 
 DEBUG_BUILD: bool
 DONE_AUTH: int
 
 def live_count() -> int: ...
 
+@disjoint_base
 class AuthClient:
     peer: str
     pool_size: int
@@ -15,7 +21,7 @@ class AuthClient:
     connections_made: int
     def __init__(
         self,
-        loop: Any,
+        loop: Loop,
         host: str | None,
         port: int,
         path: bytes,
@@ -31,7 +37,7 @@ class AuthClient:
     ) -> None: ...
     def ask(
         self,
-        w: Any,  # a fastmail._poll.Watcher: w.completed(DONE_AUTH, result) follows
+        w: Watcher,  # w.completed(DONE_AUTH, result) follows
         auth: AuthRequest,
         client_ip: bytes,
         client_host: bytes | None,

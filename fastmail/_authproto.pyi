@@ -1,4 +1,8 @@
+"""Stubs for fastmail._authproto (the auth_http protocol in C)."""
+
 from typing import Any
+
+from typing_extensions import disjoint_base
 
 from fastmail._core import AuthRequest
 
@@ -9,6 +13,7 @@ R_MORE: int
 R_HEAD: int
 R_ERROR: int
 
+@disjoint_base
 class AuthResult:
     status: str
     server: bytes | None
@@ -25,6 +30,7 @@ class AuthResult:
     ssl_backend: bytes | None
     def __init__(self, status: str = "error", **fields: Any) -> None: ...
 
+@disjoint_base
 class RequestTemplate:
     def __init__(
         self,
@@ -43,6 +49,7 @@ class RequestTemplate:
         ssl_info: dict[str, bytes] | None = None,
     ) -> bytes: ...
 
+@disjoint_base
 class AnswerReader:
     used_fallback: bool
     received: int

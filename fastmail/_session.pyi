@@ -4,6 +4,7 @@ from typing import Any
 
 from typing_extensions import disjoint_base
 
+from fastmail._auth import AuthClient
 from fastmail._conn import Acceptor
 from fastmail._core import Profile
 from fastmail._login import LoginConf
@@ -21,7 +22,7 @@ class Server:
     conf: ServerConf
     profile: Profile
     login_conf: LoginConf
-    auth: Any
+    auth: AuthClient
     resolver: Any
     trusted: TrustedNetworks
     log: Any

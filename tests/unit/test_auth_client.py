@@ -680,7 +680,7 @@ def test_client_for_a_server_block(
         "  server { listen 127.0.0.1:1143; protocol imap; }\n"
         "}\n"
     )
-    conf = load(str(conf_file), str(tmp_path)).mail.servers[0]  # type: ignore[union-attr]
+    conf = load(str(conf_file), str(tmp_path)).mail.servers[0]
     h = harness("127.0.0.1", srv.port)
     h.client.close()
     h.client = client_for(h.loop, conf, None)

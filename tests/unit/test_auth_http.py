@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from fastmail._authproto import MAX_HEADER_BLOCK
 from fastmail._core import AuthRequest
 from fastmail.auth_http import (
-    MAX_HEADER_BLOCK,
     AuthResult,
     build_request,
     escape,

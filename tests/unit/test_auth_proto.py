@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_auth_http import OK, READ_CASES
+from unit.test_auth_http import OK, READ_CASES
 
 from fastmail import _authproto as P
+from fastmail._authproto import MAX_HEADER_BLOCK
 from fastmail._core import AuthRequest
 from fastmail.auth_http import (
-    MAX_HEADER_BLOCK,
     ResponseReader,
     build_request,
     interpret,
