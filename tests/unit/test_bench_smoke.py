@@ -69,8 +69,11 @@ def check_complete_run(result: dict[str, Any], target: str, out: Path, tls: bool
             if shutil.which("strace"):  # the separate run under strace -f -c
                 calls = r["syscalls"]
                 assert calls["sessions"] == 20 and calls["total"] == figs["syscalls_per_login"]
-                # every login accepts the client and connects to the auth server and backend
-                assert calls["per_login"]["connect"] >= 2 and calls["total"] > 10
+                # every login accepts the client and connects to the backend, and to the auth
+                # server unless fastmail keeps that connection (keepalive mode)
+                pooled = target == "fastmail" and "keepalive" in r["scenario"]
+                assert calls["per_login"]["connect"] >= (1 if pooled else 2)
+                assert calls["total"] > 10
         elif r["scenario"].startswith("tls-handshake"):
             assert figs["handshakes_per_s"] > 0 and figs["p99_ms"] >= figs["p50_ms"] > 0
             resumed = r["scenario"].endswith("resumed")
