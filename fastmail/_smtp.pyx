@@ -33,6 +33,7 @@ S501_INVALID_ARG = b"501 5.5.4 Invalid argument\r\n"
 S503_BAD_SEQUENCE = b"503 5.5.1 Bad sequence of commands\r\n"
 S503_PIPELINING = b"503 5.5.0 Improper use of SMTP command pipelining\r\n"
 S530_AUTH_REQUIRED = b"530 5.7.1 Authentication required\r\n"
+S530_STARTTLS_FIRST = b"530 5.7.0 Must issue a STARTTLS command first\r\n"  # Postfix's words
 S535_DEFAULT_CODE = b"535 5.7.0"
 
 # Auth method bits (smtp_auth), in the order the EHLO AUTH line lists them: _core's six,
@@ -518,6 +519,10 @@ cdef class SmtpSession(Machine):
         if cmd == SMTP_MAIL:
             if not prof.methods & M_NONE:
                 self.send(S530_AUTH_REQUIRED)
+            elif not self.tls and prof.starttls_mode == TLS_ONLY:
+                # Beyond nginx (nginx#705): `starttls only` holds for `smtp_auth none` too;
+                # nginx relays the whole message in plain text.
+                self.send(S530_STARTTLS_FIRST)
             elif self.mail_from:
                 self.send(S503_BAD_SEQUENCE)
             elif self.nargs == 0:

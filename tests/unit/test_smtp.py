@@ -317,11 +317,32 @@ def test_none_retry_keeps_mail_and_never_sends_stale_credentials() -> None:
     assert c.asks_auth and c.m.auth.smtp_from == b"MAIL FROM:<a@b>"
 
 
-def test_none_does_not_check_starttls_only() -> None:
+STARTTLS_FIRST = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
+
+
+def test_none_under_starttls_only_needs_starttls_first_beyond_nginx() -> None:
+    """nginx#705: nginx takes MAIL and RCPT in plain text under `starttls only` when
+    `smtp_auth none` (spec Q8); fastmail answers as Postfix does until STARTTLS."""
     c = Client(auth_methods=["none"], starttls="only", tls_available=True)
-    assert c.send(b"MAIL FROM:<a@b>\r\n") == OK
+    assert c.send(b"MAIL FROM:<a@b>\r\n") == STARTTLS_FIRST
+    assert c.send(b"RCPT TO:<x@y>\r\n") == BAD_SEQ
+    assert not c.asks_auth and not c.closed and c.m.errors == 0
+    assert c.send(b"STARTTLS\r\n") == b"220 2.0.0 Start TLS\r\n"
+    c.m.on_tls_done()
+    assert c.send(b"EHLO x\r\nMAIL FROM:<a@b>\r\n").endswith(OK)
     c.send(b"RCPT TO:<x@y>\r\n")
-    assert c.asks_auth
+    assert c.asks_auth and c.m.auth.smtp_from == b"MAIL FROM:<a@b>"
+
+
+@pytest.mark.parametrize("tls,starttls", [(True, "only"), (False, "on"), (False, "off")])
+def test_none_mail_needs_no_starttls_otherwise(tls: bool, starttls: str) -> None:
+    c = Client(tls=tls, auth_methods=["none"], starttls=starttls, tls_available=True)
+    assert c.send(b"MAIL FROM:<a@b>\r\n") == OK
+
+
+def test_starttls_only_without_none_is_still_auth_required() -> None:
+    c = Client(auth_methods=["plain"], starttls="only", tls_available=True)
+    assert c.send(b"MAIL FROM:<a@b>\r\n") == AUTH_REQUIRED  # nginx's order: 530 5.7.1 first
 
 
 def test_mail_with_nul_refused_beyond_nginx() -> None:
