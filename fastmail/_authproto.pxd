@@ -30,6 +30,7 @@ cdef enum:
 cdef class AuthResult:
     cdef public str status          # "ok" | "fail" | "error" ("wait" never reaches a session)
     cdef public bytes server, user, passwd, error_message, error_code, sasl_error, ssl_backend
+    cdef public bytes backend_auth  # SMTP: Auth-SMTP-Auth-Method, lower-cased: off|plain|login
     cdef public object port         # int or None
     cdef public object addr         # str (IP text) or None
     cdef public int wait            # Auth-Wait seconds (the session delays a "fail" reply)

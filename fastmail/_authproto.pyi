@@ -28,6 +28,7 @@ class AuthResult:
     log_message: str | None
     log_level: str | None
     ssl_backend: bytes | None
+    backend_auth: bytes | None
     def __init__(self, status: str = "error", **fields: Any) -> None: ...
 
 @disjoint_base

@@ -42,7 +42,9 @@ cdef class AuthResult:
     (the backend's display name is `server:port`) and `addr` the address to connect to (None:
     a host name the client resolves). For "fail", `error_message` is the Auth-Status text,
     `error_code` the SMTP Auth-Error-Code, `wait` the Auth-Wait seconds (0: reply and close).
-    `log_message`/`log_level` is nginx's log line without ` while in http auth state, ...`."""
+    `log_message`/`log_level` is nginx's log line without ` while in http auth state, ...`.
+    fastmail's: `ssl_backend` (Auth-SSL-Backend), `backend_auth` (SMTP's Auth-SMTP-Auth-Method,
+    lower-cased and checked: off, plain or login)."""
 
     def __init__(self, str status="error", **fields):
         self.status = status
@@ -725,8 +727,9 @@ cdef AuthResult interpret_headers(Header *h, int n, AuthRequest auth, str peer,
     cdef const char *code = NULL
     cdef const char *sasl = NULL
     cdef const char *ssl_backend = NULL
+    cdef const char *backend_auth = NULL
     cdef Py_ssize_t fail_n = 0, server_n = 0, port_n = 0, user_n = 0, passwd_n = 0
-    cdef Py_ssize_t code_n = 0, sasl_n = 0, ssl_backend_n = 0
+    cdef Py_ssize_t code_n = 0, sasl_n = 0, ssl_backend_n = 0, backend_auth_n = 0
     cdef long long wait = 0, num
     cdef const char *name
     cdef const char *v
@@ -777,6 +780,10 @@ cdef AuthResult interpret_headers(Header *h, int n, AuthRequest auth, str peer,
         elif _iequal(name, nl, b"ssl-backend", 11):
             ssl_backend = v
             ssl_backend_n = vl
+        elif _iequal(name, nl, b"smtp-auth-method", 16):
+            if smtp:
+                backend_auth = v
+                backend_auth_n = vl
     user_b = _b(user, user_n)
     passwd_b = _b(passwd, passwd_n)
     r = AuthResult.__new__(AuthResult)
@@ -812,12 +819,24 @@ cdef AuthResult interpret_headers(Header *h, int n, AuthRequest auth, str peer,
         return error_result(
             f'auth http server {peer} sent invalid server port:"{_text(port_b)}"',
             user_b, passwd_b)
+    if backend_auth != NULL:
+        method = _b(backend_auth, backend_auth_n).lower()
+        if method not in _BACKEND_AUTH:
+            return error_result(
+                f'auth http server {peer} sent invalid SMTP auth method:'
+                f'"{_text(_b(backend_auth, backend_auth_n))}"', user_b, passwd_b)
+        r.backend_auth = method
     r.status = "ok"
     r.server = server_b
     r.port = num
     r.addr = addr
     r.ssl_backend = _b(ssl_backend, ssl_backend_n)
     return r
+
+
+# fastmail's Auth-SMTP-Auth-Method: AUTH to the SMTP backend for this login, whatever
+# proxy_smtp_auth and proxy_smtp_auth_method say (off: none, XCLIENT carries LOGIN=)
+cdef tuple _BACKEND_AUTH = (b"off", b"plain", b"login")
 
 
 cdef bint _no_password(AuthRequest auth):

@@ -55,6 +55,7 @@ class AuthResult:
     log_message: str | None = None
     log_level: str | None = None
     ssl_backend: bytes | None = None  # fastmail: Auth-SSL-Backend (off | on | starttls)
+    backend_auth: bytes | None = None  # fastmail: Auth-SMTP-Auth-Method (off | plain | login)
 
 
 # --- the request (spec §3) -------------------------------------------------------------------
@@ -394,6 +395,7 @@ def interpret(
     fail: bytes | None = None
     wait_flag = False
     server = port = user = passwd = wait_txt = code = sasl = ssl_backend = None
+    backend_auth = None
     for raw_name, value in headers:
         name = raw_name.lower()
         if not name.startswith(b"auth-"):
@@ -423,6 +425,9 @@ def interpret(
             sasl = value
         elif name == b"auth-ssl-backend":
             ssl_backend = value
+        elif name == b"auth-smtp-auth-method":
+            if smtp:
+                backend_auth = value
     wait = _atoi(wait_txt) if wait_txt is not None else 0
     wait = wait or 0
     if fail is not None:
@@ -452,7 +457,20 @@ def interpret(
     if n is None or not 1 <= n <= 65535:
         v = port.decode("utf-8", "backslashreplace")
         return _error(f'auth http server {peer} sent invalid server port:"{v}"', user, passwd)
-    return AuthResult("ok", server, n, addr, user, passwd, ssl_backend=ssl_backend)
+    if backend_auth is not None:
+        if backend_auth.lower() not in _BACKEND_AUTH:
+            v = backend_auth.decode("utf-8", "backslashreplace")
+            msg = f'auth http server {peer} sent invalid SMTP auth method:"{v}"'
+            return _error(msg, user, passwd)
+        backend_auth = backend_auth.lower()
+    return AuthResult(
+        "ok", server, n, addr, user, passwd, ssl_backend=ssl_backend, backend_auth=backend_auth
+    )
+
+
+# fastmail's Auth-SMTP-Auth-Method: AUTH to the SMTP backend for this login, whatever
+# proxy_smtp_auth and proxy_smtp_auth_method say (off: none, XCLIENT carries LOGIN=)
+_BACKEND_AUTH = (b"off", b"plain", b"login")
 
 
 def _no_password(auth: AuthRequest) -> bool:

@@ -290,6 +290,27 @@ def test_did_not_send_password_for_salted_methods() -> None:
 
 
 @pytest.mark.parametrize(
+    "value,expected",
+    [(b"login", b"login"), (b"LOGIN", b"login"), (b"Plain", b"plain"), (b"off", b"off")],
+)
+def test_smtp_auth_method_chosen_per_login(value: bytes, expected: bytes) -> None:
+    """fastmail's Auth-SMTP-Auth-Method: the login's AUTH to the SMTP backend."""
+    r = parse(OK[:-2] + b"Auth-SMTP-Auth-Method: " + value + b"\r\n\r\n")
+    assert (r.status, r.backend_auth) == ("ok", expected)
+    assert parse(OK).backend_auth is None  # the config decides
+    imap = parse(OK[:-2] + b"Auth-SMTP-Auth-Method: x\r\n\r\n", req(protocol=b"imap"))
+    assert (imap.status, imap.backend_auth) == ("ok", None)  # SMTP's header only
+
+
+@pytest.mark.parametrize("value", [b"cram-md5", b"", b"on"])
+def test_smtp_auth_method_unknown_is_an_error(value: bytes) -> None:
+    r = parse(OK[:-2] + b"Auth-SMTP-Auth-Method: " + value + b"\r\n\r\n")
+    v = value.decode().strip()
+    assert (r.status, r.log_level) == ("error", "error")
+    assert r.log_message == f'auth http server {PEER} sent invalid SMTP auth method:"{v}"'
+
+
+@pytest.mark.parametrize(
     "server", [b"localhost", b"[::1]", b"255.255.255.255", b"1.2.3", b"1.2.3.256", b"1.2.3.4.5"]
 )
 def test_invalid_server_address(server: bytes) -> None:

@@ -24,7 +24,8 @@ from fastmail.auth_http import (
 
 PEER = "127.0.0.1:9000"
 FIELDS = ("status", "server", "port", "addr", "user", "passwd", "error_message", "error_code",
-          "sasl_error", "wait", "log_message", "log_level", "ssl_backend")  # fmt: skip
+          "sasl_error", "wait", "log_message", "log_level", "ssl_backend",
+          "backend_auth")  # fmt: skip
 INT_MAX = 2**31 - 1
 
 
@@ -179,6 +180,10 @@ UNIT_ANSWERS = [
     b"Auth-Status: Bad thing happened\r\nAuth-Error-Code: 550 5.7.1\r\nAuth-Wait: 3\r\n\r\n",
     b"Auth-Status: WAIT\r\nAuth-Wait: 2\r\nAuth-User: new\r\n\r\n",
     OK[:-2] + b"Auth-User: new user%20\r\nAuth-Pass: p%41\r\n\r\n",
+    OK[:-2] + b"Auth-SMTP-Auth-Method: LOGIN\r\n\r\n",
+    OK[:-2] + b"auth-smtp-auth-method: off\r\n\r\n",
+    OK[:-2] + b"Auth-SMTP-Auth-Method: cram-md5\r\n\r\n",
+    OK[:-2] + b"Auth-SMTP-Auth-Method:\r\n\r\n",
     b"HTTP/1.0 200 OK\r\n" + PAD + OK_BODY,
     FITS,
     FITS[:-2] + b"a\r\n\r\n",
