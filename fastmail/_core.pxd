@@ -26,6 +26,7 @@ cdef class AuthRequest:
     cdef public bytes smtp_to
     cdef public bytes tag          # IMAP tag with its trailing space (b"" for others)
     cdef public bint esmtp         # SMTP: client said EHLO (backend login replays it)
+    cdef public bytes backend_auth # SMTP: Auth-SMTP-Auth-Method (off/plain/login); b"": the config's
 
 
 cdef class Machine:

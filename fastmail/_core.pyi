@@ -35,6 +35,7 @@ class AuthRequest:
     smtp_to: bytes
     tag: bytes
     esmtp: bool
+    backend_auth: bytes
     def __init__(
         self,
         protocol: bytes = b"",

@@ -28,6 +28,7 @@ cdef class AuthRequest:
         self.smtp_to = b""
         self.tag = b""
         self.esmtp = False
+        self.backend_auth = b""
 
     def __repr__(self):
         return (f"AuthRequest({self.protocol!r}, {self.method!r}, user={self.user!r}, "

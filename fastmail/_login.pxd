@@ -20,6 +20,11 @@ cdef class BackendLogin:
     cdef int tls_stage
     cdef int stls_proto
     cdef bytes greeting            # the backend's greeting read before STARTTLS
+    cdef bint client_id            # proxy_client_id (beyond nginx): tell who the client is
+    cdef bytes client_ip           # set_client(): the client after realip ...
+    cdef int client_port
+    cdef bytes local_ip            # ... and where it reached the proxy (None: unix socket)
+    cdef int local_port
 
     cpdef int start(self)
     cpdef int on_tls_done(self)
@@ -27,6 +32,8 @@ cdef class BackendLogin:
     cdef int _starttls(self, bytes data) except -1
     cdef int _replies(self) except -1
     cpdef int on_error(self, str reason=*)
+    cpdef void set_client(self, bytes client_ip, int client_port, bytes local_ip,
+                          int local_port)
     cpdef bytes take_output(self)
     cpdef bytes take_backend_output(self)
     cdef void _setup(self, AuthRequest auth, Py_ssize_t proxy_buffer, bint pass_error_message,
@@ -37,6 +44,7 @@ cdef class BackendLogin:
     cdef int _internal(self, str reason, str level)
     cdef int _invalid(self)
     cdef int _done(self, bytes client_bytes)
+    cdef int _skip(self)
 
 
 cdef class LoginConf:
@@ -44,5 +52,6 @@ cdef class LoginConf:
     cdef public Py_ssize_t proxy_buffer
     cdef public bint pass_error_message
     cdef public bint pipelining          # proxy_pipelining (beyond nginx)
+    cdef public bint client_id           # proxy_client_id (beyond nginx)
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header)

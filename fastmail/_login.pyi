@@ -28,6 +28,9 @@ class BackendLogin:
     def on_error(self, reason: str | None = None) -> int: ...
     def take_output(self) -> bytes: ...
     def take_backend_output(self) -> bytes: ...
+    def set_client(
+        self, client_ip: bytes, client_port: int, local_ip: bytes | None, local_port: int
+    ) -> None: ...
 
 @disjoint_base
 class ImapLogin(BackendLogin):
@@ -39,8 +42,10 @@ class ImapLogin(BackendLogin):
         pass_error_message: bool = False,
         proxy_header: bytes = b"",
         pipelining: bool = False,
+        client_id: bool = False,
     ) -> None: ...
 
+@disjoint_base
 class Pop3Login(BackendLogin):
     def __init__(
         self,
@@ -50,6 +55,7 @@ class Pop3Login(BackendLogin):
         pass_error_message: bool = False,
         proxy_header: bytes = b"",
         pipelining: bool = False,
+        client_id: bool = False,
     ) -> None: ...
 
 @disjoint_base
@@ -67,6 +73,8 @@ class SmtpLogin(BackendLogin):
         pass_error_message: bool = False,
         proxy_header: bytes = b"",
         pipelining: bool = False,
+        client_id: bool = False,
+        smtp_auth_method: bytes = b"plain",
     ) -> None: ...
 
 @disjoint_base
@@ -74,8 +82,13 @@ class LoginConf:
     proxy_buffer: int
     pass_error_message: bool
     pipelining: bool
+    client_id: bool
     def __init__(
-        self, proxy_buffer: int = 4096, pass_error_message: bool = False, pipelining: bool = False
+        self,
+        proxy_buffer: int = 4096,
+        pass_error_message: bool = False,
+        pipelining: bool = False,
+        client_id: bool = False,
     ) -> None: ...
     def new_login(
         self, auth: AuthRequest, client_addr: bytes, client_host: bytes, proxy_header: bytes
@@ -89,13 +102,16 @@ class SmtpLoginConf(LoginConf):
     server_name: bytes
     xclient: bool
     proxy_smtp_auth: bool
+    smtp_auth_method: bytes
     def __init__(
         self,
         proxy_buffer: int = 4096,
         pass_error_message: bool = False,
         pipelining: bool = False,
+        client_id: bool = False,
         *,
         server_name: bytes | str = b"localhost",
         xclient: bool = True,
         proxy_smtp_auth: bool = False,
+        smtp_auth_method: bytes | str = b"plain",
     ) -> None: ...

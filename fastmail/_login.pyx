@@ -2,9 +2,11 @@
 """Backend login machines: log in to the backend nginx's way, then hand over to the relay.
 
 Owns: the bytes sent to the backend between connect and relay (IMAP LOGIN with literals,
-POP3 USER/PASS, SMTP EHLO/HELO + XCLIENT or the smtp_auth none replay + proxy_smtp_auth),
-the reply checks, and what the client sees when the login ends. Sans-IO: never touches a
-socket, a clock or DNS; session.py owns connect, timeouts and the PROXY header write.
+POP3 USER/PASS, SMTP EHLO/HELO + XCLIENT or the smtp_auth none replay + proxy_smtp_auth
+with AUTH PLAIN or LOGIN; with proxy_client_id the client's identity in each dialect: IMAP
+ID, POP3 XCLIENT, the client's own SMTP HELO name), the reply checks, and what the client
+sees when the login ends. Sans-IO: never touches a socket, a clock or DNS; the engine
+(_session.pyx) owns connect, timeouts, the PROXY header write and the addresses.
 Mirrors nginx src/mail/ngx_mail_proxy_module.c (mainline: one untagged line tolerated before
 the IMAP LOGIN reply, XCLIENT xtext). Beyond nginx: no CR, LF or NUL from the credentials
 or the client's SMTP lines reaches a backend command line (spec README), XCLIENT values
@@ -27,10 +29,13 @@ CTL_REASON = "fastmail: CR, LF or NUL in a value for a backend command"
 # nginx's ngx_mail_proxy states, named for what was last sent (the reply check follows it).
 cdef enum:
     IMAP_START = 0
+    IMAP_ID             # proxy_client_id: the ID command (maybe with the LOGIN after it)
     IMAP_LOGIN
     IMAP_USER
     IMAP_PASSWD
     POP3_START
+    POP3_XCLIENT        # proxy_client_id: XCLIENT alone; USER follows its reply
+    POP3_XCLIENT_USER   # XCLIENT and USER sent together (proxy_pipelining)
     POP3_USER
     POP3_PASSWD
     SMTP_START
@@ -44,8 +49,10 @@ cdef enum:
     SMTP_XCLIENT_FROM
     SMTP_FROM
     SMTP_TO
-    SMTP_AUTH_PLAIN
     SMTP_FROM_TO        # proxy_pipelining: MAIL FROM and RCPT TO sent together
+    SMTP_AUTH           # AUTH PLAIN, or the AUTH LOGIN password, sent: 235 ends the login
+    SMTP_AUTH_LOGIN     # `AUTH LOGIN` sent: a 334 asks for the user name
+    SMTP_AUTH_LOGIN_USER  # the user name sent: a 334 asks for the password
     FINISHED
 
 
@@ -69,6 +76,43 @@ cpdef bytes xtext(bytes value):
 
 cdef inline bint _ctl(bytes data):
     return b"\r" in data or b"\n" in data or b"\0" in data
+
+
+cdef bint _is_ip(bytes s):
+    """An address text as _inet writes it (digits, hex, '.' and ':'): not `unix:`, nothing
+    that could need quoting in a backend command."""
+    cdef unsigned char c
+    if not s:
+        return False
+    for c in s:
+        if not (48 <= c <= 57 or 97 <= (c | 0x20) <= 102 or c == 46 or c == 58):
+            return False
+    return b":" in s or b"." in s
+
+
+cdef object _code_words(bytes line, Py_ssize_t at, bytes code):
+    """The words after CODE in a response code `[CODE w1 w2 ...]` at `at` of a greeting
+    (IMAP `* OK [CAPABILITY ...]`, POP3 `+OK [XCLIENT]`), upper-cased; None when the
+    greeting has no such code."""
+    cdef Py_ssize_t end
+    if line[at:at + 1] != b"[":
+        return None
+    end = line.find(b"]", at)
+    if end < 0:
+        return None
+    words = line[at + 1:end].upper().split()
+    if not words or words[0] != code:
+        return None
+    return words[1:]
+
+
+cdef bint _ehlo_has(bytes reply, bytes keyword):
+    """An EHLO reply lists this extension keyword (its lines' first word after the code)."""
+    for line in reply.split(b"\r\n"):
+        words = line[4:].split(None, 1)
+        if words and words[0].upper() == keyword:
+            return True
+    return False
 
 
 # proxy_ssl (beyond nginx): tls_mode, and where the STARTTLS dialogue stands (tls_stage)
@@ -196,6 +240,7 @@ cdef class BackendLogin:
         cdef Py_ssize_t end = 0, nl
         cdef bytes extra
         cdef int act = 0, a
+        cdef bint taken
         while True:
             nl = self.rbuf.find(b"\r\n", end)
             if nl < 0 or nl + 2 > self.limit:
@@ -216,9 +261,10 @@ cdef class BackendLogin:
                 if a & ACT_DONE and extra:
                     self._out += extra      # the relay's first bytes, after the login reply
                 return act
+            taken = not self.rbuf           # a command sent (_send) or the line skipped
             self.rbuf += extra
-            if a != 0:
-                end = 0                     # the reply was taken; the next one starts anew
+            if taken:
+                end = 0                     # the next reply starts anew
                 if not extra:
                     return act
 
@@ -272,10 +318,24 @@ cdef class BackendLogin:
             return 0
         return self._internal(reason, "error")
 
+    cpdef void set_client(self, bytes client_ip, int client_port, bytes local_ip,
+                          int local_port):
+        """proxy_client_id: the client's address after realip and the proxy's own where the
+        client reached it (local_ip None for a unix socket). Call before start()."""
+        self.client_ip = client_ip
+        self.client_port = client_port
+        self.local_ip = local_ip
+        self.local_port = local_port
+
     cdef bint _unsafe(self):
         return False
 
     cdef int _on_reply(self) except -1:
+        return 0
+
+    cdef int _skip(self):
+        """The reply needs no answer (an IMAP ID response, an XCLIENT reply sent for)."""
+        del self.rbuf[:]
         return 0
 
     cdef int _send(self, bytes line, int state):
@@ -317,18 +377,22 @@ cdef class ImapLogin(BackendLogin):
     """IMAP: `T LOGIN {n}` / `user {n}` / `pass` with synchronizing literals (imap.md §15).
     With `pipelining` (beyond nginx, proxy_pipelining on) the LOGIN goes as one line: with
     LITERAL+ literals when the greeting announces LITERAL+ (RFC 7888), else as quoted
-    strings when both credentials are 7-bit text without CR/LF, else nginx's three steps."""
+    strings when both credentials are 7-bit text without CR/LF, else nginx's three steps.
+    With `client_id` (proxy_client_id) an `ID` (RFC 2971) with Dovecot's x-originating-* and
+    x-connected-* fields goes first: in the LOGIN's write when pipelining, else on its own."""
 
     cdef bint pipelining
+    cdef int after_id           # the state the LOGIN sent with the ID waits in; IMAP_START: none
 
     def __init__(self, AuthRequest auth, *, Py_ssize_t proxy_buffer=4096,
                  bint pass_error_message=False, bytes proxy_header=b"",
-                 bint pipelining=False):
+                 bint pipelining=False, bint client_id=False):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
         self.internal_error = IMAP_INTERNAL_ERROR
         self.stls_proto = PROTO_IMAP
         self.state = IMAP_START
         self.pipelining = pipelining
+        self.client_id = client_id
 
     cdef bint _unsafe(self):
         # Login and password travel inside literals, where CR/LF are data; the tag does not.
@@ -336,16 +400,37 @@ cdef class ImapLogin(BackendLogin):
 
     cdef int _on_reply(self) except -1:
         cdef bytes r = bytes(self.rbuf)
-        cdef bytes tag = self.auth.tag
+        cdef bytes tag = self.auth.tag, line, id_cmd
         cdef Py_ssize_t p = 0, n = len(r)
+        cdef int nxt = IMAP_LOGIN
         if self.state == IMAP_START:
             if r[:4] != b"* OK":
                 return self._invalid()
             self.phase = "sending LOGIN command to upstream"
+            line = self._one_line(r) if self.pipelining else None
+            if line is None:
+                line = b"%sLOGIN {%d}\r\n" % (tag, len(self.auth.user))
+            else:
+                nxt = IMAP_PASSWD
+            id_cmd = self._id_command(r) if self.client_id else None
+            if id_cmd is None:
+                return self._send(line, nxt)
             if self.pipelining:
-                line = self._one_line(r)
-                if line is not None:
-                    return self._send(line, IMAP_PASSWD)
+                self.after_id = nxt
+                return self._send(id_cmd + line, IMAP_ID)
+            self.after_id = IMAP_START
+            self.phase = "sending ID to upstream"
+            return self._send(id_cmd, IMAP_ID)
+        if self.state == IMAP_ID:
+            if r[0] == 42 and r[1] == 32:  # "* ": the ID response, or any untagged line
+                return self._skip()
+            if r[:3] != b"I0 ":
+                return self._invalid()
+            # OK, NO or BAD (a server without ID): the identity is a courtesy, the login goes on
+            if self.after_id != IMAP_START:
+                self.state = self.after_id
+                return self._skip()
+            self.phase = "sending LOGIN command to upstream"
             return self._send(b"%sLOGIN {%d}\r\n" % (tag, len(self.auth.user)), IMAP_LOGIN)
         if self.state == IMAP_LOGIN:
             if r[0] != 43:  # '+'
@@ -366,7 +451,6 @@ cdef class ImapLogin(BackendLogin):
             return self._done(r)  # relayed verbatim, the untagged line included
         return self._invalid()
 
-
     cdef bytes _one_line(self, bytes greeting):
         cdef bytes user = self.auth.user, passwd = self.auth.passwd, tag = self.auth.tag
         if b"LITERAL+" in greeting.upper():
@@ -375,6 +459,21 @@ cdef class ImapLogin(BackendLogin):
         if _quotable(user) and _quotable(passwd):
             return b"%sLOGIN %s %s\r\n" % (tag, _quoted(user), _quoted(passwd))
         return None
+
+    cdef bytes _id_command(self, bytes greeting):
+        """`I0 ID (...)` with the client's address and the proxy's, or None: the client has
+        no IP address (unix socket), or the greeting's capability list lacks ID. A greeting
+        without a list may still know ID: a server that does not answers BAD, which is fine."""
+        cdef list fields
+        caps = _code_words(greeting, 5, b"CAPABILITY")
+        if not _is_ip(self.client_ip) or (caps is not None and b"ID" not in caps):
+            return None
+        fields = [b'"x-originating-ip"', _quoted(self.client_ip),
+                  b'"x-originating-port"', b'"%d"' % self.client_port]
+        if _is_ip(self.local_ip):
+            fields += [b'"x-connected-ip"', _quoted(self.local_ip),
+                       b'"x-connected-port"', b'"%d"' % self.local_port]
+        return b"I0 ID (" + b" ".join(fields) + b")\r\n"
 
 
 cdef bint _quotable(bytes s):
@@ -391,25 +490,50 @@ cdef bytes _quoted(bytes s):
 
 
 cdef class Pop3Login(BackendLogin):
-    """POP3: `USER login` / `PASS password`, each answered by `+OK` (pop3.md §15)."""
+    """POP3: `USER login` / `PASS password`, each answered by `+OK` (pop3.md §15). With
+    `client_id` (proxy_client_id), when the greeting announces `[XCLIENT]` (Dovecot, to a
+    proxy in its login_trusted_networks), `XCLIENT ADDR= PORT=` goes first: alone, or in
+    USER's write with `pipelining`."""
+
+    cdef bint pipelining
 
     def __init__(self, AuthRequest auth, *, Py_ssize_t proxy_buffer=4096,
-                 bint pass_error_message=False, bytes proxy_header=b""):
+                 bint pass_error_message=False, bytes proxy_header=b"",
+                 bint pipelining=False, bint client_id=False):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
         self.internal_error = POP3_INTERNAL_ERROR
         self.stls_proto = PROTO_POP3
         self.state = POP3_START
+        self.pipelining = pipelining
+        self.client_id = client_id
 
     cdef bint _unsafe(self):
         # nginx sends them raw, so a CR/LF would split the line (pop3.md P12): refuse.
         return _ctl(self.auth.user) or _ctl(self.auth.passwd)
 
     cdef int _on_reply(self) except -1:
+        cdef bytes user_cmd
+        if self.state == POP3_XCLIENT_USER:
+            # +OK, or -ERR: the identity is a courtesy, the login goes on
+            self.state = POP3_USER
+            return self._skip()
+        if self.state == POP3_XCLIENT:
+            self.phase = "sending user name to upstream"
+            return self._send(b"USER " + self.auth.user + b"\r\n", POP3_USER)
         if self.rbuf[:3] != b"+OK":
             return self._invalid()
         if self.state == POP3_START:
             self.phase = "sending user name to upstream"
-            return self._send(b"USER " + self.auth.user + b"\r\n", POP3_USER)
+            user_cmd = b"USER " + self.auth.user + b"\r\n"
+            if (self.client_id and _is_ip(self.client_ip)
+                    and _code_words(bytes(self.rbuf), 4, b"XCLIENT") is not None):
+                # Dovecot takes a bare IPv6 address (no IPV6: prefix as in SMTP's XCLIENT)
+                xclient = b"XCLIENT ADDR=%s PORT=%d\r\n" % (self.client_ip, self.client_port)
+                if self.pipelining:
+                    return self._send(xclient + user_cmd, POP3_XCLIENT_USER)
+                self.phase = "sending XCLIENT to upstream"
+                return self._send(xclient, POP3_XCLIENT)
+            return self._send(user_cmd, POP3_USER)
         if self.state == POP3_USER:
             self.phase = "sending password to upstream"
             return self._send(b"PASS " + self.auth.passwd + b"\r\n", POP3_PASSWD)
@@ -419,20 +543,26 @@ cdef class Pop3Login(BackendLogin):
 cdef class SmtpLogin(BackendLogin):
     """SMTP: EHLO/HELO, XCLIENT, client HELO, then AUTH PLAIN or the MAIL/RCPT replay
     (smtp.md §10). `client_addr` is the client address text after realip (no port),
-    `client_host` the resolver result (`[UNAVAILABLE]` without a resolver)."""
+    `client_host` the resolver result (`[UNAVAILABLE]` without a resolver). Beyond nginx:
+    `smtp_auth_method` b"login" makes proxy_smtp_auth's AUTH a LOGIN dialogue, and the
+    AuthRequest's `backend_auth` (Auth-SMTP-Auth-Method: off, plain, login) overrides both;
+    `client_id` (proxy_client_id) sends the client's own HELO name where nginx's XCLIENT is
+    off or the backend's EHLO reply does not list XCLIENT."""
 
     cdef bytes server_name
     cdef bytes client_addr
     cdef bytes client_host
     cdef bint xclient
     cdef bint pauth
+    cdef bint auth_login        # proxy_smtp_auth with AUTH LOGIN instead of PLAIN
     cdef bint none
     cdef bint pipelining
 
     def __init__(self, AuthRequest auth, *, server_name, client_addr,
                  client_host=b"[UNAVAILABLE]", bint xclient=True, bint proxy_smtp_auth=False,
                  Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
-                 bytes proxy_header=b"", bint pipelining=False):
+                 bytes proxy_header=b"", bint pipelining=False, bint client_id=False,
+                 bytes smtp_auth_method=b"plain"):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
         self.internal_error = SMTP_INTERNAL_ERROR
         self.stls_proto = PROTO_SMTP
@@ -442,8 +572,13 @@ cdef class SmtpLogin(BackendLogin):
         self.client_host = _b(client_host)
         self.xclient = xclient
         self.pauth = proxy_smtp_auth
+        self.auth_login = smtp_auth_method == b"login"
+        if auth.backend_auth:
+            self.pauth = auth.backend_auth != b"off"
+            self.auth_login = auth.backend_auth == b"login"
         self.none = auth.method == b"none"
         self.pipelining = pipelining
+        self.client_id = client_id
 
     cdef bint _unsafe(self):
         cdef AuthRequest a = self.auth
@@ -451,8 +586,9 @@ cdef class SmtpLogin(BackendLogin):
             return True
         if self.none and (_ctl(a.smtp_from) or _ctl(a.smtp_to)):
             return True
-        # NUL would shift the fields of the AUTH PLAIN message.
-        return self.pauth and (b"\0" in a.user or b"\0" in a.passwd)
+        # NUL would shift the fields of the AUTH PLAIN message (LOGIN sends each alone).
+        return (self.pauth and not self.auth_login
+                and (b"\0" in a.user or b"\0" in a.passwd))
 
     cdef int _after_helo(self, int helo_none, int helo_auth, int helo_plain):
         if self.none:
@@ -475,8 +611,10 @@ cdef class SmtpLogin(BackendLogin):
             ok = code == b"220"
         elif st in (SMTP_XCLIENT, SMTP_XCLIENT_HELO, SMTP_XCLIENT_AUTH, SMTP_XCLIENT_FROM):
             ok = code == b"220" or code == b"250"
-        elif st == SMTP_AUTH_PLAIN:
+        elif st == SMTP_AUTH:
             ok = code == b"235"
+        elif st == SMTP_AUTH_LOGIN or st == SMTP_AUTH_LOGIN_USER:
+            ok = code == b"334"  # the prompt's text varies (VXNlcm5hbWU6, dXNlcm5hbWU6...)
         elif st == SMTP_FROM_TO:
             # the MAIL FROM reply, then (maybe in a later read) the RCPT TO reply
             m = r.find(b"\r\n") + 2
@@ -494,16 +632,24 @@ cdef class SmtpLogin(BackendLogin):
 
         if st == SMTP_START:
             self.phase = "sending HELO/EHLO to upstream"
-            line = b"%s %s\r\n" % (b"EHLO" if a.esmtp or self.xclient else b"HELO",
-                                   self.server_name)
+            name = self.server_name
+            if self.client_id and not self.xclient and a.smtp_helo:
+                name = a.smtp_helo  # the client's own name, as it greeted us
+            line = b"%s %s\r\n" % (b"EHLO" if a.esmtp or self.xclient else b"HELO", name)
             if self.xclient:
                 nxt = SMTP_HELO_XCLIENT
             else:
                 nxt = self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO)
             return self._send(line, nxt)
         if st == SMTP_HELO_XCLIENT:
-            self.phase = "sending XCLIENT to upstream"
-            return self._send(self._xclient_line(), self._after_xclient())
+            if not self.client_id or _ehlo_has(r, b"XCLIENT"):
+                self.phase = "sending XCLIENT to upstream"
+                return self._send(self._xclient_line(), self._after_xclient())
+            # proxy_client_id, a backend without XCLIENT (nginx sends it anyway and fails):
+            # the client's own HELO/EHLO, or on from our EHLO when the client gave no name
+            st = self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO)
+            if a.smtp_helo:
+                st = SMTP_XCLIENT_HELO
         if st == SMTP_XCLIENT_HELO:
             self.phase = "sending client HELO/EHLO to upstream"
             line = b"%s %s\r\n" % (b"EHLO" if a.esmtp else b"HELO", a.smtp_helo)
@@ -512,8 +658,17 @@ cdef class SmtpLogin(BackendLogin):
             self.phase = "sending AUTH to upstream"
             if not a.passwd:
                 return self._internal("no password available", "error")
+            if self.auth_login:
+                return self._send(b"AUTH LOGIN\r\n", SMTP_AUTH_LOGIN)
             plain = binascii.b2a_base64(b"\0" + a.user + b"\0" + a.passwd, newline=False)
-            return self._send(b"AUTH PLAIN " + plain + b"\r\n", SMTP_AUTH_PLAIN)
+            return self._send(b"AUTH PLAIN " + plain + b"\r\n", SMTP_AUTH)
+        if st == SMTP_AUTH_LOGIN:
+            self.phase = "sending user name to upstream"
+            return self._send(binascii.b2a_base64(a.user, newline=False) + b"\r\n",
+                              SMTP_AUTH_LOGIN_USER)
+        if st == SMTP_AUTH_LOGIN_USER:
+            self.phase = "sending password to upstream"
+            return self._send(binascii.b2a_base64(a.passwd, newline=False) + b"\r\n", SMTP_AUTH)
         if st == SMTP_HELO_FROM or st == SMTP_XCLIENT_FROM:
             self.phase = "sending MAIL FROM to upstream"
             if self.pipelining and b"PIPELINING" in r.upper():
@@ -523,7 +678,7 @@ cdef class SmtpLogin(BackendLogin):
         if st == SMTP_FROM:
             self.phase = "sending RCPT TO to upstream"
             return self._send(a.smtp_to + b"\r\n", SMTP_TO)
-        # SMTP_HELO, SMTP_XCLIENT, SMTP_AUTH_PLAIN, SMTP_TO: logged in.
+        # SMTP_HELO, SMTP_XCLIENT, SMTP_AUTH, SMTP_TO: logged in.
         return self._done(r if self.none else SMTP_AUTH_OK)
 
     cdef int _after_xclient(self):
@@ -557,13 +712,15 @@ cdef bytes _b(value):
 # --- per-server{} settings: what the engine calls to make a login ------------------------------
 
 cdef class LoginConf:
-    """The proxy_* settings of one server{} block; new_login() makes the backend login."""
+    """The proxy_* settings of one server{} block; new_login() makes the backend login. With
+    `client_id` (proxy_client_id) the engine also gives each login set_client()."""
 
     def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
-                 bint pipelining=False):
+                 bint pipelining=False, bint client_id=False):
         self.proxy_buffer = proxy_buffer
         self.pass_error_message = pass_error_message
         self.pipelining = pipelining
+        self.client_id = client_id
 
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header):
@@ -575,28 +732,31 @@ cdef class ImapLoginConf(LoginConf):
                                  bytes proxy_header):
         return ImapLogin(auth, proxy_buffer=self.proxy_buffer,
                          pass_error_message=self.pass_error_message, proxy_header=proxy_header,
-                         pipelining=self.pipelining)
+                         pipelining=self.pipelining, client_id=self.client_id)
 
 
 cdef class Pop3LoginConf(LoginConf):
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header):
         return Pop3Login(auth, proxy_buffer=self.proxy_buffer,
-                         pass_error_message=self.pass_error_message, proxy_header=proxy_header)
+                         pass_error_message=self.pass_error_message, proxy_header=proxy_header,
+                         pipelining=self.pipelining, client_id=self.client_id)
 
 
 cdef class SmtpLoginConf(LoginConf):
     cdef public bytes server_name
     cdef public bint xclient
     cdef public bint proxy_smtp_auth
+    cdef public bytes smtp_auth_method   # proxy_smtp_auth_method: b"plain" | b"login"
 
     def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
-                 bint pipelining=False, *, server_name=b"localhost", bint xclient=True,
-                 bint proxy_smtp_auth=False):
-        LoginConf.__init__(self, proxy_buffer, pass_error_message, pipelining)
+                 bint pipelining=False, bint client_id=False, *, server_name=b"localhost",
+                 bint xclient=True, bint proxy_smtp_auth=False, smtp_auth_method=b"plain"):
+        LoginConf.__init__(self, proxy_buffer, pass_error_message, pipelining, client_id)
         self.server_name = _b(server_name)
         self.xclient = xclient
         self.proxy_smtp_auth = proxy_smtp_auth
+        self.smtp_auth_method = _b(smtp_auth_method)
 
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header):
@@ -604,4 +764,5 @@ cdef class SmtpLoginConf(LoginConf):
                          client_host=client_host, xclient=self.xclient,
                          proxy_smtp_auth=self.proxy_smtp_auth, proxy_buffer=self.proxy_buffer,
                          pass_error_message=self.pass_error_message, proxy_header=proxy_header,
-                         pipelining=self.pipelining)
+                         pipelining=self.pipelining, client_id=self.client_id,
+                         smtp_auth_method=self.smtp_auth_method)

@@ -581,7 +581,15 @@ cdef class Session(Relay):
         header = b""
         if srv.proxy_protocol != "off":
             header = self._backend_proxy_header()
+        if res.backend_auth is not None:
+            auth.backend_auth = res.backend_auth    # Auth-SMTP-Auth-Method, for this login
         self.login = srv.login_conf.new_login(auth, self.client_ip, self.client_host, header)
+        if srv.login_conf.client_id:
+            local = self._local_addr()
+            if local is None:
+                self.login.set_client(self.client_ip, self.client_port, None, 0)
+            else:
+                self.login.set_client(self.client_ip, self.client_port, local[0], local[1])
         self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
         if sock_connect(&self.b, res.addr.encode() if res.addr else b"", res.port or 0) < 0:
             return self._backend_failed(os_error("connect", self.b.err), ERROR)

@@ -73,7 +73,9 @@ def _smtp_profile(c: ServerConf) -> Profile:
 
 def _login_conf(cls: type[LoginConf]) -> Callable[[ServerConf], LoginConf]:
     def make(c: ServerConf) -> LoginConf:
-        return cls(c.proxy_buffer, c.proxy_pass_error_message, c.proxy_pipelining)
+        return cls(
+            c.proxy_buffer, c.proxy_pass_error_message, c.proxy_pipelining, c.proxy_client_id
+        )
 
     return make
 
@@ -83,9 +85,11 @@ def _smtp_login(c: ServerConf) -> LoginConf:
         c.proxy_buffer,
         c.proxy_pass_error_message,
         c.proxy_pipelining,
+        c.proxy_client_id,
         server_name=c.server_name.encode(),
         xclient=c.xclient,
         proxy_smtp_auth=c.proxy_smtp_auth,
+        smtp_auth_method=c.proxy_smtp_auth_method.encode(),
     )
 
 

@@ -162,6 +162,8 @@ class ServerConf:
     proxy_smtp_auth: bool
     proxy_protocol: str  # to the backend: "off" | "on" | "v2"
     proxy_pipelining: bool  # fastmail: one-line IMAP LOGIN, pipelined SMTP MAIL/RCPT
+    proxy_smtp_auth_method: str  # fastmail: "plain" | "login"
+    proxy_client_id: bool  # fastmail: IMAP ID, POP3 XCLIENT, the client's SMTP HELO name
     # imap
     imap_client_buffer: int
     imap_capabilities: list[str]

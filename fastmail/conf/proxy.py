@@ -90,7 +90,26 @@ DIRECTIVES: tuple[Directive, ...] = (
         default_doc="off",
         syntax="on | off",
         module="proxy",
-        doc="Log in to the SMTP backend with AUTH PLAIN (the auth_http user/password).",
+        doc="Log in to the SMTP backend with AUTH PLAIN (the auth_http user/password); "
+        "`proxy_smtp_auth_method` can make it AUTH LOGIN.",
+    ),
+    Directive(
+        "proxy_smtp_auth_method",
+        MAIL | SERVER,
+        TAKE1,
+        set_enum,
+        "proxy_smtp_auth_method",
+        values=("plain", "login"),
+        default="plain",
+        default_doc="plain",
+        syntax="plain | login",
+        module="proxy",
+        ext=True,
+        doc="The mechanism of `proxy_smtp_auth`: `login` is the AUTH LOGIN dialogue (user "
+        "name and password each answering a 334), for backends that take no PLAIN "
+        "(Exchange). The auth_http reply header `Auth-SMTP-Auth-Method: off|plain|login` "
+        "chooses per login, over both directives (`off`: no AUTH, XCLIENT carries `LOGIN=` "
+        "as nginx does); another value is an auth_http error.",
     ),
     Directive(
         "proxy_protocol",
@@ -119,6 +138,28 @@ DIRECTIVES: tuple[Directive, ...] = (
         doc="Log in to the backend in fewer round trips: IMAP LOGIN as one line (LITERAL+ "
         "literals when the greeting announces LITERAL+, else quoted strings when the "
         "credentials allow, else nginx's synchronizing literals), SMTP MAIL FROM and RCPT TO "
-        "pipelined when the backend announces PIPELINING. Off: nginx's exact bytes.",
+        "pipelined when the backend announces PIPELINING, POP3 XCLIENT (proxy_client_id) "
+        "with USER, IMAP ID (proxy_client_id) with the LOGIN. Off: nginx's exact bytes.",
+    ),
+    Directive(
+        "proxy_client_id",
+        MAIL | SERVER,
+        FLAG,
+        set_flag,
+        "proxy_client_id",
+        default=False,
+        default_doc="off",
+        syntax="on | off",
+        module="proxy",
+        ext=True,
+        doc="Tell the backend who the client is, in its own dialect, before the login: IMAP "
+        '`ID ("x-originating-ip" ... "x-originating-port" ... "x-connected-ip" ... '
+        '"x-connected-port" ...)` with the client (after realip) and the address it reached '
+        "(unless the greeting's CAPABILITY list lacks ID); POP3 `XCLIENT ADDR= PORT=` when "
+        "the greeting announces `[XCLIENT]`; SMTP: the client's own HELO/EHLO name instead of "
+        "`server_name` when `xclient` is off, or when the backend's EHLO reply does not list "
+        "XCLIENT (where nginx sends XCLIENT anyway and fails). Dovecot honours ID and XCLIENT "
+        "from its `login_trusted_networks` (its log and `doveadm who` then show the client). "
+        "Off: nginx's exact bytes.",
     ),
 )

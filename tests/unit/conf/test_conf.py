@@ -394,3 +394,38 @@ def test_auth_http_keepalive_extension_defaults_to_a_pool_and_inherits(tmp_path:
         EV + "mail {\n" + AUTH + "\n server { listen 127.0.0.1:1143; protocol imap; }\n}\n",
     )
     assert plain.mail.servers[0].auth_http_keepalive == 64
+
+
+def test_client_id_and_smtp_auth_method_extensions_reach_the_logins(tmp_path: Path) -> None:
+    from fastmail._login import SmtpLoginConf
+    from fastmail.protocols import PROTOCOLS
+
+    cfg = ok(
+        tmp_path,
+        EV + "mail {\n" + AUTH + "\n proxy_client_id on; proxy_smtp_auth_method login;\n"
+        " server { listen 127.0.0.1:1025; protocol smtp; }\n"
+        " server { listen 127.0.0.1:1026; protocol smtp; proxy_client_id off;"
+        " proxy_smtp_auth_method PLAIN; }\n"
+        " server { listen 127.0.0.1:1143; protocol imap; }\n}\n",
+    )
+    a, b, c = cfg.mail.servers
+    assert [(s.proxy_client_id, s.proxy_smtp_auth_method) for s in (a, b)] == [
+        (True, "login"),
+        (False, "plain"),
+    ]
+    la, lb, lc = (PROTOCOLS[s.protocol].login(s) for s in (a, b, c))
+    assert isinstance(la, SmtpLoginConf) and isinstance(lb, SmtpLoginConf)
+    assert (la.client_id, la.smtp_auth_method, lb.client_id, lb.smtp_auth_method) == (
+        True,
+        b"login",
+        False,
+        b"plain",
+    )
+    assert lc.client_id
+    plain = ok(tmp_path, EV + "mail {\n" + AUTH + "\n server { listen 127.0.0.1:25; }\n}\n")
+    s = plain.mail.servers[0]
+    assert (s.proxy_client_id, s.proxy_smtp_auth_method) == (False, "plain")  # nginx's bytes
+    assert (
+        err(tmp_path, EV + "mail {\n proxy_smtp_auth_method cram-md5;\n}\n")
+        == 'invalid value "cram-md5" in F:3'
+    )  # nginx's enum wording
