@@ -37,6 +37,7 @@ _SHOWN_REQUEST = frozenset(
 # the backend login step (BackendLogin.phase after it queued bytes) -> nginx's debug line
 _SEND_STEP = {
     "connecting to upstream": "mail proxy send PROXY protocol header",
+    "sending ID to upstream": "mail proxy send id",
     "sending LOGIN command to upstream": "mail proxy send login",
     "sending user name to upstream": "mail proxy send user",
     "sending password to upstream": "mail proxy send passwd",
@@ -59,6 +60,19 @@ _SECRET_FROM = {b"LOGIN": 0, b"PASS": 0, b"APOP": 1, b"AUTH": 1, b"AUTHENTICATE"
 _SASL_START = frozenset((b"AUTH", b"AUTHENTICATE"))
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\Z")
 _PROMPT = {"imap": b"+ ", "pop3": b"+ ", "smtp": b"334 "}
+
+
+def _login_shown(data: bytes) -> str:
+    """The IMAP LOGIN write: nginx's `tag LOGIN {N}` as it is; with proxy_pipelining the
+    credentials go in the same write (LITERAL+ or quoted), masked after `LOGIN`. An ID
+    command before it (proxy_client_id) is shown."""
+    at = data.find(b" LOGIN ")
+    if at < 0:
+        return shown(data)
+    head, rest = data[: at + 7], data[at + 7 :]
+    if re.fullmatch(rb"\{\d+\}\r\n", rest):
+        return shown(data)
+    return shown(head) + MASK
 
 
 def shown(data: bytes) -> str:
@@ -209,7 +223,10 @@ class Trace:
         elif phase == "sending password to upstream":
             text = f"{MASK}\\r\\n"  # the IMAP password literal
         elif phase == "sending AUTH to upstream":
-            text = f"AUTH PLAIN {MASK}\\r\\n"
+            # AUTH LOGIN carries nothing; its user name and password follow as their own steps
+            text = shown(data) if data == b"AUTH LOGIN\r\n" else f"AUTH PLAIN {MASK}\\r\\n"
+        elif phase == "sending LOGIN command to upstream":
+            text = _login_shown(data)
         elif phase == "sending user name to upstream" and self.protocol == "imap":
             # `user {N}`: N is the password's length
             text = shown(data.rpartition(b" {")[0]) + " {*}\\r\\n"

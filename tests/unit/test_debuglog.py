@@ -288,6 +288,44 @@ def test_backend_dialogue_in_nginx_words_without_credentials(logged) -> None:
 
 
 @pytest.mark.parametrize(
+    "greeting",
+    [b"* OK [CAPABILITY IMAP4rev1 ID LITERAL+] hi\r\n", b"* OK [CAPABILITY IMAP4rev1 ID] hi\r\n"],
+)
+def test_pipelined_login_and_id_show_no_credentials(logged, greeting: bytes) -> None:
+    """proxy_pipelining puts the credentials in the LOGIN's write (LITERAL+ or quoted), after
+    the ID of proxy_client_id: everything after `LOGIN` is masked, the ID is shown."""
+    lg = logged("imap")
+    auth = AuthRequest(b"imap", b"plain", b"alice", PW)
+    auth.tag = b"a1 "
+    login = ImapLogin(auth, pipelining=True, client_id=True)
+    login.set_client(b"192.0.2.7", 1, b"127.0.0.1", 143)
+    drive(login, [greeting, b"* ID NIL\r\nI0 OK\r\na1 OK done\r\n"], lg.trace)
+    no_secret(lg.text())
+    assert (
+        'mail proxy send login: "I0 ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "1"'
+        ' "x-connected-ip" "127.0.0.1" "x-connected-port" "143")\\r\\na1 LOGIN ********"'
+    ) in lg.messages()
+
+
+def test_smtp_auth_login_to_the_backend_masks_the_password(logged) -> None:
+    lg = logged("smtp")
+    auth = AuthRequest(b"smtp", b"plain", b"alice", PW)
+    login = SmtpLogin(
+        auth, server_name=b"mx", client_addr=b"192.0.2.1", xclient=False, proxy_smtp_auth=True,
+        smtp_auth_method=b"login",
+    )  # fmt: skip
+    replies = [b"220 hi\r\n", b"250 ok\r\n", b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n"]
+    drive(login, replies + [b"235 ok\r\n"], lg.trace)
+    no_secret(lg.text())
+    sent = [m for m in lg.messages() if m.startswith("mail proxy send")]
+    assert sent[1:] == [
+        'mail proxy send auth: "AUTH LOGIN\\r\\n"',
+        'mail proxy send user: "YWxpY2U=\\r\\n"',
+        'mail proxy send passwd: "********\\r\\n"',
+    ]
+
+
+@pytest.mark.parametrize(
     ("debug", "level"),
     [
         ((), DEBUG),
