@@ -1,5 +1,6 @@
 """Postfix 3.7 as a throwaway SMTP backend (recipes.md §2): smtpd on loopback ports (plain,
-PROXY-protocol, implicit TLS), XCLIENT allowed from 127.0.0.0/8, virtual delivery into Maildirs
+PROXY-protocol, implicit TLS, and one that does not grant the proxy XCLIENT), XCLIENT allowed
+from 127.0.0.0/8 elsewhere, virtual delivery into Maildirs
 the test reads (optionally Dovecot's, so mail sent through SMTP can be read back over IMAP),
 optional SASL through Dovecot's auth port. Nothing leaves the machine (default_transport=error).
 
@@ -108,9 +109,11 @@ class Postfix(Runner):
         self.etc = self.dir / "etc"
         self.running = False
         self.smtp_port = self.proxy_port = self.smtps_port = 0
+        self.noxclient_port = 0  # its EHLO reply lists no XCLIENT: only 192.0.2.1 may use it
 
     def _write_config(self) -> None:
         self.smtp_port, self.proxy_port, self.smtps_port = (free_port() for _ in range(3))
+        self.noxclient_port = free_port()
         maps = ", ".join(f"{u}@{self.domain}={u}/Maildir/" for u in self.users)
         (self.etc / "main.cf").write_text(
             MAIN_CF.format(
@@ -130,7 +133,9 @@ class Postfix(Runner):
             f"127.0.0.1:{self.proxy_port} inet n - n - - smtpd\n"
             "  -o smtpd_upstream_proxy_protocol=haproxy\n"
             f"127.0.0.1:{self.smtps_port} inet n - n - - smtpd\n"
-            "  -o smtpd_tls_wrappermode=yes\n" + SERVICES
+            "  -o smtpd_tls_wrappermode=yes\n"
+            f"127.0.0.1:{self.noxclient_port} inet n - n - - smtpd\n"
+            "  -o smtpd_authorized_xclient_hosts=192.0.2.1\n" + SERVICES
         )
 
     def _postfix(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
