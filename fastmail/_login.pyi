@@ -6,6 +6,7 @@ IMAP_INTERNAL_ERROR: bytes
 POP3_INTERNAL_ERROR: bytes
 SMTP_INTERNAL_ERROR: bytes
 SMTP_AUTH_OK: bytes
+SIEVE_INTERNAL_ERROR: bytes
 READING: str
 CTL_REASON: str
 
@@ -98,4 +99,14 @@ class SmtpLoginConf(LoginConf):
         server_name: bytes | str = b"localhost",
         xclient: bool = True,
         proxy_smtp_auth: bool = False,
+    ) -> None: ...
+
+class SieveLogin(BackendLogin):
+    def __init__(
+        self,
+        auth: AuthRequest,
+        *,
+        proxy_buffer: int = 4096,
+        pass_error_message: bool = False,
+        proxy_header: bytes = b"",
     ) -> None: ...
