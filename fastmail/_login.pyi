@@ -9,6 +9,7 @@ SMTP_AUTH_OK: bytes
 SIEVE_INTERNAL_ERROR: bytes
 READING: str
 CTL_REASON: str
+TLS_MODES: dict[str, int]
 
 TLS_MODES: dict[str, int]
 
@@ -109,4 +110,37 @@ class SieveLogin(BackendLogin):
         proxy_buffer: int = 4096,
         pass_error_message: bool = False,
         proxy_header: bytes = b"",
+    ) -> None: ...
+    def on_tls_done(self) -> int: ...
+
+@disjoint_base
+class LoginConf:
+    proxy_buffer: int
+    pass_error_message: bool
+    pipelining: bool
+    def __init__(
+        self, proxy_buffer: int = 4096, pass_error_message: bool = False, pipelining: bool = False
+    ) -> None: ...
+    def new_login(
+        self, auth: AuthRequest, client_addr: bytes, client_host: bytes, proxy_header: bytes
+    ) -> BackendLogin: ...
+
+class ImapLoginConf(LoginConf): ...
+class Pop3LoginConf(LoginConf): ...
+class SieveLoginConf(LoginConf): ...
+
+@disjoint_base
+class SmtpLoginConf(LoginConf):
+    server_name: bytes
+    xclient: bool
+    proxy_smtp_auth: bool
+    def __init__(
+        self,
+        proxy_buffer: int = 4096,
+        pass_error_message: bool = False,
+        pipelining: bool = False,
+        *,
+        server_name: bytes | str = b"localhost",
+        xclient: bool = True,
+        proxy_smtp_auth: bool = False,
     ) -> None: ...

@@ -2,7 +2,9 @@
 
 from collections.abc import Iterable
 
-from fastmail._core import AuthRequest
+from typing_extensions import disjoint_base
+
+from fastmail._core import Machine
 
 OK_GREETING: bytes
 OK_CAPABILITY: bytes
@@ -31,6 +33,7 @@ DEFAULT_EXTENSIONS: tuple[str, ...]
 
 def sieve_string(s: bytes) -> bytes: ...
 
+@disjoint_base
 class SieveProfile:
     caps_plain: bytes
     caps_starttls: bytes
@@ -53,18 +56,10 @@ class SieveProfile:
     ) -> None: ...
     def new_session(self, tls: bool) -> SieveSession: ...
 
-class SieveSession:
+@disjoint_base
+class SieveSession(Machine):
     tls: bool
     state: int
-    errors: int
-    max_errors: int
-    commands: int
-    max_commands: int
-    auth: AuthRequest | None
-    phase: str
-    close_reason: str | None
-    timer_ms: int
-    login_attempt: int
     def __init__(self, profile: SieveProfile, tls: bool = False) -> None: ...
     def start(self) -> int: ...
     def feed(self, data: bytes) -> int: ...
@@ -80,5 +75,3 @@ class SieveSession:
     def on_tls_done(self) -> int: ...
     def on_timeout(self) -> int: ...
     def on_timer(self) -> int: ...
-    def take_output(self) -> bytes: ...
-    def take_input(self) -> bytes: ...
