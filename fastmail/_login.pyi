@@ -11,8 +11,6 @@ READING: str
 CTL_REASON: str
 TLS_MODES: dict[str, int]
 
-TLS_MODES: dict[str, int]
-
 def xtext(value: bytes) -> bytes: ...
 
 @disjoint_base
@@ -85,6 +83,7 @@ class LoginConf:
 
 class ImapLoginConf(LoginConf): ...
 class Pop3LoginConf(LoginConf): ...
+class SieveLoginConf(LoginConf): ...
 
 @disjoint_base
 class SmtpLoginConf(LoginConf):
@@ -112,35 +111,3 @@ class SieveLogin(BackendLogin):
         proxy_header: bytes = b"",
     ) -> None: ...
     def on_tls_done(self) -> int: ...
-
-@disjoint_base
-class LoginConf:
-    proxy_buffer: int
-    pass_error_message: bool
-    pipelining: bool
-    def __init__(
-        self, proxy_buffer: int = 4096, pass_error_message: bool = False, pipelining: bool = False
-    ) -> None: ...
-    def new_login(
-        self, auth: AuthRequest, client_addr: bytes, client_host: bytes, proxy_header: bytes
-    ) -> BackendLogin: ...
-
-class ImapLoginConf(LoginConf): ...
-class Pop3LoginConf(LoginConf): ...
-class SieveLoginConf(LoginConf): ...
-
-@disjoint_base
-class SmtpLoginConf(LoginConf):
-    server_name: bytes
-    xclient: bool
-    proxy_smtp_auth: bool
-    def __init__(
-        self,
-        proxy_buffer: int = 4096,
-        pass_error_message: bool = False,
-        pipelining: bool = False,
-        *,
-        server_name: bytes | str = b"localhost",
-        xclient: bool = True,
-        proxy_smtp_auth: bool = False,
-    ) -> None: ...

@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 from typing_extensions import disjoint_base
 
-from fastmail._core import Machine
+from fastmail._core import Machine, Profile
 
 OK_GREETING: bytes
 OK_CAPABILITY: bytes
@@ -34,7 +34,7 @@ DEFAULT_EXTENSIONS: tuple[str, ...]
 def sieve_string(s: bytes) -> bytes: ...
 
 @disjoint_base
-class SieveProfile:
+class SieveProfile(Profile):
     caps_plain: bytes
     caps_starttls: bytes
     caps_sto: bytes
@@ -54,7 +54,6 @@ class SieveProfile:
         max_commands: int = 1000,
         implementation: bytes | str = b"fastmail",
     ) -> None: ...
-    def new_session(self, tls: bool) -> SieveSession: ...
 
 @disjoint_base
 class SieveSession(Machine):
