@@ -29,6 +29,7 @@ from typing import Any
 
 from bench import probes, report
 from bench.targets import (
+    FASTMAIL_ONLY,
     LOGIN_MODES,
     PROTOCOLS,
     ROOT,
@@ -452,10 +453,16 @@ class Bench:
                     if sc.tls and self.no_tls:
                         unavailable[name] = f"cannot run: {self.no_tls}"
                         continue
+                    if sc.proto not in self.servers.ports.proxy:
+                        unavailable[name] = f"cannot run: the {self.a.servers} servers lack it"
+                        continue
                     task = self.p.scenario(name, self.a.rounds * len(targets))
                     for rnd in range(self.a.rounds):
                         order = targets if rnd % 2 == 0 else targets[::-1]
                         for t in order:
+                            if sc.proto in FASTMAIL_ONLY and t != "fastmail":
+                                self.p.step(task, f"{t}: has no {sc.proto}")  # fastmail alone
+                                continue
                             if t in dead or (sc.tls and t in dead_tls):
                                 why = "TLS failed before" if t not in dead else "failed before"
                                 self.p.step(task, f"{t}: skipped ({why})")
@@ -517,7 +524,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("kinds", nargs="*", help=f"scenarios among {' '.join(KINDS)} (default: all)")
     p.add_argument("--target", default="fastmail,nginx", help="comma list: fastmail,nginx")
-    p.add_argument("--protocols", default="imap,pop3,smtp")
+    p.add_argument(
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        help="login storms per protocol (sieve: ManageSieve, fastmail only)",
+    )
     p.add_argument(
         "--servers",
         choices=("c", "testing"),

@@ -1,6 +1,6 @@
 /* bench/loadgen.c: the bench's client side, one epoll loop per process.
  *
- * Owns: driving IMAP/POP3/SMTP client sessions against a proxy on loopback in three modes
+ * Owns: driving IMAP/POP3/SMTP/ManageSieve client sessions against a proxy on loopback in three modes
  * (login storm, relay bulk echo, idle holder) and reporting one JSON line of results.
  * Must not: talk to anything but 127.0.0.1, run unbounded (every mode has a count and a
  * deadline), or parse more protocol than a session needs to know it succeeded.
@@ -31,7 +31,7 @@
 #include <openssl/ssl.h>
 #endif
 
-enum { P_IMAP, P_POP3, P_SMTP };
+enum { P_IMAP, P_POP3, P_SMTP, P_SIEVE };
 enum { M_LOGIN, M_RELAY, M_IDLE, M_HANDSHAKE };
 /* per-connection phases */
 enum { S_CONNECTING, S_TLS, S_SCRIPT, S_WAIT_EOF, S_RELAY, S_IDLE, S_DONE };
@@ -138,8 +138,20 @@ static void b64(const unsigned char *src, size_t n, char *dst) {
     dst[o] = 0;
 }
 
+/* The SASL PLAIN message \0user\0pass in base64 (both cut at 95 bytes), into enc[272]. */
+static void plain_b64(const char *u, char *enc) {
+    unsigned char raw[200];
+    size_t ul = strnlen(u, 95), pl = strnlen(pass, 95);
+    raw[0] = 0;
+    memcpy(raw + 1, u, ul);
+    raw[1 + ul] = 0;
+    memcpy(raw + 2 + ul, pass, pl);
+    b64(raw, 2 + ul + pl, enc);
+}
+
 /* The script: what a real client sends and the reply line that moves it on.  Untagged IMAP
- * lines and SMTP continuation lines ("250-") are skipped while waiting. */
+ * lines, SMTP continuation lines ("250-") and ManageSieve capability lines are skipped while
+ * waiting. */
 static void build_script(conn_t *c) {
     char u[96];
     snprintf(u, sizeof(u), "%s%d", user, nusers > 1 ? c->id % nusers : 0);
@@ -159,15 +171,16 @@ static void build_script(conn_t *c) {
         s[n++] = (step_t){c->sendbuf[0], "+OK", 0};
         s[n++] = (step_t){c->sendbuf[1], "+OK", 0};
         if (!login_only) s[n++] = (step_t){"QUIT\r\n", "+OK", 1};
+    } else if (proto == P_SIEVE) {
+        char enc[272];
+        plain_b64(u, enc);
+        snprintf(c->sendbuf[0], 320, "AUTHENTICATE \"PLAIN\" \"%s\"\r\n", enc);
+        s[n++] = (step_t){NULL, "OK", 0};
+        s[n++] = (step_t){c->sendbuf[0], "OK", 0};
+        if (!login_only) s[n++] = (step_t){"LOGOUT\r\n", "OK", 1};
     } else {
-        unsigned char raw[200];
-        size_t ul = strlen(u), pl = strlen(pass);
-        raw[0] = 0;
-        memcpy(raw + 1, u, ul);
-        raw[1 + ul] = 0;
-        memcpy(raw + 2 + ul, pass, pl);
-        char enc[300];
-        b64(raw, 2 + ul + pl, enc);
+        char enc[272];
+        plain_b64(u, enc);
         snprintf(c->sendbuf[0], 320, "AUTH PLAIN %s\r\n", enc);
         s[n++] = (step_t){NULL, "220 ", 0};
         s[n++] = (step_t){"EHLO bench.test\r\n", "250 ", 0};
@@ -325,6 +338,7 @@ static void on_lines(conn_t *c) {
         }
         if (proto == P_IMAP && line[0] == '*' && c->step > 0) continue;
         if (proto == P_SMTP && n > 4 && line[3] == '-') continue;
+        if (proto == P_SIEVE && line[0] == '"') continue;
         note_error(c, "unexpected:", line, n);
         conn_close(c, 0);
         return;
@@ -562,7 +576,7 @@ static int __attribute__((unused)) primed(void) { return finished >= 1; }
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen -m login|relay|idle|handshake -p PORT -P imap|pop3|smtp [-c conc]\n"
+            "usage: loadgen -m login|relay|idle|handshake -p PORT -P imap|pop3|smtp|sieve [-c conc]\n"
             "  [-n total] [-t max_secs] [-T step_timeout] [-d relay_secs] [-u user] [-U nusers]\n"
             "  [-w pass] [-s pre|auth]  (idle: stop after the greeting, or after login;\n"
             "  -c: connections on their way in at once, default 128)\n"
@@ -585,7 +599,7 @@ int main(int argc, char **argv) {
         case 'p': port = atoi(optarg); break;
         case 'P':
             proto = !strcmp(optarg, "imap") ? P_IMAP : !strcmp(optarg, "pop3") ? P_POP3
-                    : !strcmp(optarg, "smtp") ? P_SMTP : -1;
+                    : !strcmp(optarg, "smtp") ? P_SMTP : !strcmp(optarg, "sieve") ? P_SIEVE : -1;
             if (proto < 0) usage();
             break;
         case 'c': conc = atoi(optarg), conc_set = 1; break;

@@ -1,4 +1,4 @@
-/* bench/servers.c: the bench's fast auth_http server and fake IMAP/POP3/SMTP backend.
+/* bench/servers.c: the bench's fast auth_http server and fake IMAP/POP3/SMTP/ManageSieve backend.
  *
  * Owns: the servers a proxy under test talks to, written so that they cost far less CPU per
  * session than the proxy (one epoll loop, no allocation per request beyond a connection's
@@ -8,7 +8,8 @@
  * version, as nginx-style auth scripts do. `servers backend` does the backend side of a login
  * (IMAP LOGIN with nginx's literals, LITERAL+ literals or quoted strings, announced by a
  * LITERAL+ greeting; POP3 USER/PASS; SMTP EHLO/XCLIENT/EHLO, pipelined commands answered in
- * order), then LOGOUT/QUIT, or echoes every byte when the user's name starts with "echo" (the
+ * order; ManageSieve AUTHENTICATE "PLAIN" with a quoted initial response, after a capability
+ * greeting), then LOGOUT/QUIT, or echoes every byte when the user's name starts with "echo" (the
  * relay scenarios).  Must not: bind anything but 127.0.0.1, outlive its
  * parent (PR_SET_PDEATHSIG) or a deadline (-t), or check anything about the proxy: it is load,
  * not a test.
@@ -30,7 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { P_IMAP, P_POP3, P_SMTP, P_HTTP };
+enum { P_IMAP, P_POP3, P_SMTP, P_SIEVE, P_HTTP };
 #define LINEBUF 4096
 #define ECHOBUF 65536
 #define OUTBUF 1024
@@ -53,7 +54,7 @@ typedef struct {
 static int epfd;
 static conn_t **conns; /* by fd */
 static int maxfd;
-static int backend_port[3];
+static int backend_port[4]; /* IMAP, POP3, SMTP, and ManageSieve when given */
 static const char *password = "pass";
 static int close_always; /* auth -C: HTTP/1.0 and close after every answer */
 
@@ -243,6 +244,52 @@ static void smtp_line(conn_t *c, const char *l, size_t n) {
     }
 }
 
+/* ManageSieve: `AUTHENTICATE "PLAIN" "<base64 \0user\0pass>"` logs in (the user is taken from the
+ * base64, for the echo users); a literal initial response is taken as a login without a user */
+static int b64val(char ch) {
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    return ch == '+' ? 62 : ch == '/' ? 63 : -1;
+}
+
+static void sieve_line(conn_t *c, const char *l, size_t n) {
+    const char *end = l + n;
+    size_t cl;
+    const char *cmd = word(l, end, &cl);
+    if (c->lit_count) { /* the end of an AUTHENTICATE line whose response was a literal */
+        c->lit_count = 0;
+        REPLY(c, "OK \"Logged in.\"\r\n");
+        logged_in(c);
+    } else if (cl == 12 && !strncasecmp(cmd, "AUTHENTICATE", 12)) {
+        if (n > 2 && l[n - 1] == '}' && memrchr(l, '{', n)) {
+            c->literal = strtoul((const char *)memrchr(l, '{', n) + 1, NULL, 10);
+            c->lit_count = 1;
+            return;
+        }
+        const char *q = memrchr(l, '"', n); /* the initial response: the last quoted string */
+        const char *o = q ? memrchr(l, '"', q - l) : NULL;
+        char raw[96];
+        size_t k = 0;
+        int acc = 0, bits = 0, v;
+        for (const char *p = o ? o + 1 : q; p && p < q && (v = b64val(*p)) >= 0; p++) {
+            acc = (acc << 6 | v) & 0xFFFFFF;
+            bits += 6;
+            if (bits >= 8 && k < sizeof(raw)) raw[k++] = (char)(acc >> (bits -= 8));
+        }
+        const char *u = memchr(raw, 0, k); /* authzid \0 user \0 pass */
+        const char *e = u ? memchr(u + 1, 0, k - (u + 1 - raw)) : NULL;
+        if (u && e) set_user(c, u + 1, e - u - 1);
+        REPLY(c, "OK \"Logged in.\"\r\n");
+        logged_in(c);
+    } else if (cl == 6 && !strncasecmp(cmd, "LOGOUT", 6)) {
+        REPLY(c, "OK \"Logout completed.\"\r\n");
+        c->closing = 1;
+    } else {
+        REPLY(c, "OK \"Done.\"\r\n");
+    }
+}
+
 /* -- auth_http: one request head ----------------------------------------------------------------- */
 
 static int header(const char *h, size_t n, const char *name, const char **v, size_t *vl) {
@@ -268,8 +315,10 @@ static void http_request(conn_t *c, const char *head, size_t n) {
         if (!e) e = end;
         size_t ll = e - l - (e > l && e[-1] == '\r');
         if (header(l, ll, "Auth-Protocol", &v, &vl)) {
-            proto = vl == 4 && !strncasecmp(v, "pop3", 4) ? P_POP3
-                    : vl == 4 && !strncasecmp(v, "smtp", 4) ? P_SMTP : P_IMAP;
+            proto = vl == 4 && !strncasecmp(v, "pop3", 4)    ? P_POP3
+                    : vl == 4 && !strncasecmp(v, "smtp", 4)  ? P_SMTP
+                    : vl == 5 && !strncasecmp(v, "sieve", 5) ? P_SIEVE
+                                                             : P_IMAP;
         } else if (header(l, ll, "Auth-Pass", &v, &vl)) {
             pass_ok = vl == strlen(password) && !memcmp(v, password, vl);
         } else if (header(l, ll, "Connection", &v, &vl)) {
@@ -301,7 +350,7 @@ static void http_request(conn_t *c, const char *head, size_t n) {
 static void on_lines(conn_t *c) {
     size_t pos = 0;
     while (!c->closing && !c->echo) {
-        if (c->literal) { /* IMAP literal: the LOGIN user name, or the password */
+        if (c->literal) { /* IMAP literal: the LOGIN user name, or the password (or sieve's) */
             size_t take = c->inlen - pos < c->literal ? c->inlen - pos : c->literal;
             if (c->lit_is_user && take == c->literal) set_user(c, c->in + pos, take);
             if (c->lit_is_user && take < c->literal) break; /* user names arrive whole */
@@ -327,6 +376,8 @@ static void on_lines(conn_t *c) {
             imap_line(c, l, n);
         } else if (c->proto == P_POP3) {
             pop3_line(c, l, n);
+        } else if (c->proto == P_SIEVE) {
+            sieve_line(c, l, n);
         } else {
             smtp_line(c, l, n);
         }
@@ -434,6 +485,9 @@ static void on_accept(int lfd, int proto) {
             REPLY(c, "* OK [CAPABILITY IMAP4rev1 LITERAL+] bench backend ready\r\n");
         if (proto == P_POP3) REPLY(c, "+OK bench backend ready\r\n");
         if (proto == P_SMTP) REPLY(c, "220 bench.backend ESMTP\r\n");
+        if (proto == P_SIEVE)
+            REPLY(c, "\"IMPLEMENTATION\" \"bench\"\r\n\"SIEVE\" \"fileinto vacation\"\r\n"
+                     "\"SASL\" \"PLAIN\"\r\n\"VERSION\" \"1.0\"\r\nOK \"bench backend ready\"\r\n");
         struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e);
         if (flush(c)) set_events(c, EPOLLIN | EPOLLOUT);
@@ -461,9 +515,9 @@ static int listen_on(int port, int proto) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: servers auth -a PORT -b IMAP,POP3,SMTP [-w pass] [-t max_secs] [-C]\n"
+    fprintf(stderr, "usage: servers auth -a PORT -b IMAP,POP3,SMTP[,SIEVE] [-w pass] [-t max_secs] [-C]\n"
                     "       (-C: answer HTTP/1.0 and close after every answer)\n"
-                    "       servers backend -b IMAP,POP3,SMTP [-t max_secs]\n");
+                    "       servers backend -b IMAP,POP3,SMTP[,SIEVE] [-t max_secs]\n");
     exit(2);
 }
 
@@ -478,8 +532,8 @@ int main(int argc, char **argv) {
         switch (opt) {
         case 'a': auth_port = atoi(optarg); break;
         case 'b':
-            if (sscanf(optarg, "%d,%d,%d", &backend_port[0], &backend_port[1],
-                       &backend_port[2]) != 3)
+            if (sscanf(optarg, "%d,%d,%d,%d", &backend_port[0], &backend_port[1],
+                       &backend_port[2], &backend_port[3]) < 3)
                 usage();
             break;
         case 'w': password = optarg; break;
@@ -502,7 +556,8 @@ int main(int argc, char **argv) {
     if (auth)
         listen_on(auth_port, P_HTTP);
     else
-        for (int p = 0; p < 3; p++) listen_on(backend_port[p], p);
+        for (int p = 0; p < 4; p++)
+            if (backend_port[p]) listen_on(backend_port[p], p);
     printf("ready\n");
     fflush(stdout);
     struct timespec t0, t;

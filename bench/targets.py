@@ -32,7 +32,9 @@ LOADGEN_SRC = Path(__file__).resolve().parent / "loadgen.c"
 SERVERS_SRC = Path(__file__).resolve().parent / "servers.c"
 NGINX_MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PROTOCOLS = ("imap", "pop3", "smtp")
+PROTOCOLS = ("imap", "pop3", "smtp", "sieve")
+FASTMAIL_ONLY = ("sieve",)  # nginx has no ManageSieve: fastmail alone runs these
+TESTING_PROTOCOLS = ("imap", "pop3", "smtp")  # what fastmail.testing's backend speaks
 
 # Login modes: which auth_http server the proxy asks, and fastmail's settings for it (nginx
 # takes neither directive and always sends one HTTP/1.0 request per connection).
@@ -115,7 +117,15 @@ mail {{
         protocol smtp;
         smtp_auth login plain;
     }}
-{tls_servers}}}
+{sieve_server}{tls_servers}}}
+"""
+
+SIEVE_SERVER = """\
+    server {{
+        listen 127.0.0.1:{sieve};
+        protocol sieve;
+        sieve_auth plain;
+    }}
 """
 
 
@@ -398,7 +408,11 @@ class Proxy:
                 **self.ports.tls,
             )
         extra = MODE_DIRECTIVES[self.mode] if self.name == "fastmail" else []
+        sieve = ""
+        if self.serves("sieve") and "sieve" in self.ports.proxy:
+            sieve = SIEVE_SERVER.format(sieve=self.ports.proxy["sieve"])
         return CONF_TEMPLATE.format(
+            sieve_server=sieve,
             tls_servers=tls,
             mode_directives="".join(f"    {d}\n" for d in extra),
             load_module=f"load_module {NGINX_MAIL_MODULE};" if self.name == "nginx" else "",
@@ -409,6 +423,9 @@ class Proxy:
             auth_port=self.ports.auth[MODE_AUTH[self.mode]],
             **self.ports.proxy,
         )
+
+    def serves(self, proto: str) -> bool:
+        return proto not in FASTMAIL_ONLY or self.name == "fastmail"
 
     def command(self) -> list[str]:
         if self.name == "nginx":
@@ -440,7 +457,7 @@ class Proxy:
             preexec_fn=raise_nofile,
         )
         out.close()
-        ports = list(self.ports.proxy.values())
+        ports = [port for p, port in self.ports.proxy.items() if self.serves(p)]
         if self.cert:
             ports += list(self.ports.tls.values())
         wait_listening(self.proc, ports, timeout, self.name, self.log_tail)
@@ -526,11 +543,12 @@ class Servers:
         self.dir = workdir / "servers"
         self.dir.mkdir(parents=True, exist_ok=True)
         auth = free_port()
+        self.protocols = PROTOCOLS if kind == "c" else TESTING_PROTOCOLS
         self.ports = Ports(
             auth={"keepalive": auth, "http10": free_port() if kind == "c" else auth},
-            backend={p: free_port() for p in PROTOCOLS},
+            backend={p: free_port() for p in self.protocols},
         )
-        self.ports.proxy = {p: free_port() for p in PROTOCOLS}
+        self.ports.proxy = {p: free_port() for p in self.protocols}
         self.ports.tls = {"imaps_full": free_port(), "imaps_resume": free_port()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -551,7 +569,7 @@ class Servers:
     def start(self) -> None:
         py = sys.executable
         # relay sessions log in as "echo" and land on backends that echo after login
-        self.echo_ports = {p: free_port() for p in PROTOCOLS}
+        self.echo_ports = {p: free_port() for p in self.protocols}
         if self.kind == "c":
             exe = str(build_c(SERVERS_SRC))
             b = ",".join(str(self.ports.backend[p]) for p in PROTOCOLS)

@@ -6,9 +6,9 @@ IMAP_INTERNAL_ERROR: bytes
 POP3_INTERNAL_ERROR: bytes
 SMTP_INTERNAL_ERROR: bytes
 SMTP_AUTH_OK: bytes
+SIEVE_INTERNAL_ERROR: bytes
 READING: str
 CTL_REASON: str
-
 TLS_MODES: dict[str, int]
 
 def xtext(value: bytes) -> bytes: ...
@@ -96,6 +96,7 @@ class LoginConf:
 
 class ImapLoginConf(LoginConf): ...
 class Pop3LoginConf(LoginConf): ...
+class SieveLoginConf(LoginConf): ...
 
 @disjoint_base
 class SmtpLoginConf(LoginConf):
@@ -115,3 +116,14 @@ class SmtpLoginConf(LoginConf):
         proxy_smtp_auth: bool = False,
         smtp_auth_method: bytes | str = b"plain",
     ) -> None: ...
+
+class SieveLogin(BackendLogin):
+    def __init__(
+        self,
+        auth: AuthRequest,
+        *,
+        proxy_buffer: int = 4096,
+        pass_error_message: bool = False,
+        proxy_header: bytes = b"",
+    ) -> None: ...
+    def on_tls_done(self) -> int: ...

@@ -3,10 +3,11 @@
 
 Owns: the bytes sent to the backend between connect and relay (IMAP LOGIN with literals,
 POP3 USER/PASS, SMTP EHLO/HELO + XCLIENT or the smtp_auth none replay + proxy_smtp_auth
-with AUTH PLAIN or LOGIN; with proxy_client_id the client's identity in each dialect: IMAP
-ID, POP3 XCLIENT, the client's own SMTP HELO name), the reply checks, and what the client
-sees when the login ends. Sans-IO: never touches a socket, a clock or DNS; the engine
-(_session.pyx) owns connect, timeouts, the PROXY header write and the addresses.
+with AUTH PLAIN or LOGIN, beyond nginx the ManageSieve AUTHENTICATE PLAIN; with
+proxy_client_id the client's identity in each dialect: IMAP ID, POP3 XCLIENT, the client's
+own SMTP HELO name), the reply checks, and what the client sees when the login ends.
+Sans-IO: never touches a socket, a clock or DNS; the engine (_session.pyx, _upstream.pyx)
+owns connect, timeouts, the PROXY header write and the addresses.
 Mirrors nginx src/mail/ngx_mail_proxy_module.c (mainline: one untagged line tolerated before
 the IMAP LOGIN reply, XCLIENT xtext). Beyond nginx: no CR, LF or NUL from the credentials
 or the client's SMTP lines reaches a backend command line (spec README), XCLIENT values
@@ -21,6 +22,7 @@ import binascii
 IMAP_INTERNAL_ERROR = b"* BAD internal server error\r\n"
 POP3_INTERNAL_ERROR = b"-ERR internal server error\r\n"
 SMTP_INTERNAL_ERROR = b"451 4.3.2 Internal server error\r\n"
+SIEVE_INTERNAL_ERROR = b'BYE (TRYLATER) "Internal server error."\r\n'  # as _sieve's
 SMTP_AUTH_OK = b"235 2.0.0 OK\r\n"
 
 READING = "reading response from upstream"
@@ -53,6 +55,8 @@ cdef enum:
     SMTP_AUTH           # AUTH PLAIN, or the AUTH LOGIN password, sent: 235 ends the login
     SMTP_AUTH_LOGIN     # `AUTH LOGIN` sent: a 334 asks for the user name
     SMTP_AUTH_LOGIN_USER  # the user name sent: a 334 asks for the password
+    SIEVE_START
+    SIEVE_AUTH
     FINISHED
 
 
@@ -127,18 +131,42 @@ cdef enum:
     PROTO_IMAP = 0
     PROTO_POP3 = 1
     PROTO_SMTP = 2
+    PROTO_SIEVE = 3
 
 TLS_MODES = {"off": TLS_OFF, "on": TLS_ON, "starttls": TLS_STARTTLS}
 
 # per protocol: (greeting's start, go-ahead's start) and the commands, as tls.py had them
 cdef tuple _STLS_OK = ((b"* OK", b"S0 OK"), (b"+OK", b"+OK"), (b"220", b"220"))
 cdef tuple _STLS_CMD = ((b"S0 STARTTLS\r\n",), (b"STLS\r\n",),
-                        (b"EHLO fastmail\r\n", b"STARTTLS\r\n"))
+                        (b"EHLO fastmail\r\n", b"STARTTLS\r\n"), (b"STARTTLS\r\n",))
+
+# RFC 5804 response lines (the words are case-insensitive)
+cdef enum:
+    SIEVE_NONE = 0      # not a response: a capability line, a string
+    SIEVE_OK = 1
+    SIEVE_NO = 2
+    SIEVE_BYE = 3
+
+
+cdef int _sieve_response(bytes line):
+    cdef bytes u = line[:4].upper()
+    cdef Py_ssize_t n
+    if u[:2] == b"OK" or u[:2] == b"NO":
+        n = 2
+    elif u[:3] == b"BYE":
+        n = 3
+    else:
+        return SIEVE_NONE
+    if len(line) > n and line[n] not in b" \r\n":
+        return SIEVE_NONE
+    if n == 3:
+        return SIEVE_BYE
+    return SIEVE_OK if u[0] == 79 else SIEVE_NO   # 'O'
 
 
 cdef Py_ssize_t _reply_end(int proto, int stage, bytearray buf):
     """Length of the first complete reply in buf, or -1 (SMTP: multi-line replies; IMAP after
-    the greeting: up to the tagged S0 line)."""
+    the greeting: up to the tagged S0 line; ManageSieve: up to the OK, NO or BYE line)."""
     cdef Py_ssize_t pos = 0, nl
     while True:
         nl = buf.find(b"\n", pos)
@@ -149,6 +177,10 @@ cdef Py_ssize_t _reply_end(int proto, int stage, bytearray buf):
                 return nl + 1
         elif proto == PROTO_IMAP and stage > 0:
             if buf[pos:pos + 3] == b"S0 ":
+                return nl + 1
+        elif proto == PROTO_SIEVE:
+            # the capability lines end with OK; STARTTLS gets one response line
+            if _sieve_response(bytes(buf[pos:nl + 1])) != SIEVE_NONE:
                 return nl + 1
         else:
             return nl + 1
@@ -286,7 +318,15 @@ cdef class BackendLogin:
             reply = bytes(self.rbuf[:end])
             del self.rbuf[:end]
             last = reply[reply.rstrip(b"\r\n").rfind(b"\n") + 1:]
-            if self.tls_stage == 0:
+            if self.stls_proto == PROTO_SIEVE:
+                if _sieve_response(last) != SIEVE_OK:
+                    break
+                if self.tls_stage == 0:
+                    self.tls_stage = 1
+                    self._bout += _STLS_CMD[PROTO_SIEVE][0]
+                    act = ACT_BACKEND
+                    continue
+            elif self.tls_stage == 0:
                 if not last.startswith(_STLS_OK[self.stls_proto][0]):
                     break
                 self.greeting = reply
@@ -294,14 +334,14 @@ cdef class BackendLogin:
                 self._bout += _STLS_CMD[self.stls_proto][0]
                 act = ACT_BACKEND
                 continue
-            if self.stls_proto == PROTO_SMTP and self.tls_stage == 1:
+            elif self.stls_proto == PROTO_SMTP and self.tls_stage == 1:
                 if not last.startswith(b"250"):
                     break
                 self.tls_stage = 2
                 self._bout += _STLS_CMD[PROTO_SMTP][1]
                 act = ACT_BACKEND
                 continue
-            if not last.startswith(_STLS_OK[self.stls_proto][1]):
+            elif not last.startswith(_STLS_OK[self.stls_proto][1]):
                 break
             del self.rbuf[:]
             self.tls_stage = TLS_WAIT
@@ -701,6 +741,51 @@ cdef class SmtpLogin(BackendLogin):
         return bytes(line)
 
 
+cdef class SieveLogin(BackendLogin):
+    """ManageSieve (RFC 5804, beyond nginx): the capability lines up to the greeting's OK,
+    then `AUTHENTICATE "PLAIN" "<base64 \\0user\\0pass>"` (a literal when the base64 is
+    longer than the 1024 octets of an RFC 5804 quoted string), then the backend's OK line
+    is the client's answer, as IMAP relays its tagged OK."""
+
+    def __init__(self, AuthRequest auth, *, Py_ssize_t proxy_buffer=4096,
+                 bint pass_error_message=False, bytes proxy_header=b""):
+        self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
+        self.internal_error = SIEVE_INTERNAL_ERROR
+        self.stls_proto = PROTO_SIEVE
+        self.state = SIEVE_START
+
+    cdef bint _unsafe(self):
+        # NUL would shift the fields of the PLAIN message; CR/LF travel inside base64
+        return b"\0" in self.auth.user or b"\0" in self.auth.passwd
+
+    cpdef int on_tls_done(self):
+        # RFC 5804 §2.2: after TLS the backend announces its capabilities again; that
+        # greeting, not the one read before STARTTLS, starts the login
+        self.greeting = None
+        return BackendLogin.on_tls_done(self)
+
+    cdef int _on_reply(self) except -1:
+        cdef bytes r = bytes(self.rbuf)
+        cdef bytes last = r[r.rfind(b"\n", 0, len(r) - 1) + 1:]
+        cdef int word = _sieve_response(last)
+        if self.state == SIEVE_START:
+            if word == SIEVE_NONE:
+                return 0  # a capability line; the greeting ends with OK
+            if word != SIEVE_OK:
+                return self._invalid()
+            self.phase = "sending AUTHENTICATE to upstream"
+            plain = binascii.b2a_base64(b"\0" + self.auth.user + b"\0" + self.auth.passwd,
+                                        newline=False)
+            if len(plain) <= 1024:
+                line = b'AUTHENTICATE "PLAIN" "%s"\r\n' % plain
+            else:
+                line = b'AUTHENTICATE "PLAIN" {%d+}\r\n%s\r\n' % (len(plain), plain)
+            return self._send(line, SIEVE_AUTH)
+        if word == SIEVE_OK:
+            return self._done(r)
+        return self._invalid()
+
+
 cdef bytes _b(value):
     if value is None:
         return b""
@@ -766,3 +851,10 @@ cdef class SmtpLoginConf(LoginConf):
                          pass_error_message=self.pass_error_message, proxy_header=proxy_header,
                          pipelining=self.pipelining, client_id=self.client_id,
                          smtp_auth_method=self.smtp_auth_method)
+
+
+cdef class SieveLoginConf(LoginConf):
+    cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
+                                 bytes proxy_header):
+        return SieveLogin(auth, proxy_buffer=self.proxy_buffer,
+                          pass_error_message=self.pass_error_message, proxy_header=proxy_header)

@@ -4,7 +4,7 @@ Owns the wording of every debug line and the masking of credentials in them. The
 nginx's where nginx logs the same event (src/mail/*.c `ngx_log_debug*`: "imap auth state",
 "mail auth http header: ...", "mail proxy send login", "close mail connection: N"), with
 the bytes involved added in quotes. Never logged: passwords and SASL responses from the
-client, IMAP LOGIN arguments, the PASS/APOP/AUTH payloads sent to the backend, the IMAP
+client, IMAP LOGIN arguments, the PASS/APOP/AUTH(ENTICATE) payloads sent to the backend, the IMAP
 password literal's length, and any auth_http request header not known to be harmless
 (Auth-Pass, `auth_http_header` values); Auth-SSL-Cert is shortened to its length.
 Must not decide whether to log: a session holds a `Trace` only when its log takes debug
@@ -45,6 +45,7 @@ _SEND_STEP = {
     "sending XCLIENT to upstream": "mail proxy send xclient",
     "sending client HELO/EHLO to upstream": "mail proxy send client ehlo",
     "sending AUTH to upstream": "mail proxy send auth",
+    "sending AUTHENTICATE to upstream": "mail proxy send authenticate",
     "sending MAIL FROM to upstream": "mail proxy send mail from",
     "sending RCPT TO to upstream": "mail proxy send rcpt to",
 }
@@ -56,10 +57,17 @@ _POP3_VERBS = frozenset(
 _SMTP_VERBS = frozenset(
     b"HELO EHLO AUTH MAIL RCPT DATA RSET NOOP QUIT STARTTLS VRFY EXPN HELP XCLIENT".split()
 )
+_SIEVE_VERBS = frozenset(
+    b"CAPABILITY STARTTLS AUTHENTICATE LOGOUT NOOP HAVESPACE PUTSCRIPT LISTSCRIPTS SETACTIVE "
+    b"GETSCRIPT DELETESCRIPT RENAMESCRIPT CHECKSCRIPT UNAUTHENTICATE".split()
+)
+_VERBS = {"pop3": _POP3_VERBS, "smtp": _SMTP_VERBS, "sieve": _SIEVE_VERBS}
 _SECRET_FROM = {b"LOGIN": 0, b"PASS": 0, b"APOP": 1, b"AUTH": 1, b"AUTHENTICATE": 1}
 _SASL_START = frozenset((b"AUTH", b"AUTHENTICATE"))
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\Z")
-_PROMPT = {"imap": b"+ ", "pop3": b"+ ", "smtp": b"334 "}
+# how a SASL challenge starts (ManageSieve's is a string, quoted or literal)
+_PROMPT = {"imap": (b"+ ",), "pop3": (b"+ ",), "smtp": (b"334 ",), "sieve": (b'"', b"{")}
+_LITERALS = ("imap", "sieve")  # protocols whose lines may announce literals
 
 
 def _login_shown(data: bytes) -> str:
@@ -143,7 +151,7 @@ class Trace:
             start = end + 1
             if not self.cont:
                 self.line(f'{self.protocol} auth command: "{self._masked(raw)}"')
-            m = _LITERAL.search(raw) if self.protocol == "imap" else None
+            m = _LITERAL.search(raw) if self.protocol in _LITERALS else None
             self.literal = int(m.group(1)) if m else 0
             self.cont = m is not None
         self.pending = buf[start:]
@@ -169,7 +177,7 @@ class Trace:
             head, verb, args = words[:2], words[1].upper(), words[2:]
         else:
             verb, head, args = words[0].upper(), words[:1], words[1:]
-            if verb not in (_POP3_VERBS if self.protocol == "pop3" else _SMTP_VERBS):
+            if verb not in _VERBS[self.protocol]:
                 # a single unknown word may be a SASL response
                 return MASK if not args else f"{shown(words[0])} {MASK}"
         secret = _SECRET_FROM.get(verb)
@@ -227,6 +235,8 @@ class Trace:
             text = shown(data) if data == b"AUTH LOGIN\r\n" else f"AUTH PLAIN {MASK}\\r\\n"
         elif phase == "sending LOGIN command to upstream":
             text = _login_shown(data)
+        elif phase == "sending AUTHENTICATE to upstream":
+            text = f'AUTHENTICATE "PLAIN" {MASK}\\r\\n'
         elif phase == "sending user name to upstream" and self.protocol == "imap":
             # `user {N}`: N is the password's length
             text = shown(data.rpartition(b" {")[0]) + " {*}\\r\\n"

@@ -1,6 +1,6 @@
 """The protocol table: one record per mail protocol, as nginx's ngx_mail_protocol_t.
 
-Owns what differs between IMAP, POP3 and SMTP outside the machines themselves: the default
+Owns what differs between IMAP, POP3, SMTP and ManageSieve outside the machines: the default
 ports (which also choose the protocol of a `listen` without a `protocol` directive), how a
 server{} block's directives become the client machine's profile and the backend login's
 settings, and whether Client-Host is resolved and sent to auth_http. Everything else (the
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastmail import _imap, _login, _pop3, _smtp
+from fastmail import _imap, _login, _pop3, _sieve, _smtp
 from fastmail._core import Profile
 from fastmail._login import LoginConf
 
@@ -71,6 +71,18 @@ def _smtp_profile(c: ServerConf) -> Profile:
     )
 
 
+def _sieve_profile(c: ServerConf) -> Profile:
+    return _sieve.SieveProfile(
+        capabilities=[s.encode() for s in c.sieve_capabilities],
+        auth_methods=c.sieve_auth,
+        starttls=c.starttls,
+        tls_available=c.ssl_context is not None,
+        client_buffer=c.sieve_client_buffer,
+        max_errors=c.max_errors,
+        max_commands=c.max_commands,
+    )
+
+
 def _login_conf(cls: type[LoginConf]) -> Callable[[ServerConf], LoginConf]:
     def make(c: ServerConf) -> LoginConf:
         return cls(
@@ -97,6 +109,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "imap": Protocol("imap", (143, 993), _imap_profile, _login_conf(_login.ImapLoginConf), False),
     "pop3": Protocol("pop3", (110, 995), _pop3_profile, _login_conf(_login.Pop3LoginConf), False),
     "smtp": Protocol("smtp", (25, 465, 587), _smtp_profile, _smtp_login, True),
+    # beyond nginx: ManageSieve (RFC 5804)
+    "sieve": Protocol("sieve", (4190,), _sieve_profile, _login_conf(_login.SieveLoginConf), False),
 }
 
 

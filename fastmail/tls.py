@@ -53,8 +53,8 @@ def _accept_any(ok: int, store: int) -> int:
 
 
 _VERIFY_CB = _VERIFY_CB_T(_accept_any)
-_ALPN_NAMES = (b"", b"imap", b"pop3", b"smtp")
-_ALPN_INDEX = {"imap": 1, "pop3": 2, "smtp": 3}
+_ALPN_NAMES = (b"", b"imap", b"pop3", b"smtp", b"managesieve")  # IANA's ALPN ids
+_ALPN_INDEX = {"imap": 1, "pop3": 2, "smtp": 3, "sieve": 4}
 SSL_TLSEXT_ERR_OK, SSL_TLSEXT_ERR_ALERT_FATAL = 0, 2
 
 
@@ -399,6 +399,7 @@ CERT_REPLIES = {
     "imap": (b"* BYE SSL certificate error\r\n", b"* BYE No required SSL certificate\r\n"),
     "pop3": (b"-ERR SSL certificate error\r\n", b"-ERR No required SSL certificate\r\n"),
     "smtp": (b"421 4.7.1 SSL certificate error\r\n", b"421 4.7.1 No required SSL certificate\r\n"),
+    "sieve": (b'BYE "SSL certificate error"\r\n', b'BYE "No required SSL certificate"\r\n'),
 }
 
 

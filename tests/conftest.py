@@ -21,7 +21,7 @@ from fastmail.testing.backend import BackendServer
 from support import MissingPackage
 from support.certs import TestCerts, make_certs
 from support.clients import LineClient
-from support.dovecot import Dovecot
+from support.dovecot import Dovecot, managesieve_installed
 from support.haproxy import HAProxy
 from support.nginx import Nginx
 from support.ports import free_port as _free_port
@@ -49,8 +49,10 @@ def certs() -> Iterator[TestCerts]:
 @pytest.fixture(scope="session")
 def dovecot(certs: TestCerts) -> Iterator[Dovecot]:
     """Dovecot with users alice/secret, bob/pw, carol/carol-pass; alice's INBOX holds
-    support.dovecot.ALICE_MESSAGES (leave it as it is: other tests read it)."""
-    d: Dovecot = _needs(lambda: Dovecot(certs=certs))
+    support.dovecot.ALICE_MESSAGES (leave it as it is: other tests read it). ManageSieve runs
+    too when dovecot-managesieved is installed (`sieve_port`, else 0): its login process
+    starts only when a client comes."""
+    d: Dovecot = _needs(lambda: Dovecot(certs=certs, sieve=managesieve_installed()))
     with d:
         yield d
 

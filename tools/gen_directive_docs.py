@@ -28,6 +28,7 @@ SECTIONS = (
     ("imap", "ngx_mail_imap_module"),
     ("pop3", "ngx_mail_pop3_module"),
     ("smtp", "ngx_mail_smtp_module"),
+    ("sieve", "ManageSieve (fastmail)"),
     ("ssl", "ngx_mail_ssl_module"),
     ("realip", "ngx_mail_realip_module"),
 )

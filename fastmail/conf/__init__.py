@@ -9,7 +9,19 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from fastmail.conf import auth_http, foreign, imap, mail, main, pop3, proxy, realip, smtp, ssl
+from fastmail.conf import (
+    auth_http,
+    foreign,
+    imap,
+    mail,
+    main,
+    pop3,
+    proxy,
+    realip,
+    sieve,
+    smtp,
+    ssl,
+)
 from fastmail.conf.errors import ConfigError
 from fastmail.conf.model import (
     LEVELS,
@@ -28,8 +40,9 @@ from fastmail.conf.model import (
 from fastmail.conf.parser import INCLUDE, Ctx, Loader
 from fastmail.conf.table import MAIN, Directive, Registry
 
-# nginx's merge order for the mail modules (§5.1); main.py's directives are not merged
-MODULES: tuple[ModuleType, ...] = (mail, ssl, pop3, imap, smtp, auth_http, proxy, realip)
+# nginx's merge order for the mail modules (§5.1), then fastmail's own; main.py's directives
+# are not merged
+MODULES: tuple[ModuleType, ...] = (mail, ssl, pop3, imap, smtp, auth_http, proxy, realip, sieve)
 
 
 def _build_registry() -> Registry:

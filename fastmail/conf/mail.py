@@ -391,7 +391,7 @@ DIRECTIVES: tuple[Directive, ...] = (
         "[so_keepalive=on|off|[keepidle]:[keepintvl]:[keepcnt]]",
         merge=False,
         doc="Address and port (or unix:path) to accept connections on; the well-known "
-        "ports 143/993, 110/995, 25/465/587 set the protocol when none is given.",
+        "ports 143/993, 110/995, 25/465/587 (and 4190, sieve) set the protocol when none is given.",
         module="mail",
     ),
     Directive(
@@ -399,10 +399,10 @@ DIRECTIVES: tuple[Directive, ...] = (
         SERVER,
         TAKE1,
         protocol,
-        syntax="imap | pop3 | smtp",
+        syntax="imap | pop3 | smtp | sieve",
         merge=False,
         default_doc="from the listen port",
-        doc="The server's mail protocol.",
+        doc="The server's mail protocol; `sieve` (ManageSieve, RFC 5804) is an extension.",
         module="mail",
     ),
     Directive(

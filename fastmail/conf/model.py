@@ -137,7 +137,7 @@ class ServerConf:
 
     file: str
     line: int  # the line of the server's "{"
-    protocol: str  # "imap" | "pop3" | "smtp"
+    protocol: str  # "imap" | "pop3" | "smtp" | "sieve"
     listens: list[Listen]
     # core
     timeout: int  # ms, the whole pre-login dialogue
@@ -176,6 +176,10 @@ class ServerConf:
     smtp_greeting_delay: int  # ms
     smtp_capabilities: list[str]
     smtp_auth: list[str]  # plain login cram-md5 external none ...
+    # sieve (fastmail: ManageSieve)
+    sieve_client_buffer: int
+    sieve_capabilities: list[str]
+    sieve_auth: list[str]  # plain login external xoauth2 oauthbearer
     # ssl
     ssl: bool  # the deprecated `ssl on` (already folded into Listen.ssl)
     starttls: str  # "off" | "on" | "only"

@@ -7,7 +7,8 @@ bench/ use; tests add rules (forced WAIT, slow or garbage answers) and read `req
 of every request received. It must not import the proxy: it has to work in front of nginx too.
 
     python -m fastmail.testing.authd --db users.sqlite adduser alice --password secret \\
-        --imap 127.0.0.1:1143 --pop3 127.0.0.1:1110 --smtp 127.0.0.1:1025
+        --imap 127.0.0.1:1143 --pop3 127.0.0.1:1110 --smtp 127.0.0.1:1025 \\
+        --sieve 127.0.0.1:4190
     python -m fastmail.testing.authd --db users.sqlite --listen 127.0.0.1:9000
 """
 
@@ -36,7 +37,7 @@ from typing import Any, cast
 
 import httptools
 
-PROTOCOLS = ("imap", "pop3", "smtp")
+PROTOCOLS = ("imap", "pop3", "smtp", "sieve")  # sieve: ManageSieve (fastmail only)
 DEFAULT_USER = "*"  # backends row naming the default backend of a protocol
 
 SCHEMA = """
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS users (
 );
 CREATE TABLE IF NOT EXISTS backends (
     name TEXT NOT NULL,            -- a user name, or '*' for the protocol's default backend
-    protocol TEXT NOT NULL CHECK (protocol IN ('imap', 'pop3', 'smtp')),
+    protocol TEXT NOT NULL CHECK (protocol IN ('imap', 'pop3', 'smtp', 'sieve')),
     host TEXT NOT NULL,
     port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
     PRIMARY KEY (name, protocol)
@@ -136,6 +137,21 @@ class UserDB:
         # One thread at a time uses it, but the CLI creates it before the serving thread runs.
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.executescript(SCHEMA)
+        self._allow_sieve()
+
+    def _allow_sieve(self) -> None:
+        """A database made before ManageSieve checks protocol against three names: its
+        backends table is rebuilt with the current CHECK, rows kept."""
+        row = self.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'backends'").fetchone()
+        if row is None or "'sieve'" in row[0]:
+            return
+        create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS backends") :]
+        create = create[: create.index(";") + 1]
+        self.conn.executescript(
+            "BEGIN; ALTER TABLE backends RENAME TO backends_old; "
+            f"{create} INSERT INTO backends SELECT * FROM backends_old; "
+            "DROP TABLE backends_old; COMMIT;"
+        )
 
     def close(self) -> None:
         self.conn.close()

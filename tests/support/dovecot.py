@@ -1,6 +1,7 @@
 """Dovecot 2.3 as a throwaway IMAP + POP3 backend (recipes.md §1): passwd-file users, Maildirs
 seeded with known messages, plain ports, `haproxy = yes` ports, implicit-TLS ports prepared for
-the TLS issue, and an auth port Postfix can use for SASL.
+the TLS issue, and an auth port Postfix can use for SASL. With `sieve=True` also ManageSieve
+(Pigeonhole's managesieve, Debian's dovecot-managesieved) on a port of its own.
 
 Never touches /etc/dovecot or system services; everything lives in the runner's temp dir.
 """
@@ -33,6 +34,10 @@ ALICE_MESSAGES: tuple[bytes, ...] = (
 DEFAULT_USERS = {"alice": "secret", "bob": "pw", "carol": "carol-pass"}
 
 
+def managesieve_installed() -> bool:
+    return os.path.exists("/usr/lib/dovecot/managesieve-login")
+
+
 def dovecot_binary() -> str:
     path = find_binary("dovecot", "dovecot-imapd")
     if not os.path.exists("/usr/lib/dovecot/pop3-login"):
@@ -45,7 +50,7 @@ base_dir = {T}/run
 state_dir = {T}/state
 log_path = {T}/dovecot.log
 instance_name = {name}
-protocols = imap pop3
+protocols = imap pop3{sieve_protocol}
 listen = 127.0.0.1
 ssl = yes
 ssl_cert = <{cert}
@@ -102,6 +107,19 @@ service auth {{
     port = {auth_port}
   }}
 }}
+{sieve_conf}"""
+
+# Debian's default listener is 4190 on every address: the listener named `sieve` is overridden
+SIEVE_CONF = """\
+service managesieve-login {{
+  inet_listener sieve {{
+    address = 127.0.0.1
+    port = {sieve_port}
+  }}
+}}
+plugin {{
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+}}
 """
 
 
@@ -117,8 +135,12 @@ class Dovecot(Runner):
         messages: Mapping[str, Sequence[bytes]] | None = None,
         certs: TestCerts | None = None,
         mail_dir: str | os.PathLike[str] | None = None,
+        sieve: bool = False,
     ) -> None:
         self.binary = dovecot_binary()
+        if sieve and not managesieve_installed():
+            raise MissingPackage("dovecot managesieve-login", "dovecot-managesieved")
+        self.sieve = sieve
         self.users = dict(users)
         self.messages = {"alice": ALICE_MESSAGES} if messages is None else dict(messages)
         super().__init__("fastmail-dovecot-")
@@ -129,6 +151,7 @@ class Dovecot(Runner):
         self.name = f"fm-dovecot-{os.getpid()}-{Dovecot._count}"
         self.imap_port = self.imaps_port = self.imap_proxy_port = 0
         self.pop3_port = self.pop3s_port = self.pop3_proxy_port = self.auth_port = 0
+        self.sieve_port = 0  # ManageSieve (sieve=True only)
 
     # -- setup
 
@@ -159,6 +182,7 @@ class Dovecot(Runner):
         self.imap_port, self.imaps_port, self.imap_proxy_port = (free_port() for _ in range(3))
         self.pop3_port, self.pop3s_port, self.pop3_proxy_port = (free_port() for _ in range(3))
         self.auth_port = free_port()
+        self.sieve_port = free_port() if self.sieve else 0
         shutil.rmtree(self.dir / "run", ignore_errors=True)  # a stale base_dir breaks start-up
         self.conf.write_text(
             CONF.format(
@@ -175,6 +199,8 @@ class Dovecot(Runner):
                 pop3s_port=self.pop3s_port,
                 pop3_proxy_port=self.pop3_proxy_port,
                 auth_port=self.auth_port,
+                sieve_protocol=" sieve" if self.sieve else "",
+                sieve_conf=SIEVE_CONF.format(sieve_port=self.sieve_port) if self.sieve else "",
             )
         )
 
@@ -200,7 +226,10 @@ class Dovecot(Runner):
                 [self.binary, "-F", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=err
             )
         try:
-            self._wait_greetings([(self.imap_port, b"* OK"), (self.pop3_port, b"+OK")], timeout)
+            greetings = [(self.imap_port, b"* OK"), (self.pop3_port, b"+OK")]
+            if self.sieve:
+                greetings.append((self.sieve_port, b'"IMPLEMENTATION"'))
+            self._wait_greetings(greetings, timeout)
         except (RuntimeError, TimeoutError) as exc:
             log = self.log()
             self._kill()

@@ -37,6 +37,7 @@ from bench.targets import (
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGINS = {f"login-{p}-{m}-c4" for p in ("imap", "pop3", "smtp") for m in LOGIN_MODES}
+SIEVE_LOGINS = {f"login-sieve-{m}-c4" for m in LOGIN_MODES}  # ManageSieve: fastmail only
 SCENARIOS = LOGINS | {"relay-imap", "idle-pre-imap", "idle-auth-imap"}
 TLS_SCENARIOS = {"idle-auth-imaps", "tls-handshake-full", "tls-handshake-resumed", "tls-relay-imap"}
 
@@ -57,7 +58,8 @@ def run_bench(target: str, out: Path) -> tuple[subprocess.CompletedProcess[str],
 
 def check_complete_run(result: dict[str, Any], target: str, out: Path, tls: bool) -> None:
     runs = [r for r in result["runs"] if r["target"] == target]
-    assert {r["scenario"] for r in runs} == SCENARIOS | (TLS_SCENARIOS if tls else set())
+    expected = SCENARIOS | (SIEVE_LOGINS if target == "fastmail" else set())
+    assert {r["scenario"] for r in runs} == expected | (TLS_SCENARIOS if tls else set())
     for r in runs:
         assert r["errors"] == 0 and not r["invalid"], (r["scenario"], r["errsample"])
         figs = r["figures"]
@@ -150,7 +152,7 @@ def _servers(args: list[str], ports: list[int]) -> Iterator[None]:
 @pytest.fixture
 def auth_server() -> Iterator[int]:
     port = free_port()
-    with _servers(["auth", "-a", str(port), "-b", "1143,1110,1025"], [port]):
+    with _servers(["auth", "-a", str(port), "-b", "1143,1110,1025,4190"], [port]):
         yield port
 
 
@@ -163,7 +165,7 @@ def auth_close_server() -> Iterator[int]:
 
 @pytest.fixture
 def backend() -> Iterator[dict[str, int]]:
-    ports = {p: free_port() for p in ("imap", "pop3", "smtp")}
+    ports = {p: free_port() for p in ("imap", "pop3", "smtp", "sieve")}
     args = ["backend", "-b", ",".join(str(p) for p in ports.values())]
     with _servers(args, list(ports.values())):
         yield ports
@@ -196,7 +198,11 @@ def test_c_auth_server_http10_answers_and_closes(auth_server: int) -> None:
 def test_c_auth_server_http11_keep_alive_serves_several_requests(auth_server: int) -> None:
     with socket.create_connection(("127.0.0.1", auth_server), timeout=5) as s:
         f = s.makefile("rb")
-        for proto, port, password in (("imap", 1143, "pass"), ("smtp", 1025, "nope")):
+        for proto, port, password in (
+            ("imap", 1143, "pass"),
+            ("smtp", 1025, "nope"),
+            ("sieve", 4190, "pass"),
+        ):
             s.sendall(_request("HTTP/1.1", proto, password, keep=True))
             head = b""
             while not head.endswith(b"\r\n\r\n"):
@@ -278,3 +284,23 @@ def test_auth_micro_benchmark_runs(auth_server: int, mode: str) -> None:
     from bench import auth_micro
 
     assert auth_micro.run_mode(mode, auth_server, 50, 4) == (50, 0)
+
+
+@pytest.mark.parametrize(
+    ("login", "user"),
+    [
+        (b'AUTHENTICATE "PLAIN" "AGVjaG8xAHBhc3M="\r\n', b"echo1"),  # \0echo1\0pass
+        (b'AUTHENTICATE "PLAIN" "dQBlY2hvMgBwYXNz"\r\n', b"echo2"),  # authzid u
+        (b'AUTHENTICATE "PLAIN" {16+}\r\nAHVzZXIAcGFzcw==\r\n', b""),  # a literal: no user
+    ],
+)
+def test_c_backend_sieve_login(backend: dict[str, int], login: bytes, user: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", backend["sieve"]), timeout=5) as s:
+        f = s.makefile("rb")
+        assert _lines_until(f, b'OK "bench backend ready"\r\n').startswith(b'"IMPLEMENTATION"')
+        s.sendall(login + b"LOGOUT\r\n")
+        assert f.readline() == b'OK "Logged in."\r\n'
+        if user.startswith(b"echo"):  # echo* users: the bytes after the login line come back
+            assert f.readline() == b"LOGOUT\r\n"
+        else:
+            assert f.readline() == b'OK "Logout completed."\r\n'

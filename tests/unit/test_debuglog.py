@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from fastmail import _imap, _pop3, _smtp
+from fastmail import _imap, _pop3, _sieve, _smtp
 from fastmail._core import ACT_AUTH, ACT_BACKEND, ACT_SEND, AuthRequest, Machine
-from fastmail._login import ImapLogin, Pop3Login, SmtpLogin
+from fastmail._login import ImapLogin, Pop3Login, SieveLogin, SmtpLogin
 from fastmail.auth_http import build_request
 from fastmail.conf.model import LogTarget
 from fastmail.debuglog import Trace
@@ -62,6 +62,7 @@ MACHINES: dict[str, Callable[[], Machine]] = {
     "imap": lambda: _imap.ImapSession(_imap.ImapProfile(auth_methods=["plain", "login"])),
     "pop3": lambda: _pop3.Pop3Session(_pop3.Pop3Profile(auth_methods=["plain", "apop"])),
     "smtp": lambda: _smtp.SmtpSession(_smtp.SmtpProfile(auth_methods=["plain", "login"])),
+    "sieve": lambda: _sieve.SieveSession(_sieve.SieveProfile(auth_methods=["plain", "login"])),
 }
 
 
@@ -129,6 +130,30 @@ def split(data: bytes) -> list[bytes]:
             "smtp",
             [b"EHLO c.example\r\n", b"AUTH LOGIN YWxpY2U=\r\n", B64_PW + b"\r\n"],
             ["EHLO c.example", "AUTH LOGIN ********", "********"],
+        ),
+        (
+            "sieve",
+            [b'AUTHENTICATE "PLAIN" "' + B64_PLAIN + b'"\r\n'],
+            ['AUTHENTICATE "PLAIN" ********'],
+        ),
+        (
+            "sieve",
+            [b'AUTHENTICATE "PLAIN" {%d+}\r\n%s\r\n' % (len(B64_PLAIN), B64_PLAIN)],
+            ['AUTHENTICATE "PLAIN" ********'],
+        ),
+        (
+            "sieve",
+            [b"CAPABILITY\r\n", b'AUTHENTICATE "PLAIN"\r\n', b'"' + B64_PLAIN + b'"\r\n'],
+            ["CAPABILITY", 'AUTHENTICATE "PLAIN"', "********"],
+        ),
+        (
+            "sieve",
+            [
+                b'AUTHENTICATE "LOGIN"\r\n',
+                b'"YWxpY2U="\r\n',
+                b"{%d+}\r\n%s\r\n" % (len(B64_PW), B64_PW),
+            ],
+            ['AUTHENTICATE "LOGIN"', "********", "********"],
         ),
     ],
 )
@@ -284,6 +309,16 @@ def test_backend_dialogue_in_nginx_words_without_credentials(logged) -> None:
     assert msgs[-2:] == [
         'mail proxy send auth: "AUTH PLAIN ********\\r\\n"',
         'mail proxy read response: "235 ok\\r\\n"',
+    ]
+
+    lg = logged("sieve")
+    sieve = SieveLogin(AuthRequest(b"sieve", b"plain", b"alice", PW))
+    drive(sieve, [b'"SASL" "PLAIN"\r\nOK "hi"\r\n', b'OK "Logged in."\r\n'], lg.trace)
+    no_secret(lg.text())
+    assert lg.messages()[-3:] == [
+        'mail proxy read response: ""SASL" "PLAIN"\\r\\nOK "hi"\\r\\n"',
+        'mail proxy send authenticate: "AUTHENTICATE "PLAIN" ********\\r\\n"',
+        'mail proxy read response: "OK "Logged in."\\r\\n"',
     ]
 
 

@@ -1,17 +1,24 @@
 """Backend login machines (fastmail/_login.pyx) against the spec's transcripts:
-imap.md §15, pop3.md §15, smtp.md §10."""
+imap.md §15, pop3.md §15, smtp.md §10; and ManageSieve (RFC 5804, beyond nginx) against what
+Dovecot's managesieve says."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
+from fastmail import _sieve
 from fastmail._core import ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, ACT_STARTTLS
 from fastmail._login import (
     IMAP_INTERNAL_ERROR,
     POP3_INTERNAL_ERROR,
+    SIEVE_INTERNAL_ERROR,
     SMTP_INTERNAL_ERROR,
     ImapLogin,
     Pop3Login,
+    SieveLogin,
+    SieveLoginConf,
     SmtpLogin,
     xtext,
 )
@@ -462,6 +469,7 @@ def test_backend_starttls_dialogue_then_login_on_the_saved_greeting(make, replie
         (lambda: ImapLogin(req(b"imap", tag=b"a1 ")), b"* OK hi\r\n", b"S0 NO no\r\n"),
         (lambda: Pop3Login(req(b"pop3")), b"+OK hi\r\n", b"-ERR no\r\n"),
         (lambda: smtp(), b"220 hi\r\n", b"250 hi\r\n454 4.7.0 TLS not available\r\n"),
+        (lambda: SieveLogin(req(b"sieve")), b'"SASL" "PLAIN"\r\nOK\r\n', b'NO "no TLS"\r\n'),
     ],
 )
 def test_backend_starttls_refused_is_an_internal_error(make, greeting, refusal):
@@ -471,7 +479,12 @@ def test_backend_starttls_refused_is_an_internal_error(make, greeting, refusal):
     b.reply(greeting)
     assert b.reply(refusal) == ACT_SEND | ACT_CLOSE
     assert m.close_reason.startswith('upstream refused STARTTLS: "')
-    assert b.client in (IMAP_INTERNAL_ERROR, POP3_INTERNAL_ERROR, SMTP_INTERNAL_ERROR)
+    assert b.client in (
+        IMAP_INTERNAL_ERROR,
+        POP3_INTERNAL_ERROR,
+        SMTP_INTERNAL_ERROR,
+        SIEVE_INTERNAL_ERROR,
+    )
 
 
 def test_backend_tls_on_starts_tls_after_the_proxy_header():
@@ -494,3 +507,119 @@ def test_login_reply_and_the_relays_first_bytes_in_one_read() -> None:
     tail = b"* unsolicited " + b"x" * 200
     assert b.reply(b"+OK logged in\r\n" + tail) == ACT_SEND | ACT_DONE
     assert b.client == b"+OK logged in\r\n" + tail
+
+
+# --- ManageSieve (beyond nginx) ----------------------------------------------------------------
+
+DOVECOT_GREETING = (
+    b'"IMPLEMENTATION" "Dovecot (Debian) Pigeonhole"\r\n"SIEVE" "fileinto vacation"\r\n'
+    b'"NOTIFY" "mailto"\r\n"SASL" "PLAIN LOGIN CRAM-MD5"\r\n"STARTTLS"\r\n'
+    b'"VERSION" "1.0"\r\n"XCLIENT"\r\nOK "Dovecot (Debian) ready."\r\n'
+)
+DOVECOT_CAPS = DOVECOT_GREETING[: DOVECOT_GREETING.index(b"OK ")]
+
+
+def authenticate(user: bytes, passwd: bytes) -> bytes:
+    return b'AUTHENTICATE "PLAIN" "%s"\r\n' % base64.b64encode(b"\0" + user + b"\0" + passwd)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_sieve_login_after_the_capability_greeting_and_verbatim_ok(split: bool) -> None:
+    b = Backend(SieveLogin(req(b"sieve", b"alice", b"secret")), split)
+    assert b.reply(DOVECOT_CAPS + b"OK") == 0  # the capability lines: wait for the OK
+    assert b.reply(DOVECOT_GREETING[len(DOVECOT_CAPS) + 2 :]) == ACT_BACKEND
+    assert b.sent == [b'AUTHENTICATE "PLAIN" "AGFsaWNlAHNlY3JldA=="\r\n']
+    assert b.m.phase == "sending AUTHENTICATE to upstream"
+    assert b.reply(b'OK "Logged in."\r\n') == ACT_SEND | ACT_DONE
+    assert b.client == b'OK "Logged in."\r\n'  # the backend's words, nothing of ours
+    assert b.m.done
+
+
+def test_sieve_response_words_are_case_insensitive_and_texts_optional() -> None:
+    b = Backend(SieveLogin(req(b"sieve")))
+    b.reply(b'"IMPLEMENTATION" "x"\r\n"OKAY" "not a response"\r\noK\r\n')
+    assert b.sent == [authenticate(b"user", b"pass")]
+    assert b.reply(b'ok (SASL "eA==")\r\n') & ACT_DONE
+    assert b.client == b'ok (SASL "eA==")\r\n'
+
+
+def test_sieve_long_credentials_go_in_a_literal() -> None:
+    """RFC 5804's quoted strings hold at most 1024 octets."""
+    passwd = b"p" * 800  # 807 bytes of PLAIN message: 1076 of base64
+    b = Backend(SieveLogin(req(b"sieve", b"alice", passwd)))
+    b.reply(b"OK\r\n")
+    plain = base64.b64encode(b"\0alice\0" + passwd)
+    assert len(plain) > 1024
+    assert b.sent == [b'AUTHENTICATE "PLAIN" {%d+}\r\n%s\r\n' % (len(plain), plain)]
+    b = Backend(SieveLogin(req(b"sieve", b"alice", b"p" * 761)))  # 768 -> 1024 octets: quoted
+    b.reply(b"OK\r\n")
+    assert b.sent == [authenticate(b"alice", b"p" * 761)]
+
+
+def test_sieve_credentials_with_cr_lf_travel_in_base64_but_nul_is_refused() -> None:
+    b = Backend(SieveLogin(req(b"sieve", b"a\r\nb", b"p\nq")))
+    b.reply(b"OK\r\n")
+    assert b.sent == [authenticate(b"a\r\nb", b"p\nq")]
+    m = SieveLogin(req(b"sieve", b"alice", b"p\0q"))
+    assert m.start() == ACT_SEND | ACT_CLOSE
+    assert m.take_output() == SIEVE_INTERNAL_ERROR
+
+
+@pytest.mark.parametrize("pass_error", [False, True])
+@pytest.mark.parametrize(
+    ("replies", "sent"),
+    [
+        ([b'"SASL" "PLAIN"\r\nBYE "Too busy"\r\n'], 0),
+        ([b"NO\r\n"], 0),
+        ([b"OK\r\n", b'NO "Authentication failed."\r\n'], 1),
+        ([b"OK\r\n", b'""\r\n'], 1),  # a challenge: the initial response was not taken
+        ([b"OK\r\n", b'"IMPLEMENTATION" "x"\r\n'], 1),
+    ],
+)
+def test_sieve_refusals(replies: list[bytes], sent: int, pass_error: bool) -> None:
+    m = SieveLogin(req(b"sieve"), pass_error_message=pass_error)
+    b = Backend(m)
+    for r in replies[:-1]:
+        b.reply(r)
+    assert b.reply(replies[-1]) == ACT_SEND | ACT_CLOSE
+    assert len(b.sent) == sent
+    if pass_error:
+        assert b.client == replies[-1] and m.log_level == "info"
+    else:
+        assert b.client == SIEVE_INTERNAL_ERROR == _sieve.INTERNAL_ERROR
+        assert m.log_level == "error"
+    assert m.close_reason.startswith('upstream sent invalid response: "')
+
+
+def test_sieve_backend_starttls_waits_for_the_new_capabilities() -> None:
+    """RFC 5804 §2.2: after TLS the backend announces its capabilities again, with an OK;
+    the login starts on that, not on the greeting read before STARTTLS."""
+    m = SieveLogin(req(b"sieve", b"alice", b"secret"))
+    m.tls_mode = 2
+    b = Backend(m)
+    assert b.reply(DOVECOT_GREETING) == ACT_BACKEND
+    assert b.sent == [b"STARTTLS\r\n"]
+    assert b.reply(b'OK "Begin TLS negotiation now."\r\nINJECTED\r\n') == ACT_STARTTLS
+    assert m.on_tls_done() == 0
+    assert b.reply(DOVECOT_CAPS.replace(b'"STARTTLS"\r\n', b"")) == 0
+    assert b.reply(b'OK "TLS negotiation successful."\r\n') == ACT_BACKEND
+    assert b.sent[-1] == authenticate(b"alice", b"secret")
+    assert b.reply(b'OK "Logged in."\r\n') & ACT_DONE
+
+
+def test_sieve_login_conf_makes_the_login() -> None:
+    conf = SieveLoginConf(128, True, False)
+    m = conf.new_login(req(b"sieve"), b"127.0.0.1", b"[UNAVAILABLE]", b"PROXY UNKNOWN\r\n")
+    assert isinstance(m, SieveLogin)
+    b = Backend(m)
+    assert b.sent == [b"PROXY UNKNOWN\r\n"]
+    assert b.reply(b"BYE\r\n") == ACT_SEND | ACT_CLOSE
+    assert b.client == b"BYE\r\n"  # pass_error_message on
+
+
+def test_sieve_login_reply_and_the_relays_first_bytes_in_one_read() -> None:
+    b = Backend(SieveLogin(req(b"sieve"), proxy_buffer=64))
+    b.reply(b"OK\r\n")
+    tail = b'"script"\r\n' * 20
+    assert b.reply(b'OK "Logged in."\r\n' + tail) == ACT_SEND | ACT_DONE
+    assert b.client == b'OK "Logged in."\r\n' + tail

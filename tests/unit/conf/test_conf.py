@@ -429,3 +429,45 @@ def test_client_id_and_smtp_auth_method_extensions_reach_the_logins(tmp_path: Pa
         err(tmp_path, EV + "mail {\n proxy_smtp_auth_method cram-md5;\n}\n")
         == 'invalid value "cram-md5" in F:3'
     )  # nginx's enum wording
+
+
+def test_sieve_protocol_its_port_and_directives(tmp_path: Path) -> None:
+    """ManageSieve (beyond nginx): `protocol sieve`, or port 4190; sieve_* directives inherit
+    from mail{} as the others do, and the protocol table builds the machine from them."""
+    from fastmail._sieve import DEFAULT_EXTENSIONS, SieveProfile
+    from fastmail.protocols import PROTOCOLS
+
+    cfg = ok(
+        tmp_path,
+        EV + "mail { " + AUTH + " sieve_auth login plain; sieve_capabilities fileinto;"
+        " server { listen 127.0.0.1:4190; }"
+        " server { listen 127.0.0.1:14190; protocol sieve; sieve_client_buffer 8k;"
+        " sieve_capabilities vacation; sieve_capabilities enotify; } }",
+    )
+    a, b = cfg.mail.servers
+    assert (a.protocol, b.protocol) == ("sieve", "sieve")
+    assert (a.sieve_auth, a.sieve_capabilities, a.sieve_client_buffer) == (
+        ["plain", "login"],
+        ["fileinto"],
+        4096,
+    )
+    assert (b.sieve_capabilities, b.sieve_client_buffer) == (["vacation", "enotify"], 8192)
+    profile = PROTOCOLS["sieve"].profile(b)
+    assert isinstance(profile, SieveProfile) and profile.client_buffer == 8192
+    assert b'"SIEVE" "vacation enotify"\r\n"NOTIFY" "mailto"\r\n' in profile.caps_plain
+    assert b'"SASL" "PLAIN LOGIN"\r\n' in profile.caps_plain
+    plain = ok(tmp_path, EV + "mail { " + AUTH + " server { listen 127.0.0.1:4190; } }")
+    srv = plain.mail.servers[0]
+    assert (srv.sieve_auth, srv.sieve_capabilities) == (["plain"], list(DEFAULT_EXTENSIONS))
+
+
+@pytest.mark.parametrize(
+    ("directive", "expected"),
+    [
+        ("sieve_auth cram-md5;", 'invalid value "cram-md5" in F:2'),
+        ("sieve_client_buffer x;", '"sieve_client_buffer" directive invalid value in F:2'),
+        ("server { listen 127.0.0.1:1; protocol managesieve; }", 'unknown protocol "managesieve" in F:2'),
+    ],
+)  # fmt: skip
+def test_sieve_directive_errors(tmp_path: Path, directive: str, expected: str) -> None:
+    assert err(tmp_path, EV + "mail { " + directive + " }") == expected
