@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from typing import Any
 
+from fastmail.conf import ssl
 from fastmail.conf.errors import ConfigError
 from fastmail.conf.model import Listen, ListenSocket, MailConf, Resolver, ServerConf
 from fastmail.conf.parser import Ctx, Loader
@@ -544,6 +545,7 @@ def merge_mail(ld: Loader, mctx: Ctx) -> MailConf:
         for sock in sockets:
             if any(e is first for e in sock.entries):
                 sock.entries.append(other)
+    ssl.link_tls(result, sockets)
     return MailConf(servers=result, sockets=sockets)
 
 

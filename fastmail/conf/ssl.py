@@ -12,11 +12,11 @@ import errno
 import hashlib
 import os
 import ssl as _ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmail import tls
 from fastmail.conf.errors import ConfigError, strerror
-from fastmail.conf.model import SessionCache
+from fastmail.conf.model import ListenSocket, ServerConf, SessionCache
 from fastmail.conf.parser import Ctx, Loader
 from fastmail.conf.table import (
     FLAG,
@@ -40,6 +40,9 @@ from fastmail.conf.table import (
     set_sec,
     set_str,
 )
+
+if TYPE_CHECKING:
+    from fastmail._tlsctx import ServerContext
 
 PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 _VERSIONS = {
@@ -415,7 +418,7 @@ def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
     elif out["starttls"] != "off":
         mode = "starttls"
     else:
-        out["ssl_context"] = None
+        out["ssl_context"] = out["tls"] = None
         return
     file, line = _where(mctx, sctx)
     certs, keys = out["ssl_certificate"], out["ssl_certificate_key"]
@@ -432,6 +435,7 @@ def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
             f'no "ssl_certificate_key" is defined for certificate "{getattr(certs[-1], "written", certs[-1])}" '
             f'and the "{mode}" directive in {file}:{line}'
         )
+    out["tls"] = build_tls(ld, out)
     out["ssl_context"] = build_context(out, ld)
 
 
@@ -542,6 +546,85 @@ def build_context(out: dict[str, Any], ld: Loader) -> _ssl.SSLContext:
             raise ld.error(f'"{path}" must be 48 or 80 bytes')
     _configure(ctx, out, ld.conf_prefix)
     return ctx
+
+
+def build_tls(ld: Loader, out: dict[str, Any]) -> ServerContext:
+    """fastmail's own OpenSSL context for the server, in ngx_mail_ssl_merge_conf's order and
+    with its messages: OpenSSL's refusals unlocated, file checks at `ld` (the end of mail{},
+    where nginx merges)."""
+    from fastmail._tlscache import zone
+    from fastmail._tlsctx import ServerContext, TlsConfigError
+
+    try:
+        ctx = ServerContext(out["protocol"], out["ssl_protocols"])
+        ctx.set_ciphers(out["ssl_ciphers"], out["ssl_prefer_server_ciphers"])
+        passwords = [p.encode("utf-8", "surrogateescape") if p is not None else b""
+                     for p in _passwords(out["ssl_password_file"])]  # fmt: skip
+        if out["ssl_password_file"] is None:
+            passwords = []
+        for cert, key in zip(out["ssl_certificate"], out["ssl_certificate_key"], strict=False):
+            ctx.add_certificate(str(cert), str(key), passwords)
+        verify = out["ssl_verify_client"]
+        if verify != "off":
+            if not out["ssl_client_certificate"] and verify != "optional_no_ca":
+                raise ConfigError("no ssl_client_certificate for ssl_verify_client")  # 1.22.1
+            ctx.set_client_verify(
+                verify,
+                out["ssl_verify_depth"],
+                out["ssl_client_certificate"],
+                out["ssl_trusted_certificate"],
+                out["ssl_crl"],
+            )
+        if out["ssl_dhparam"]:
+            ctx.set_dhparam(out["ssl_dhparam"])
+        ctx.set_ecdh_curve(out["ssl_ecdh_curve"])
+        sc: SessionCache = out["ssl_session_cache"]
+        shared = zone(sc.shared_name, sc.shared_size) if sc.shared_name else None
+        ctx.set_session_cache(sc.mode, sc.builtin, shared, out["ssl_session_timeout"])
+        ctx.set_session_tickets(out["ssl_session_tickets"], _ticket_keys(ld, out))
+        if out["ssl_conf_command"]:
+            ctx.conf_commands(out["ssl_conf_command"], ld.conf_prefix)
+    except TlsConfigError as e:
+        raise ConfigError(str(e)) from None
+    return ctx
+
+
+def link_tls(servers: list[ServerConf], sockets: list[ListenSocket]) -> None:
+    """Each server's context answers tls_chosen() with the server; server{} blocks sharing a
+    TLS address (beyond nginx) are chosen by the client's SNI name, the first one declared
+    being the default: its context gets the SNI map."""
+    from fastmail._tlsctx import SniMap
+
+    for srv in servers:
+        if srv.tls is not None:
+            srv.tls.owner = srv
+    for ls in sockets:
+        groups: dict[str, list[ServerConf]] = {}
+        for e in ls.entries:
+            if e.server is not None and e.server.tls is not None:
+                group = groups.setdefault(e.addr_text, [])
+                if e.server not in group:
+                    group.append(e.server)
+        for group in groups.values():
+            if len(group) > 1:
+                sni = SniMap()
+                for srv in group:
+                    sni.add([srv.server_name], srv.tls)
+                group[0].tls.set_sni(sni)  # type: ignore[union-attr]
+
+
+def _ticket_keys(ld: Loader, out: dict[str, Any]) -> list[bytes]:
+    keys = []
+    for path in out["ssl_session_ticket_key"]:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(81)
+        except OSError as e:
+            raise ld.error(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
+        if len(data) not in (48, 80):
+            raise ld.error(f'"{path}" must be 48 or 80 bytes')
+        keys.append(data)
+    return keys
 
 
 def _configure(ctx: _ssl.SSLContext, out: dict[str, Any], conf_prefix: str) -> None:
