@@ -22,6 +22,9 @@ cdef bint tls_pending(SSL *ssl) noexcept
 cdef int tls_shutdown(SSL *ssl) noexcept
 cdef void tls_free(SSL *ssl) noexcept
 
+cdef bytes tls_get_session(SSL *ssl)
+cdef int tls_set_session(SSL *ssl, bytes der) except -1
+
 cdef str tls_error()
 cdef int tls_error_level(bint client) noexcept
 

@@ -70,6 +70,9 @@ CERT_REPLIES = {
 }
 
 
+DEBUG_BUILD = bool(FASTMAIL_DEBUG)  # live_ssl() counts
+
+
 def live_ssl() -> int:
     """SSL objects made and not freed (counted in the debug build only: 0 otherwise)."""
     return _live
@@ -360,6 +363,40 @@ cdef void tls_free(SSL *ssl) noexcept:
         _live -= 1
 
 
+# --- client sessions (resuming TLS to a backend) ----------------------------------------------
+
+cdef bytes tls_get_session(SSL *ssl):
+    """The connection's session as DER (for tls_set_session on the next connection to the same
+    backend), or None. With TLSv1.3 it exists once the server's ticket was read."""
+    cdef SSL_SESSION *sess = SSL_get1_session(ssl)
+    cdef unsigned char *p
+    cdef int n
+    if sess == NULL:
+        return None
+    try:
+        n = i2d_SSL_SESSION(sess, NULL)
+        if n <= 0:
+            return None
+        out = bytearray(n)
+        p = out
+        i2d_SSL_SESSION(sess, &p)
+        return bytes(out)
+    finally:
+        SSL_SESSION_free(sess)
+
+
+cdef int tls_set_session(SSL *ssl, bytes der) except -1:
+    """Offer a session from tls_get_session in the coming handshake (client side)."""
+    cdef const unsigned char *p = der
+    cdef SSL_SESSION *sess = d2i_SSL_SESSION(NULL, &p, len(der))
+    if sess == NULL:
+        ERR_clear_error()
+        return 0
+    SSL_set_session(ssl, sess)
+    SSL_SESSION_free(sess)
+    return 1
+
+
 # --- what a connection is --------------------------------------------------------------------
 
 cdef bint tls_reused(SSL *ssl) noexcept:
@@ -531,6 +568,12 @@ cdef class TlsStream:
     def write(self, data) -> int:
         cdef const unsigned char[::1] view = data
         return tls_write(self._ssl(), <const char *>&view[0], view.shape[0])
+
+    def session(self):
+        return tls_get_session(self._ssl())
+
+    def set_session(self, bytes der) -> bool:
+        return tls_set_session(self._ssl(), der) == 1
 
     def pending(self) -> bool:
         return tls_pending(self._ssl())

@@ -211,6 +211,10 @@ cdef class SessionZone:
     def delete(self, bytes sid) -> None:
         self.remove(sid, len(sid))
 
+    def hold_lock(self) -> None:
+        """Takes the lock and keeps it (tests: a worker dying inside the lock)."""
+        _lock(<Hdr *>self.base)
+
 
 # --- the ring (all under the lock) -----------------------------------------------------------
 

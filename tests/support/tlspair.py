@@ -181,3 +181,32 @@ class Pair:
                 x.close()
             except OSError:
                 pass
+
+
+def native_handshake(
+    server_ctx,
+    client_ctx,
+    name: bytes | None = b"localhost",
+    session: bytes | None = None,
+    timeout: float = 5.0,
+):
+    """fastmail's calls on both ends (a ClientContext connects): (server stream, client
+    stream, sockets) after both handshakes."""  # fmt: skip
+    a, b = unix_pair()
+    s = TlsStream(server_ctx, a.fileno())
+    c = TlsStream(client_ctx, b.fileno(), name)
+    if session is not None:
+        c.set_session(session)
+    rs = rc = WANT_READ
+    deadline = time.monotonic() + timeout
+    while (rs != OK or rc != OK) and time.monotonic() < deadline:
+        if rc != OK:
+            rc = c.handshake()
+        if rs != OK:
+            rs = s.handshake()
+        if FAIL in (rs, rc):
+            raise AssertionError(f"handshake failed: {s.error()} / {c.error(client=False)}")
+        if rs != OK or rc != OK:
+            select.select([a, b], [], [], 0.01)
+    assert rs == rc == OK, "handshake did not finish"
+    return s, c, (a, b)
