@@ -12,7 +12,8 @@ nginx's behaviour, function by function (src/event/ngx_event_openssl.c):
   (ngx_ssl_connection_error: info for clients when the reason is the peer's fault, else crit).
 - tls_read: ngx_ssl_recv + ngx_ssl_handle_recv: SSL_read until the buffer is full or OpenSSL
   wants the socket; close_notify, and EOF with nothing in the error queue, are TLS_CLOSED.
-- tls_write: ngx_ssl_write, with partial writes (one record at a time).
+- tls_write: ngx_ssl_send_chain's loop of ngx_ssl_write: record after record (partial
+  writes) until the buffer is done or the socket is full.
 - tls_shutdown: ngx_ssl_shutdown: close_notify, then the peer's (TLS_WANT_READ while it has
   not come; nginx waits 3 s); after a failure or the peer's close nothing more is sent.
 - tls_free: SSL_free, as after a quiet shutdown when none was done (the session stays
@@ -300,21 +301,29 @@ cdef int _use_deferred(SSL *ssl, PyObject *deferred) noexcept:
 
 
 cdef Py_ssize_t tls_write(SSL *ssl, const char *buf, size_t size) noexcept:
-    """Bytes taken (one record's worth or more, > 0), else a TLS_* code."""
-    cdef size_t n = 0
+    """Bytes taken (> 0: records until the buffer is done or the socket is full), else a
+    TLS_* code. A failure after some bytes comes back at the next call (the socket's error
+    stays)."""
+    cdef size_t done = 0, n = 0
     cdef int sslerr, err
     ERR_clear_error()
-    if SSL_write_ex(ssl, buf, size, &n) == 1:
-        return n
-    sslerr = SSL_get_error(ssl, 0)
-    if sslerr == SSL_ERROR_WANT_WRITE:
-        return TLS_WANT_WRITE
-    if sslerr == SSL_ERROR_WANT_READ:
-        return TLS_WANT_READ
-    if sslerr == SSL_ERROR_ZERO_RETURN:
-        sslerr = SSL_ERROR_SYSCALL      # OpenSSL 1.1.1 after the peer's close_notify
-    err = errno if sslerr == SSL_ERROR_SYSCALL else 0
-    return _fail(ssl, sslerr, err, "SSL_write() failed")
+    while done < size:
+        if SSL_write_ex(ssl, buf + done, size - done, &n) == 1:
+            done += n
+            continue
+        sslerr = SSL_get_error(ssl, 0)
+        if done:
+            ERR_clear_error()
+            return done
+        if sslerr == SSL_ERROR_WANT_WRITE:
+            return TLS_WANT_WRITE
+        if sslerr == SSL_ERROR_WANT_READ:
+            return TLS_WANT_READ
+        if sslerr == SSL_ERROR_ZERO_RETURN:
+            sslerr = SSL_ERROR_SYSCALL      # OpenSSL 1.1.1 after the peer's close_notify
+        err = errno if sslerr == SSL_ERROR_SYSCALL else 0
+        return _fail(ssl, sslerr, err, "SSL_write() failed")
+    return done
 
 
 cdef bint tls_pending(SSL *ssl) noexcept:
