@@ -220,7 +220,7 @@ def run(seconds: float, key: str) -> dict[str, Any]:
                 kind, m.ours(tls12=True, shared=True), client, True, seconds
             )
         r.update(relay(kind, full, client, seconds))
-        r["empty_read_ns"] = empty_read(kind, full, client)
+        r["empty_read_ns"] = empty_read(kind, full, client, max(1000, int(seconds * 100_000)))
         results[kind] = r
     return results
 
