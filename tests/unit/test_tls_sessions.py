@@ -258,6 +258,33 @@ def test_sni_picks_the_server_and_its_certificate(tmp_path: Path) -> None:
             p.close()
 
 
+def test_sni_after_starttls_picks_the_server(tmp_path: Path) -> None:
+    """Two server{} doing STARTTLS on one plain address: the connection starts with the first
+    (its greeting); the name sent in the STARTTLS handshake picks the server{} that goes on."""
+    ca = trustme.CA()
+    blocks = []
+    for name in ("a.test", "b.test"):
+        path = tmp_path / f"{name}.pem"
+        ca.issue_cert(name).private_key_and_cert_chain_pem.write_to_path(str(path))
+        blocks.append(
+            f"server {{ listen 127.0.0.1:1143; protocol imap; server_name {name}; "
+            f"starttls on; ssl_certificate {path}; ssl_certificate_key {path}; }}"
+        )
+    a, b = server_conf(tmp_path, "\n".join(blocks))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    client.check_hostname = False  # c.test gets the default's certificate
+    for name, srv in (("b.test", b), ("a.test", a), ("c.test", a)):
+        p = Pair(a.tls, client, server_hostname=name)
+        try:
+            assert p.handshake() == OK
+            assert p.server.chosen is srv
+            cert = p.client.getpeercert()
+            assert ("DNS", "b.test" if srv is b else "a.test") in cert["subjectAltName"]
+        finally:
+            p.close()
+
+
 # --- leaks ------------------------------------------------------------------------------------
 
 

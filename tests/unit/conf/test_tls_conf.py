@@ -90,11 +90,14 @@ ACCEPTED = {
 
 
 def _config(d: Path, server: str) -> Path:
+    """`server` is the body of one TLS server{}, or whole server{} blocks (starting with it)."""
+    if not server.startswith("server"):
+        server = f"server {{ listen 127.0.0.1:19993 ssl; protocol imap;\n  {server}\n }}"
     p = d / "nginx.conf"
     p.write_text(
         f"load_module {MAIL_MODULE};\npid {d}/nginx.pid;\nevents {{}}\n"
         "mail { auth_http 127.0.0.1:9/auth;\n"
-        f" server {{ listen 127.0.0.1:19993 ssl; protocol imap;\n  {server.replace('D/', f'{d}/')}\n }}\n"
+        f" {server.replace('D/', f'{d}/')}\n"
         "}\n"
     )
     return p
@@ -179,3 +182,23 @@ def test_conf_command_files_under_the_conf_prefix(files: Path) -> None:
         assert p.handshake() == OK
     finally:
         p.close()
+
+
+def _starttls_server(name: str, starttls: str = "on", listen: str = "") -> str:
+    return (
+        f"server {{ listen 127.0.0.1:19143{listen}; protocol imap; server_name {name}; "
+        f"starttls {starttls}; {CERT} }}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "second", [_starttls_server("b.test", "off"), _starttls_server("b.test", listen=" ssl")]
+)
+def test_a_plain_address_is_shared_only_for_starttls(files: Path, second: str) -> None:
+    """Beyond nginx: two server{} doing STARTTLS may share a plain address (the SNI name of
+    the STARTTLS handshake picks one); otherwise nginx's duplicate error stands."""
+    text = _fastmail(files, _starttls_server("a.test") + " " + second)
+    assert text == f'duplicate "127.0.0.1:19143" address and port pair in {files}/nginx.conf:6'
+    if NGINX is not None and os.path.exists(MAIL_MODULE):
+        assert text == _nginx(files, _starttls_server("a.test") + " " + second)
+    assert _fastmail(files, _starttls_server("a.test") + _starttls_server("b.test", "only")) is None
