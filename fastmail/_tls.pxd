@@ -33,5 +33,6 @@ cdef str tls_version(SSL *ssl)
 cdef str tls_cipher(SSL *ssl)
 cdef object tls_alpn(SSL *ssl)
 cdef object tls_chosen(SSL *ssl)
+cdef int tls_verify(SSL *ssl) noexcept
 cdef object tls_cert_check(SSL *ssl, int verify, str protocol)
 cdef dict tls_auth_info(SSL *ssl, int verify)

@@ -442,6 +442,13 @@ cdef object tls_chosen(SSL *ssl):
     return (<ServerContext>d.pyctx).owner
 
 
+cdef int tls_verify(SSL *ssl) noexcept:
+    """ssl_verify_client of the context serving the connection (the one SNI chose): 0 off,
+    1 on, 2 optional, 3 optional_no_ca, for tls_cert_check and tls_auth_info."""
+    cdef CtxData *d = ctx_data(ssl)
+    return d.verify if d != NULL else 0
+
+
 cdef bint _optional(long rc) noexcept:
     # ngx_ssl_verify_error_optional (1.22.1): what optional_no_ca forgives
     return rc in (X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
@@ -538,14 +545,12 @@ cdef class TlsStream:
 
     cdef SSL *ssl
     cdef object ctx
-    cdef int verify
     cdef str protocol
 
     def __cinit__(self, ctx, int fd, bytes server_name=None):
         self.ctx = ctx
         if isinstance(ctx, ServerContext):
             self.ssl = tls_accept(<ServerContext>ctx, fd)
-            self.verify = (<ServerContext>ctx).verify
             self.protocol = (<ServerContext>ctx).protocol
         else:
             self.ssl = tls_connect(<ClientContext?>ctx, fd, server_name)
@@ -600,11 +605,12 @@ cdef class TlsStream:
         return tls_error_level(client), tls_error()
 
     def cert_check(self, verify=None, str protocol=None):
-        return tls_cert_check(self._ssl(), self.verify if verify is None else verify,
+        """The verdict; `verify` defaults to the serving context's (tls_verify)."""
+        return tls_cert_check(self._ssl(), tls_verify(self._ssl()) if verify is None else verify,
                               protocol or self.protocol)
 
     def auth_info(self, verify=None) -> dict:
-        return tls_auth_info(self._ssl(), self.verify if verify is None else verify)
+        return tls_auth_info(self._ssl(), tls_verify(self._ssl()) if verify is None else verify)
 
     @property
     def reused(self) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fastmail._tlsctx import ServerContext
+    from fastmail._tlsctx import ClientContext, ServerContext
 
 # nginx's log levels, index = severity (NGX_LOG_EMERG = 1 ... NGX_LOG_DEBUG = 8)
 LEVELS = ("", "emerg", "alert", "crit", "error", "warn", "notice", "info", "debug")
@@ -204,6 +204,7 @@ class ServerConf:
     ssl_context: _ssl.SSLContext | None = field(default=None, repr=False)  # built when TLS is used
     # the same settings as fastmail's own OpenSSL context (the engine's); owner = this server
     tls: ServerContext | None = field(default=None, repr=False, compare=False)
+    tls_backend: ClientContext | None = field(default=None, repr=False, compare=False)
     # fastmail: TLS to the backend
     proxy_ssl: str = "off"  # "off" | "on" | "starttls"
     proxy_ssl_verify: bool = False

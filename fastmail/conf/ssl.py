@@ -42,7 +42,7 @@ from fastmail.conf.table import (
 )
 
 if TYPE_CHECKING:
-    from fastmail._tlsctx import ServerContext
+    from fastmail._tlsctx import ClientContext, ServerContext
 
 PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 _VERSIONS = {
@@ -411,6 +411,9 @@ def _where(mctx: Ctx, sctx: Ctx) -> tuple[str, int]:
 
 
 def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
+    out["tls_backend"] = backend_tls(
+        ld, out["proxy_ssl_verify"], out["proxy_ssl_trusted_certificate"]
+    )
     if "listen_ssl" in sctx.extra:
         mode = "listen ... ssl"
     elif out["ssl"]:
@@ -586,6 +589,21 @@ def build_tls(ld: Loader, out: dict[str, Any]) -> ServerContext:
             ctx.conf_commands(out["ssl_conf_command"], ld.conf_prefix)
     except TlsConfigError as e:
         raise ConfigError(str(e)) from None
+    return ctx
+
+
+def backend_tls(ld: Loader, verify: bool, cafile: str | None) -> ClientContext:
+    """The context for TLS to the backends (proxy_ssl, or Auth-SSL-Backend per login): one per
+    (verify, CA file) in a config, made at load like the servers' (so shared by the workers)."""
+    from fastmail._tlsctx import ClientContext, TlsConfigError
+
+    made: dict[tuple[bool, str | None], ClientContext] = ld.state.setdefault("tls_backends", {})
+    ctx = made.get((verify, cafile))
+    if ctx is None:
+        try:
+            ctx = made[(verify, cafile)] = ClientContext(verify, cafile)
+        except TlsConfigError as e:
+            raise ConfigError(str(e)) from None
     return ctx
 
 

@@ -202,3 +202,29 @@ def test_a_plain_address_is_shared_only_for_starttls(files: Path, second: str) -
     if NGINX is not None and os.path.exists(MAIL_MODULE):
         assert text == _nginx(files, _starttls_server("a.test") + " " + second)
     assert _fastmail(files, _starttls_server("a.test") + _starttls_server("b.test", "only")) is None
+
+
+def test_backend_contexts_are_made_at_load(files: Path) -> None:
+    """TLS to backends (beyond nginx): one context per (proxy_ssl_verify, CA file) in a
+    config, shared by its servers; a CA file OpenSSL cannot load is refused at load."""
+    p = _config(
+        files,
+        f"server {{ listen 127.0.0.1:19143; protocol imap; proxy_ssl on; proxy_ssl_verify on; "
+        f"proxy_ssl_trusted_certificate D/ca.pem; }} "
+        f"server {{ listen 127.0.0.1:19144; protocol imap; proxy_ssl_verify on; "
+        f"proxy_ssl_trusted_certificate D/ca.pem; }} "
+        f"server {{ listen 127.0.0.1:19145; protocol imap; }}",
+    )
+    mail = load(str(p), f"{files}/").mail
+    assert mail is not None
+    a, b, c = (s.tls_backend for s in mail.servers)
+    assert a is b and a.verify and not c.verify
+    text = _fastmail(
+        files,
+        "server { listen 127.0.0.1:19143; protocol imap; proxy_ssl_verify on; "
+        "proxy_ssl_trusted_certificate D/garbage.pem; }",
+    )
+    assert text == (
+        f'SSL_CTX_load_verify_locations("{files}/garbage.pem") failed '
+        "(SSL: error:05800088:x509 certificate routines::no certificate or crl found)"
+    )
