@@ -71,10 +71,10 @@ CERT_REPLIES = {
 }
 
 
-DEBUG_BUILD = bool(FASTMAIL_DEBUG)  # live_ssl() counts
+DEBUG_BUILD = bool(FASTMAIL_DEBUG)  # live_count() counts
 
 
-def live_ssl() -> int:
+def live_count() -> int:
     """SSL objects made and not freed (counted in the debug build only: 0 otherwise)."""
     return _live
 

@@ -160,4 +160,4 @@ def _no_live_ssl() -> Iterator[None]:
         import gc
 
         gc.collect()
-        assert _tls.live_ssl() == 0, f"{_tls.live_ssl()} SSL objects left"
+        assert _tls.live_count() == 0, f"{_tls.live_count()} SSL objects left"

@@ -320,7 +320,7 @@ def test_no_leak_over_many_handshakes(tmp_path: Path, pem, cache: str) -> None:
     assert _rss() - rss < 512  # KiB
     assert resumed == 800
     if _tls.DEBUG_BUILD:
-        assert _tls.live_ssl() == 0
+        assert _tls.live_count() == 0
 
 
 def _rss() -> int:
