@@ -179,6 +179,19 @@ def test_shared_cache_resumes_across_workers(tmp_path: Path, ca, pem, tls13: boo
     assert stats["live"] == (3 if tls13 else 1) and stats["hits"] == 1
 
 
+def test_shared_zone_is_kept_across_reload(tmp_path: Path, ca, pem) -> None:
+    """A reload loads the new config while the old one still serves: a zone of the same name
+    and size is the same memory, so sessions of the old contexts resume on the new ones."""
+    extra = "ssl_session_tickets off; ssl_session_cache shared:R:1m;"
+    old = _server(tmp_path, pem, extra, "old.conf")
+    new = _server(tmp_path, pem, extra, "new.conf")
+    c = _client(ca)
+    reused, s = _session(old.tls, c)
+    assert not reused and _session(new.tls, c, s)[0]
+    resized = _server(tmp_path, pem, extra.replace(":1m", ":2m"), "resized.conf")
+    assert not _session(resized.tls, c, s)[0]  # another size: a new, empty zone
+
+
 def test_builtin_cache_is_per_worker(tmp_path: Path, ca, pem) -> None:
     srv = _server(tmp_path, pem, "ssl_session_tickets off; ssl_session_cache builtin:100;")
     assert _two_workers(srv.tls, _client(ca)) == (0, 0)
