@@ -133,6 +133,7 @@ class SessionCache:
     builtin: int | None = None  # builtin:N (None: not set; -1: builtin with the default size)
     shared_name: str | None = None
     shared_size: int = 0
+    fixed: bool = False  # off/none/builtin given in this context: a zone does not change mode
 
 
 @dataclass(slots=True)

@@ -83,19 +83,19 @@ def password_file(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
 
 
 def session_cache(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+    """nginx's two settings in one: the builtin cache (off, none, builtin[:N]: the last one
+    given wins) and the shared zone; a zone alone means "cache, no builtin"."""
     sc: SessionCache = ctx.values.setdefault("ssl_session_cache", SessionCache())
     for a in args:
-        if a == "off":
-            sc.mode = "off"
-        elif a == "none":
-            sc.mode = "none"
+        if a in ("off", "none"):
+            sc.mode, sc.builtin, sc.fixed = a, None, True
         elif a == "builtin":
-            sc.mode, sc.builtin = "cache", -1
+            sc.mode, sc.builtin, sc.fixed = "cache", -1, True
         elif a.startswith("builtin:") and len(a) > 8:
             n = parse_number(a[8:])
             if n is None:
                 raise ld.error(f'invalid session cache "{a}"')
-            sc.mode, sc.builtin = "cache", n
+            sc.mode, sc.builtin, sc.fixed = "cache", n, True
         elif a.startswith("shared:") and len(a) > 7:
             name, sep, size_text = a[7:].partition(":")
             size = parse_size(size_text) if sep else None
@@ -103,7 +103,15 @@ def session_cache(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
                 raise ld.error(f'invalid session cache "{a}"')
             if size < 8 * PAGESIZE:
                 raise ld.error(f'session cache "{a}" is too small')
-            sc.mode, sc.shared_name, sc.shared_size = "cache", name, size
+            declared = ld.state.setdefault("shm_zones", {}).setdefault(name, size)
+            if declared != size:  # ngx_shared_memory_add
+                raise ld.error(
+                    f'the size {size} of shared memory zone "{name}" conflicts with '
+                    f"already declared size {declared}"
+                )
+            sc.shared_name, sc.shared_size = name, size
+            if not sc.fixed:
+                sc.mode = "cache"
         else:
             raise ld.error(f'invalid session cache "{a}"')
 

@@ -192,6 +192,19 @@ def test_shared_zone_is_kept_across_reload(tmp_path: Path, ca, pem) -> None:
     assert not _session(resized.tls, c, s)[0]  # another size: a new, empty zone
 
 
+@pytest.mark.parametrize(
+    ("cache", "resumes"),
+    [("none shared:N:1m", False), ("shared:N:1m off", False), ("shared:N:1m", True),
+     ("builtin:10 shared:N:1m", True), ("shared:N:1m builtin", True)],
+)  # fmt: skip
+def test_session_cache_words_combine_as_nginx_s(tmp_path: Path, ca, pem, cache, resumes) -> None:
+    """The last of off/none/builtin wins whatever the order of `shared:`; a zone alone caches."""
+    srv = _server(tmp_path, pem, f"ssl_session_tickets off; ssl_session_cache {cache};")
+    c = _client(ca)
+    _, s = _session(srv.tls, c)
+    assert _session(srv.tls, c, s)[0] is resumes
+
+
 def test_builtin_cache_is_per_worker(tmp_path: Path, ca, pem) -> None:
     srv = _server(tmp_path, pem, "ssl_session_tickets off; ssl_session_cache builtin:100;")
     assert _two_workers(srv.tls, _client(ca)) == (0, 0)

@@ -209,11 +209,11 @@ def test_backend_contexts_are_made_at_load(files: Path) -> None:
     config, shared by its servers; a CA file OpenSSL cannot load is refused at load."""
     p = _config(
         files,
-        f"server {{ listen 127.0.0.1:19143; protocol imap; proxy_ssl on; proxy_ssl_verify on; "
-        f"proxy_ssl_trusted_certificate D/ca.pem; }} "
-        f"server {{ listen 127.0.0.1:19144; protocol imap; proxy_ssl_verify on; "
-        f"proxy_ssl_trusted_certificate D/ca.pem; }} "
-        f"server {{ listen 127.0.0.1:19145; protocol imap; }}",
+        "server { listen 127.0.0.1:19143; protocol imap; proxy_ssl on; proxy_ssl_verify on; "
+        "proxy_ssl_trusted_certificate D/ca.pem; } "
+        "server { listen 127.0.0.1:19144; protocol imap; proxy_ssl_verify on; "
+        "proxy_ssl_trusted_certificate D/ca.pem; } "
+        "server { listen 127.0.0.1:19145; protocol imap; }",
     )
     mail = load(str(p), f"{files}/").mail
     assert mail is not None
@@ -228,3 +228,19 @@ def test_backend_contexts_are_made_at_load(files: Path) -> None:
         f'SSL_CTX_load_verify_locations("{files}/garbage.pem") failed '
         "(SSL: error:05800088:x509 certificate routines::no certificate or crl found)"
     )
+
+
+def test_a_zone_declared_twice_with_two_sizes(files: Path) -> None:
+    servers = (
+        f"server {{ listen 127.0.0.1:19993 ssl; protocol imap; {CERT} "
+        "ssl_session_cache shared:Z:1m; }\n"
+        f"server {{ listen 127.0.0.1:19994 ssl; protocol imap; {CERT} "
+        "ssl_session_cache shared:Z:2m; }"
+    )
+    text = _fastmail(files, servers)
+    assert text == (
+        'the size 2097152 of shared memory zone "Z" conflicts with already declared size '
+        f"1048576 in {files}/nginx.conf:6"
+    )
+    if NGINX is not None and os.path.exists(MAIL_MODULE):
+        assert text == _nginx(files, servers)
