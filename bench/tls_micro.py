@@ -97,7 +97,7 @@ class PyServer:
 
     @property
     def reused(self) -> bool:
-        return self.obj.session_reused
+        return bool(self.obj.session_reused)
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:

@@ -519,8 +519,8 @@ def merge_mail(ld: Loader, mctx: Ctx) -> MailConf:
 
     servers: list[Ctx] = mctx.extra["servers"]
     for old, sctx, dup in mctx.extra.get("shared_plain", ()):
-        first = next(s for s in servers if old in s.extra["listens"])
-        if not (_starttls_only(mctx, first) and _starttls_only(mctx, sctx)):
+        owner = next(s for s in servers if old in s.extra["listens"])
+        if not (_starttls_only(mctx, owner) and _starttls_only(mctx, sctx)):
             raise dup
     outs: list[dict[str, Any]] = [{"file": s.file, "line": s.line} for s in servers]
     for mod in MODULES:

@@ -636,9 +636,10 @@ def link_tls(servers: list[ServerConf], sockets: list[ListenSocket]) -> None:
         for group in groups.values():
             if len(group) > 1:
                 sni = SniMap()
-                for srv in group:
-                    sni.add([srv.server_name], srv.tls)
-                group[0].tls.set_sni(sni)  # type: ignore[union-attr]
+                contexts = [srv.tls for srv in group if srv.tls is not None]
+                for srv, tls in zip(group, contexts, strict=True):
+                    sni.add([srv.server_name], tls)
+                contexts[0].set_sni(sni)
 
 
 def _ticket_keys(ld: Loader, out: dict[str, Any]) -> list[bytes]:

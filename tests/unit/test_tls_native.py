@@ -59,7 +59,8 @@ def test_handshake_then_data_both_ways(tmp_path: Path, ca, pem) -> None:
     try:
         assert p.handshake() == OK
         assert p.server.version == p.client.version() == "TLSv1.3"
-        assert p.server.cipher == p.client.cipher()[0]
+        cipher = p.client.cipher()
+        assert cipher is not None and p.server.cipher == cipher[0]
         assert p.server.chosen is srv and not p.server.reused
         assert p.server.read() == WANT_READ  # nothing sent yet
         up = os.urandom(300_000)

@@ -57,7 +57,9 @@ def _session(server_ctx, client: ssl.SSLContext, session=None) -> tuple[bool, ss
         assert p.down(b"* OK\r\n") == b"* OK\r\n"
         assert p.up(b"a NOOP\r\n") == b"a NOOP\r\n"
         assert p.server.reused == p.client.session_reused
-        return p.server.reused, p.client.session
+        session = p.client.session
+        assert session is not None
+        return p.server.reused, session
     finally:
         p.close()
 
@@ -269,16 +271,17 @@ def test_sni_picks_the_server_and_its_certificate(tmp_path: Path) -> None:
     client = ssl.create_default_context()
     ca.configure_trust(client)
     client.check_hostname = False
-    expect = {
+    expect: dict[str | None, int] = {
         "MAIL.A.TEST": 0, "x.y.b.test": 1, "mail.example.org": 2, "imap7.c.test": 3,
         "unknown.test": 0, None: 0,
     }  # fmt: skip
-    for name, index in expect.items():
-        p = Pair(servers[0].tls, client, server_hostname=name)
+    for sni_name, index in expect.items():
+        p = Pair(servers[0].tls, client, server_hostname=sni_name)
         try:
             assert p.handshake() == OK
             assert p.server.chosen is servers[index]
             cert = p.client.getpeercert()
+            assert cert is not None
             assert ("DNS", f"cert{index}.test") in cert["subjectAltName"]
         finally:
             p.close()
@@ -306,6 +309,7 @@ def test_sni_after_starttls_picks_the_server(tmp_path: Path) -> None:
             assert p.handshake() == OK
             assert p.server.chosen is srv
             cert = p.client.getpeercert()
+            assert cert is not None
             assert ("DNS", "b.test" if srv is b else "a.test") in cert["subjectAltName"]
         finally:
             p.close()
