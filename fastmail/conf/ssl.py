@@ -166,7 +166,9 @@ DIRECTIVES: tuple[Directive, ...] = (
         "off",
         "off",
         "on | off | only",
-        "Offer STARTTLS/STLS; `only` requires it before login.",
+        "Offer STARTTLS/STLS; `only` requires it before login. Beyond nginx, server{} blocks "
+        "doing STARTTLS may share a plain address: the first declared greets, the client's SNI "
+        "name in the STARTTLS handshake picks the server{} that goes on.",
         values=("on", "off", "only"),
     ),
     _ssl_dir(
@@ -220,7 +222,7 @@ DIRECTIVES: tuple[Directive, ...] = (
         "auto",
         "auto",
         "curve",
-        "Curve for ECDHE ciphers.",
+        "Curve, or `a:b:c` list of curves, for ECDHE; `auto` keeps OpenSSL's list.",
     ),
     _ssl_dir(
         "ssl_protocols",
@@ -261,7 +263,8 @@ DIRECTIVES: tuple[Directive, ...] = (
         SessionCache(),
         "none",
         "off | none | [builtin[:size]] [shared:name:size]",
-        "TLS session cache.",
+        "TLS session cache: OpenSSL's per worker (`builtin`), and/or one store shared by all "
+        "workers (`shared`), kept across reloads while its name and size stay.",
     ),
     _ssl_dir(
         "ssl_session_tickets",
@@ -281,7 +284,8 @@ DIRECTIVES: tuple[Directive, ...] = (
         [],
         "—",
         "file",
-        "File with a 48- or 80-byte key for tickets; the first one encrypts.",
+        "File with a 48- or 80-byte key for tickets (nginx's layouts); the first one "
+        "encrypts, all decrypt. Without: one key per master process, kept across reloads.",
     ),
     _ssl_dir(
         "ssl_session_timeout",
