@@ -271,10 +271,12 @@ cdef Py_ssize_t tls_read(SSL *ssl, char *buf, size_t size) noexcept:
         if sslerr == SSL_ERROR_WANT_WRITE:
             return got if got else TLS_WANT_WRITE
         err = errno if sslerr == SSL_ERROR_SYSCALL else 0
-        if sslerr == SSL_ERROR_ZERO_RETURN or ERR_peek_error() == 0:
+        if not got:
             deferred = <PyObject *>SSL_get_ex_data(ssl, _DEFERRED)
-            if deferred != NULL and not got:
+            if deferred != NULL:
+                ERR_clear_error()
                 return _use_deferred(ssl, deferred)
+        if sslerr == SSL_ERROR_ZERO_RETURN or ERR_peek_error() == 0:
             _no_more(ssl)
             return got if got else TLS_CLOSED
         if got:

@@ -85,6 +85,49 @@ def test_a_read_fills_the_buffer_from_several_records(tmp_path: Path, ca, pem) -
         p.close()
 
 
+def test_bytes_before_a_bad_record_then_the_failure(tmp_path: Path, ca, pem) -> None:
+    """A good record and a forged one in one read: the good bytes come first, the failure
+    (nginx's text) at the next call."""
+    srv = _server(tmp_path, pem)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = _client(ca).wrap_bio(inc, out, server_hostname="localhost")
+    p = Pair(srv.tls, None)
+    try:
+        deadline = time.monotonic() + 5
+        code, done = WANT_READ, False
+        while not (done and code == OK) and time.monotonic() < deadline:
+            try:
+                obj.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                pass
+            if data := out.read():
+                p.c_sock.sendall(data)
+            code = p.server.handshake()
+            select.select([p.c_sock], [], [], 0.01)
+            try:
+                inc.write(p.c_sock.recv(65536))
+            except BlockingIOError:
+                pass
+        assert code == OK
+        obj.write(b"good")
+        good = out.read()
+        obj.write(b"evil")
+        forged = bytearray(out.read())
+        forged[-1] ^= 1  # the record's tag no longer matches
+        p.c_sock.sendall(good + bytes(forged))
+        time.sleep(0.05)
+        assert p.server.read() == b"good"
+        assert p.server.read() == FAIL
+        assert p.server.error() == (
+            INFO,
+            "SSL_read() failed (SSL: error:0A000119:SSL routines::decryption failed or bad "
+            "record mac)",
+        )
+    finally:
+        p.close()
+
+
 def test_client_close_notify_and_server_shutdown(tmp_path: Path, ca, pem) -> None:
     srv = _server(tmp_path, pem)
     p = Pair(srv.tls, _client(ca))
