@@ -21,19 +21,33 @@ if DEBUG:
 else:
     directives.update(boundscheck=False, wraparound=False, initializedcheck=False)
 
-extensions = [
-    Extension(
-        "fastmail." + os.path.basename(path)[:-4],
+# fastmail's own OpenSSL binding links the system libssl/libcrypto (a manylinux wheel bundles
+# them through auditwheel). _tlsctx calls nginx 1.22.1's DH functions, deprecated in OpenSSL 3.
+OPENSSL = {"libraries": ["ssl", "crypto"]}
+LINK = {
+    "_tls": OPENSSL,
+    "_tlsctx": {**OPENSSL, "extra_compile_args": ["-Wno-deprecated-declarations"]},
+}
+
+
+def extension(path: str) -> Extension:
+    name = os.path.basename(path)[:-4]
+    extra = LINK.get(name, {})
+    return Extension(
+        "fastmail." + name,
         [path],
         include_dirs=["fastmail"],  # _debug.h, for the C files under build/
         define_macros=macros,
+        libraries=extra.get("libraries", []),
         # Release builds: Python's CFLAGS carry -g, which -g0 undoes, and the linker strips
         # the symbol table (the dynamic symbols Python imports stay): _relay 1.9 MB -> 0.3 MB.
-        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2", "-g0"],
+        extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O2", "-g0"])
+        + extra.get("extra_compile_args", []),
         extra_link_args=[] if DEBUG else ["-s"],
     )
-    for path in sorted(glob.glob("fastmail/_*.pyx"))
-]
+
+
+extensions = [extension(path) for path in sorted(glob.glob("fastmail/_*.pyx"))]
 
 setup(
     ext_modules=cythonize(

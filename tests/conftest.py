@@ -150,3 +150,16 @@ def nginx() -> Iterator[Callable[..., Nginx]]:
     yield start
     for n in made:
         n.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_live_ssl() -> Iterator[None]:
+    """Debug build: every SSL object fastmail's TLS layer made is freed when a test ends."""
+    yield
+    from fastmail import _tls
+
+    if _tls.DEBUG_BUILD:
+        import gc
+
+        gc.collect()
+        assert _tls.live_count() == 0, f"{_tls.live_count()} SSL objects left"

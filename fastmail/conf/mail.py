@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from typing import Any
 
+from fastmail.conf import ssl
 from fastmail.conf.errors import ConfigError
 from fastmail.conf.model import Listen, ListenSocket, MailConf, Resolver, ServerConf
 from fastmail.conf.parser import Ctx, Loader
@@ -239,10 +240,13 @@ def listen(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
         for family, addr in u.addrs:
             for old in every:
                 if old.family == family and (old.path or old.host) == addr and old.port == port:
-                    # beyond nginx: server{} blocks may share a TLS address, chosen by SNI
-                    sni = old.ssl and "ssl" in args[1:] and old not in ctx.extra["listens"]
-                    if not sni:
-                        raise ld.error(f'duplicate "{old.addr_text}" address and port pair')
+                    dup = ld.error(f'duplicate "{old.addr_text}" address and port pair')
+                    if old in ctx.extra["listens"] or old.ssl != ("ssl" in args[1:]):
+                        raise dup
+                    # beyond nginx: server{} blocks may share a TLS address, chosen by SNI, and
+                    # a plain one if both do STARTTLS (known when merging)
+                    if not old.ssl:
+                        mctx.extra.setdefault("shared_plain", []).append((old, ctx, dup))
             is_unix = family == socket.AF_UNIX
             ls = Listen(
                 family=family,
@@ -514,6 +518,10 @@ def merge_mail(ld: Loader, mctx: Ctx) -> MailConf:
     from fastmail.conf import MODULES  # the module order is nginx's merge order
 
     servers: list[Ctx] = mctx.extra["servers"]
+    for old, sctx, dup in mctx.extra.get("shared_plain", ()):
+        owner = next(s for s in servers if old in s.extra["listens"])
+        if not (_starttls_only(mctx, owner) and _starttls_only(mctx, sctx)):
+            raise dup
     outs: list[dict[str, Any]] = [{"file": s.file, "line": s.line} for s in servers]
     for mod in MODULES:
         fields = [d for d in mod.DIRECTIVES if d.field and d.contexts & SERVER]
@@ -544,7 +552,14 @@ def merge_mail(ld: Loader, mctx: Ctx) -> MailConf:
         for sock in sockets:
             if any(e is first for e in sock.entries):
                 sock.entries.append(other)
+    ssl.link_tls(result, sockets)
     return MailConf(servers=result, sockets=sockets)
+
+
+def _starttls_only(mctx: Ctx, sctx: Ctx) -> bool:
+    """The server's plain listens do STARTTLS (starttls on|only, no deprecated `ssl on`)."""
+    merged = {**mctx.values, **sctx.values}
+    return merged.get("starttls", "off") != "off" and not merged.get("ssl", False)
 
 
 def plan_sockets(listens: list[Listen]) -> list[ListenSocket]:

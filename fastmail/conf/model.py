@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import ssl as _ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastmail._tlsctx import ClientContext, ServerContext
 
 # nginx's log levels, index = severity (NGX_LOG_EMERG = 1 ... NGX_LOG_DEBUG = 8)
 LEVELS = ("", "emerg", "alert", "crit", "error", "warn", "notice", "info", "debug")
@@ -129,6 +133,7 @@ class SessionCache:
     builtin: int | None = None  # builtin:N (None: not set; -1: builtin with the default size)
     shared_name: str | None = None
     shared_size: int = 0
+    fixed: bool = False  # off/none/builtin given in this context: a zone does not change mode
 
 
 @dataclass(slots=True)
@@ -202,6 +207,9 @@ class ServerConf:
     ssl_crl: str | None
     ssl_conf_command: list[tuple[str, str]]
     ssl_context: _ssl.SSLContext | None = field(default=None, repr=False)  # built when TLS is used
+    # the same settings as fastmail's own OpenSSL context (the engine's); owner = this server
+    tls: ServerContext | None = field(default=None, repr=False, compare=False)
+    tls_backend: ClientContext | None = field(default=None, repr=False, compare=False)
     # fastmail: TLS to the backend
     proxy_ssl: str = "off"  # "off" | "on" | "starttls"
     proxy_ssl_verify: bool = False

@@ -1,9 +1,11 @@
-"""ngx_mail_ssl_module directives, the certificate checks and the server's SSLContext.
+"""ngx_mail_ssl_module directives, the certificate checks and the servers' TLS contexts.
 
 Owns parsing every ssl_* directive (files resolve against the conf prefix), nginx 1.22.1's
 deprecated `ssl on` with its starttls conflicts, the "no ssl_certificate" checks (§5.2) and
-building an ssl.SSLContext for each server that uses TLS (listen ... ssl, ssl on, starttls).
-Handshakes and session resumption are the server's business, not this file's.
+building, for each server that uses TLS (listen ... ssl, ssl on, starttls), fastmail's own
+OpenSSL context (`ServerConf.tls`, fastmail._tlsctx: nginx's merge order and messages) and,
+for the current session path, an ssl.SSLContext (`ssl_context`); the backend contexts; the
+SNI maps of shared addresses. Handshakes and session resumption are the server's business.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import errno
 import hashlib
 import os
 import ssl as _ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmail import tls
 from fastmail.conf.errors import ConfigError, strerror
-from fastmail.conf.model import SessionCache
+from fastmail.conf.model import ListenSocket, ServerConf, SessionCache
 from fastmail.conf.parser import Ctx, Loader
 from fastmail.conf.table import (
     FLAG,
@@ -40,6 +42,9 @@ from fastmail.conf.table import (
     set_sec,
     set_str,
 )
+
+if TYPE_CHECKING:
+    from fastmail._tlsctx import ClientContext, ServerContext
 
 PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 _VERSIONS = {
@@ -78,19 +83,19 @@ def password_file(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
 
 
 def session_cache(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+    """nginx's two settings in one: the builtin cache (off, none, builtin[:N]: the last one
+    given wins) and the shared zone; a zone alone means "cache, no builtin"."""
     sc: SessionCache = ctx.values.setdefault("ssl_session_cache", SessionCache())
     for a in args:
-        if a == "off":
-            sc.mode = "off"
-        elif a == "none":
-            sc.mode = "none"
+        if a in ("off", "none"):
+            sc.mode, sc.builtin, sc.fixed = a, None, True
         elif a == "builtin":
-            sc.mode, sc.builtin = "cache", -1
+            sc.mode, sc.builtin, sc.fixed = "cache", -1, True
         elif a.startswith("builtin:") and len(a) > 8:
             n = parse_number(a[8:])
             if n is None:
                 raise ld.error(f'invalid session cache "{a}"')
-            sc.mode, sc.builtin = "cache", n
+            sc.mode, sc.builtin, sc.fixed = "cache", n, True
         elif a.startswith("shared:") and len(a) > 7:
             name, sep, size_text = a[7:].partition(":")
             size = parse_size(size_text) if sep else None
@@ -98,7 +103,15 @@ def session_cache(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
                 raise ld.error(f'invalid session cache "{a}"')
             if size < 8 * PAGESIZE:
                 raise ld.error(f'session cache "{a}" is too small')
-            sc.mode, sc.shared_name, sc.shared_size = "cache", name, size
+            declared = ld.state.setdefault("shm_zones", {}).setdefault(name, size)
+            if declared != size:  # ngx_shared_memory_add
+                raise ld.error(
+                    f'the size {size} of shared memory zone "{name}" conflicts with '
+                    f"already declared size {declared}"
+                )
+            sc.shared_name, sc.shared_size = name, size
+            if not sc.fixed:
+                sc.mode = "cache"
         else:
             raise ld.error(f'invalid session cache "{a}"')
 
@@ -153,7 +166,9 @@ DIRECTIVES: tuple[Directive, ...] = (
         "off",
         "off",
         "on | off | only",
-        "Offer STARTTLS/STLS; `only` requires it before login.",
+        "Offer STARTTLS/STLS; `only` requires it before login. Beyond nginx, server{} blocks "
+        "doing STARTTLS may share a plain address: the first declared greets, the client's SNI "
+        "name in the STARTTLS handshake picks the server{} that goes on.",
         values=("on", "off", "only"),
     ),
     _ssl_dir(
@@ -207,7 +222,7 @@ DIRECTIVES: tuple[Directive, ...] = (
         "auto",
         "auto",
         "curve",
-        "Curve for ECDHE ciphers.",
+        "Curve, or `a:b:c` list of curves, for ECDHE; `auto` keeps OpenSSL's list.",
     ),
     _ssl_dir(
         "ssl_protocols",
@@ -248,7 +263,8 @@ DIRECTIVES: tuple[Directive, ...] = (
         SessionCache(),
         "none",
         "off | none | [builtin[:size]] [shared:name:size]",
-        "TLS session cache.",
+        "TLS session cache: OpenSSL's per worker (`builtin`), and/or one store shared by all "
+        "workers (`shared`), kept across reloads while its name and size stay.",
     ),
     _ssl_dir(
         "ssl_session_tickets",
@@ -268,7 +284,8 @@ DIRECTIVES: tuple[Directive, ...] = (
         [],
         "—",
         "file",
-        "File with a 48- or 80-byte key for tickets; the first one encrypts.",
+        "File with a 48- or 80-byte key for tickets (nginx's layouts); the first one "
+        "encrypts, all decrypt. Without: one key per master process, kept across reloads.",
     ),
     _ssl_dir(
         "ssl_session_timeout",
@@ -408,6 +425,9 @@ def _where(mctx: Ctx, sctx: Ctx) -> tuple[str, int]:
 
 
 def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
+    out["tls_backend"] = backend_tls(
+        ld, out["proxy_ssl_verify"], out["proxy_ssl_trusted_certificate"]
+    )
     if "listen_ssl" in sctx.extra:
         mode = "listen ... ssl"
     elif out["ssl"]:
@@ -415,7 +435,7 @@ def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
     elif out["starttls"] != "off":
         mode = "starttls"
     else:
-        out["ssl_context"] = None
+        out["ssl_context"] = out["tls"] = None
         return
     file, line = _where(mctx, sctx)
     certs, keys = out["ssl_certificate"], out["ssl_certificate_key"]
@@ -432,6 +452,7 @@ def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
             f'no "ssl_certificate_key" is defined for certificate "{getattr(certs[-1], "written", certs[-1])}" '
             f'and the "{mode}" directive in {file}:{line}'
         )
+    out["tls"] = build_tls(ld, out)
     out["ssl_context"] = build_context(out, ld)
 
 
@@ -542,6 +563,101 @@ def build_context(out: dict[str, Any], ld: Loader) -> _ssl.SSLContext:
             raise ld.error(f'"{path}" must be 48 or 80 bytes')
     _configure(ctx, out, ld.conf_prefix)
     return ctx
+
+
+def build_tls(ld: Loader, out: dict[str, Any]) -> ServerContext:
+    """fastmail's own OpenSSL context for the server, in ngx_mail_ssl_merge_conf's order and
+    with its messages: OpenSSL's refusals unlocated, file checks at `ld` (the end of mail{},
+    where nginx merges)."""
+    from fastmail._tlscache import zone
+    from fastmail._tlsctx import ServerContext, TlsConfigError
+
+    try:
+        ctx = ServerContext(out["protocol"], out["ssl_protocols"])
+        ctx.set_ciphers(out["ssl_ciphers"], out["ssl_prefer_server_ciphers"])
+        passwords = [p.encode("utf-8", "surrogateescape") if p is not None else b""
+                     for p in _passwords(out["ssl_password_file"])]  # fmt: skip
+        if out["ssl_password_file"] is None:
+            passwords = []
+        for cert, key in zip(out["ssl_certificate"], out["ssl_certificate_key"], strict=False):
+            ctx.add_certificate(str(cert), str(key), passwords)
+        verify = out["ssl_verify_client"]
+        if verify != "off":
+            if not out["ssl_client_certificate"] and verify != "optional_no_ca":
+                raise ConfigError("no ssl_client_certificate for ssl_verify_client")  # 1.22.1
+            ctx.set_client_verify(
+                verify,
+                out["ssl_verify_depth"],
+                out["ssl_client_certificate"],
+                out["ssl_trusted_certificate"],
+                out["ssl_crl"],
+            )
+        if out["ssl_dhparam"]:
+            ctx.set_dhparam(out["ssl_dhparam"])
+        ctx.set_ecdh_curve(out["ssl_ecdh_curve"])
+        sc: SessionCache = out["ssl_session_cache"]
+        shared = zone(sc.shared_name, sc.shared_size) if sc.shared_name else None
+        ctx.set_session_cache(sc.mode, sc.builtin, shared, out["ssl_session_timeout"])
+        ctx.set_session_tickets(out["ssl_session_tickets"], _ticket_keys(ld, out))
+        if out["ssl_conf_command"]:
+            ctx.conf_commands(out["ssl_conf_command"], ld.conf_prefix)
+    except TlsConfigError as e:
+        raise ConfigError(str(e)) from None
+    return ctx
+
+
+def backend_tls(ld: Loader, verify: bool, cafile: str | None) -> ClientContext:
+    """The context for TLS to the backends (proxy_ssl, or Auth-SSL-Backend per login): one per
+    (verify, CA file) in a config, made at load like the servers' (so shared by the workers)."""
+    from fastmail._tlsctx import ClientContext, TlsConfigError
+
+    made: dict[tuple[bool, str | None], ClientContext] = ld.state.setdefault("tls_backends", {})
+    ctx = made.get((verify, cafile))
+    if ctx is None:
+        try:
+            ctx = made[(verify, cafile)] = ClientContext(verify, cafile)
+        except TlsConfigError as e:
+            raise ConfigError(str(e)) from None
+    return ctx
+
+
+def link_tls(servers: list[ServerConf], sockets: list[ListenSocket]) -> None:
+    """Each server's context answers tls_chosen() with the server; server{} blocks sharing a
+    TLS address (beyond nginx) are chosen by the client's SNI name, the first one declared
+    being the default: its context gets the SNI map."""
+    from fastmail._tlsctx import SniMap
+
+    for srv in servers:
+        if srv.tls is not None:
+            srv.tls.owner = srv
+    for ls in sockets:
+        groups: dict[str, list[ServerConf]] = {}
+        for e in ls.entries:
+            if e.server is not None and e.server.tls is not None:
+                group = groups.setdefault(e.addr_text, [])
+                if e.server not in group:
+                    group.append(e.server)
+        for group in groups.values():
+            if len(group) > 1:
+                sni = SniMap()
+                contexts = [srv.tls for srv in group if srv.tls is not None]
+                for srv, tls in zip(group, contexts, strict=True):
+                    sni.add([srv.server_name], tls)
+                contexts[0].set_sni(sni)
+
+
+def _ticket_keys(ld: Loader, out: dict[str, Any]) -> list[bytes]:
+    keys = []
+    for path in out["ssl_session_ticket_key"]:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(81)
+        except OSError as e:
+            raise ld.error(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
+        if len(data) not in (48, 80):
+            raise ld.error(f'"{path}" must be 48 or 80 bytes')
+        keys.append(data)
+    return keys
 
 
 def _configure(ctx: _ssl.SSLContext, out: dict[str, Any], conf_prefix: str) -> None:

@@ -16,3 +16,13 @@ def test_recorded_sessions_reach_the_auth_request(proto: str) -> None:
     assert mod.SESSIONS
     for rec in mod.SESSIONS:
         machines.drive(mod.make(rec), rec)
+
+
+def test_tls_micro_runs_and_resumes() -> None:
+    """bench.tls_micro stays runnable: tiny budgets; its handshakes assert resumption."""
+    from bench import tls_micro
+
+    res = tls_micro.run(0.005, "ecdsa")
+    for kind in ("fastmail", "python"):
+        assert res[kind]["full_us"] > 0 and res[kind]["read_mb_per_cpu_s"] > 0
+    assert res["fastmail"]["resumed_shared_cache_tls12_us"] > 0
