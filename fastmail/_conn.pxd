@@ -29,6 +29,7 @@ cdef struct Sock:
     bint rd_ready            # readable since the last read that came back short or EAGAIN
     bint wr_ready            # writable: no EAGAIN since the last EPOLLOUT
     bint hup                 # the peer shut down or the socket failed (RDHUP/HUP/ERR seen)
+    bint tls_flip            # TLS: a read waits for writability, or a write for readability
 
 cdef enum:
     IO_AGAIN = -1            # nothing now (EAGAIN, or TLS wants the other direction)

@@ -15,6 +15,9 @@ from posix.unistd cimport close as c_close
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from fastmail._inet cimport ip_text, IP_TEXT_MAX
+from fastmail._openssl cimport SSL
+from fastmail._tls cimport (tls_read, tls_write, tls_shutdown, tls_free, TLS_WANT_READ,
+                            TLS_WANT_WRITE, TLS_CLOSED, TLS_FAIL)
 from fastmail._poll cimport (Loop, Watcher, EPOLLIN, EPOLLOUT, EPOLLET, EPOLLRDHUP,
                              EPOLLERR, EPOLLHUP)
 
@@ -61,8 +64,26 @@ cdef void sock_init(Sock *s, int fd) noexcept:
 
 cdef Py_ssize_t sock_recv(Sock *s, char *buf, Py_ssize_t n) noexcept:
     """Bytes read (> 0), 0 at EOF, IO_AGAIN, or IO_ERROR with s.err set. A short read
-    clears rd_ready: a stream socket gave all it had, and the next bytes bring a new edge."""
+    clears rd_ready: a stream socket gave all it had, and the next bytes bring a new edge.
+    With TLS, plaintext: OpenSSL reads until the buffer is full or the socket is empty, so a
+    short read means the same; s.err is -1 on a TLS failure (its text: _tls.tls_error())."""
     cdef ssize_t r
+    if s.ssl != NULL:
+        r = tls_read(<SSL *>s.ssl, buf, n)
+        if r > 0:
+            if r < n:
+                s.rd_ready = False
+            return r
+        s.rd_ready = False
+        if r == TLS_WANT_READ:
+            return IO_AGAIN
+        if r == TLS_WANT_WRITE:
+            s.tls_flip = True       # read again once the socket is writable
+            return IO_AGAIN
+        if r == TLS_CLOSED:
+            return 0
+        s.err = -1
+        return IO_ERROR
     while True:
         r = recv(s.fd, buf, n, 0)
         if r > 0:
@@ -100,8 +121,23 @@ cdef Py_ssize_t sock_peek(Sock *s, char *buf, Py_ssize_t n) noexcept:
 
 cdef Py_ssize_t sock_send_some(Sock *s, const char *p, Py_ssize_t n) noexcept:
     """Writes what the socket takes now, buffering nothing: bytes written (> 0), IO_AGAIN
-    (wr_ready cleared: wait for EPOLLOUT) or IO_ERROR with s.err set."""
+    (wr_ready cleared: wait for EPOLLOUT) or IO_ERROR with s.err set. With TLS, as many
+    records as the socket takes (OpenSSL needs the same bytes again after IO_AGAIN)."""
     cdef ssize_t r
+    if s.ssl != NULL:
+        r = tls_write(<SSL *>s.ssl, p, n)
+        if r > 0:
+            if r < n:
+                s.wr_ready = False
+            return r
+        s.wr_ready = False
+        if r == TLS_WANT_WRITE or r == 0:
+            return IO_AGAIN
+        if r == TLS_WANT_READ:
+            s.tls_flip = True       # write again once the socket is readable
+            return IO_AGAIN
+        s.err = -1
+        return IO_ERROR
     while True:
         r = send(s.fd, p, n, MSG_NOSIGNAL)
         if r > 0:
@@ -125,20 +161,13 @@ cdef int sock_write(Sock *s, const char *p, Py_ssize_t n) noexcept:
     if n <= 0:
         return 0
     if s.out == NULL and s.wr_ready:
-        while True:
-            r = send(s.fd, p, n, MSG_NOSIGNAL)
-            if r >= 0:
-                break
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN:
-                r = 0
-                break
-            s.err = errno
+        r = sock_send_some(s, p, n)
+        if r == IO_ERROR:
             return IO_ERROR
+        if r == IO_AGAIN:
+            r = 0
         if r == n:
             return 0
-        s.wr_ready = False
         p += r
         n -= r
     if s.out == NULL:
@@ -166,20 +195,16 @@ cdef int sock_write_bytes(Sock *s, bytes data) noexcept:
 
 cdef int sock_flush(Sock *s) noexcept:
     """Writes pending output: 1 when nothing is left, 0 when the socket is full, IO_ERROR."""
-    cdef ssize_t r
+    cdef Py_ssize_t r
     if s.out == NULL:
         return 1
     while s.out_off < s.out_len:
-        r = send(s.fd, s.out + s.out_off, s.out_len - s.out_off, MSG_NOSIGNAL)
-        if r >= 0:
+        r = sock_send_some(s, s.out + s.out_off, s.out_len - s.out_off)
+        if r > 0:
             s.out_off += r
             continue
-        if errno == EINTR:
-            continue
-        if errno == EAGAIN:
-            s.wr_ready = False
+        if r == IO_AGAIN:
             return 0
-        s.err = errno
         return IO_ERROR
     free(s.out)
     s.out = NULL
@@ -188,6 +213,13 @@ cdef int sock_flush(Sock *s) noexcept:
 
 
 cdef void sock_close(Sock *s) noexcept:
+    """Closes the socket; with TLS, after a close_notify if the socket takes it now (nginx's
+    shutdown on a normal close; a peer that reads nothing more gets the TCP close alone)."""
+    if s.ssl != NULL:
+        if s.fd >= 0:
+            tls_shutdown(<SSL *>s.ssl)
+        tls_free(<SSL *>s.ssl)
+        s.ssl = NULL
     if s.out != NULL:
         free(s.out)
         s.out = NULL

@@ -406,7 +406,8 @@ cdef class Relay(Watcher):
             _pipe_put(d.pr, d.pw, True)
             d.pr = d.pw = -1
         d.done = True
-        if not self.half_close or self.d[1 - i].done:
+        if not self.half_close or self.d[1 - i].done or _dst(self, i).ssl != NULL:
+            # a TLS side has no half-close of its own: the session ends (close_notify)
             return self.relay_end(self.why, self.error)
         shutdown(_dst(self, i).fd, SHUT_WR)
         return 0
