@@ -54,6 +54,7 @@ cdef class Machine:
                            object sasl=*)
     cpdef int on_auth_error(self)
     cpdef int on_tls_done(self)
+    cpdef int after_starttls(self)
     cpdef int on_timeout(self)
     cpdef int on_timer(self)
     cpdef bytes take_output(self)

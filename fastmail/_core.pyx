@@ -67,6 +67,11 @@ cdef class Machine:
     cpdef int on_tls_done(self):
         return 0
 
+    cpdef int after_starttls(self):
+        """A fresh machine taking over after STARTTLS ended on another server{}'s machine
+        (the client's SNI name chose this server): as if its own STARTTLS had just ended."""
+        return 0
+
     cpdef int on_timeout(self):
         return 0
 

@@ -271,6 +271,10 @@ cdef class ImapSession(Machine):
         self.send(INTERNAL_ERROR)
         return ACT_SEND | self._close(None)
 
+    cpdef int after_starttls(self):
+        self.state = S_TLS
+        return self.on_tls_done()
+
     cpdef int on_tls_done(self):
         if self.state != S_TLS:
             return 0

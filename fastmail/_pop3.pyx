@@ -352,6 +352,10 @@ cdef class Pop3Session(Machine):
         self._close(None)
         return self._run()
 
+    cpdef int after_starttls(self):
+        self.state = S_TLS
+        return self.on_tls_done()
+
     cpdef int on_tls_done(self):
         if self.state != S_TLS:
             return 0

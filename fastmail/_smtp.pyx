@@ -307,6 +307,10 @@ cdef class SmtpSession(Machine):
         self.send(S451_INTERNAL)
         return self._close()
 
+    cpdef int after_starttls(self):
+        self.state = SMTP_WAIT_TLS
+        return self.on_tls_done()
+
     cpdef int on_tls_done(self):
         if self.state != SMTP_WAIT_TLS:
             return 0
