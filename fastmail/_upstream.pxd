@@ -1,0 +1,35 @@
+# The backend side of a session before the relay: connect, TLS to the backend, the login.
+
+from libc.stdint cimport uint32_t
+from fastmail._relay cimport Relay
+from fastmail._login cimport BackendLogin
+from fastmail._tlsctx cimport ClientContext
+
+
+cdef class Upstream(Relay):
+    cdef BackendLogin login
+    cdef str upstream                   # "server:port" once auth_http named the backend
+    cdef object trace                   # debuglog.Trace, only when the log takes debug lines
+    cdef ClientContext tls_ctx          # TLS to the backend (proxy_ssl), or None
+    cdef bytes tls_name                 # its SNI name / the name verified
+    cdef bint up_connected              # the connect completed
+    cdef bint up_tls_pending            # ACT_STARTTLS seen: the handshake waits for the output
+    cdef bint up_handshaking            # the backend handshake runs
+
+    cdef int up_connect(self, bytes addr, int port, BackendLogin login) except -1
+    cdef int up_io(self, uint32_t events) except -1
+    cdef int up_actions(self, int acts) except -1
+    cdef int up_failed(self, str reason, int level) except -1
+    cdef int up_drop(self) except -1
+    cdef int _up_read(self) except -1
+    cdef int _up_tls_start(self) except -1
+    cdef int _up_handshake(self) except -1
+    cdef str _io_error(self, str call)
+
+    # what the session does with the outcome (its subclass implements them)
+    cdef int up_active(self) noexcept
+    cdef int up_send_client(self, bytes data) except -1
+    cdef int up_logged_in(self) except -1
+    cdef int up_refused(self) except -1
+    cdef int up_log(self, int level, str message, str action) except -1
+    cdef int up_opened(self) except -1
