@@ -50,6 +50,11 @@ from fastmail._relay cimport (Relay, UP, DOWN, CLIENT, BACKEND, END_DONE, END_RE
 from fastmail._core cimport (Machine, Profile, AuthRequest, ACT_SEND, ACT_AUTH, ACT_STARTTLS,
                              ACT_CLOSE, ACT_TIMER, ACT_BACKEND, ACT_DONE)
 from fastmail._login cimport BackendLogin, LoginConf
+from fastmail._upstream cimport Upstream
+from fastmail._openssl cimport SSL
+from fastmail._tls cimport (tls_accept, tls_handshake, tls_error, tls_error_level, tls_chosen,
+                            tls_verify, tls_cert_check, tls_auth_info, TLS_OK, TLS_FAIL)
+from fastmail._tlsctx cimport ServerContext
 from fastmail._proxy cimport (ProxyHeader, ProxyError, TrustedNetworks, proxy_parse,
                               proxy_realip, proxy_build_v1, proxy_build_v2)
 from fastmail._auth cimport AuthClient, AuthResult
@@ -92,6 +97,7 @@ cdef enum:
     DONE_CLIENT_HOST = 2
 
 from fastmail.debuglog import Trace
+from fastmail._login import TLS_MODES
 
 # nginx's log action of each state, for the debug lines (S_HANDSHAKE: _hs_action())
 cdef tuple _ACTIONS = (
@@ -146,7 +152,7 @@ cdef class Server:
     cdef public int64_t timeout         # ms
     cdef public int64_t proxy_timeout   # ms
     cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
-    cdef public object tls              # the server TLS context, or None
+    cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
 
 
 cdef class Entry:
@@ -172,6 +178,7 @@ cdef class Engine(Acceptor):
     cdef public object log              # the main error log (alerts)
     cdef public object on_idle          # called once stopping and the last session ended
     cdef public bint stopping
+    cdef public dict by_conf            # id(ServerConf) -> Server: the server{} SNI chose
     cdef long ids
 
     def __init__(self, Loop loop, log, long max_connections):
@@ -179,6 +186,7 @@ cdef class Engine(Acceptor):
         self.log = log
         self.max_connections = max_connections
         self.sessions = set()
+        self.by_conf = {}
         self.connections = 0
         self.ids = 0
 
@@ -233,12 +241,11 @@ cdef Entry _entry_for(list entries, int fd):
     return entries[0]
 
 
-cdef class Session(Relay):
+cdef class Session(Upstream):
     cdef Engine eng
     cdef Server srv
     cdef Entry entry
     cdef Machine m
-    cdef BackendLogin login
     cdef readonly int state
     cdef readonly long id
     cdef bytes client_ip                # after realip
@@ -249,15 +256,14 @@ cdef class Session(Relay):
     cdef object auth_handle             # the running auth_http request
     cdef object lookup                  # the running Client-Host lookup
     cdef object result                  # an auth failure waiting out Auth-Wait
-    cdef str upstream                   # "server:port" once auth_http named the backend
     cdef bytes user                     # the login, for log lines after the machine is gone
     cdef TNode t_aux
     cdef Py_ssize_t held
-    cdef bint connected                 # the backend connect completed
-    cdef bint tls
-    cdef bint starttls
+    cdef bint tls                       # the client side is TLS (implicit, or after STARTTLS)
+    cdef bint starttls                  # STARTTLS was used (nginx's " using starttls")
+    cdef bint tls_pending               # STARTTLS: the handshake waits for the reply to go out
     cdef str shut_reason
-    cdef object trace                   # debuglog.Trace, only when the log takes debug lines
+    cdef str target                     # the backend's address text, for the debug lines
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -353,8 +359,12 @@ cdef class Session(Relay):
                 s.hup = True
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             s.wr_ready = True
+        if s.tls_flip:
+            # OpenSSL wanted the other direction: whichever came, try both again
+            s.tls_flip = False
+            s.rd_ready = s.wr_ready = True
         if side == BACKEND:
-            return self._backend_io(events)
+            return self.up_io(events)
         if s.out != NULL and s.wr_ready:
             if sock_flush(s) == IO_ERROR:
                 return self.finish()
@@ -362,6 +372,12 @@ cdef class Session(Relay):
             if s.out == NULL:
                 return self.finish()
             return 0
+        if self.state == S_HANDSHAKE:
+            if self.tls_pending:
+                if s.out == NULL:
+                    return self._tls_begin()
+                return 0
+            return self._handshake()
         if s.rd_ready:
             return self._read_client()
         return 0
@@ -414,7 +430,7 @@ cdef class Session(Relay):
         # T_MAIN: nginx's `timeout`
         if st == S_BACKEND:
             # nginx logs the backend timeout at info, other backend failures at error
-            return self._backend_failed("upstream timed out (110: Connection timed out)", INFO)
+            return self.up_failed("upstream timed out (110: Connection timed out)", INFO)
         if st == S_CLOSING:
             return self.finish()
         if st == S_HANDSHAKE:
@@ -517,7 +533,66 @@ cdef class Session(Relay):
         return "in starttls state" if self.starttls else "SSL handshaking"
 
     cdef int _start_tls(self, bint implicit) except -1:
-        raise NotImplementedError("TLS in the engine")
+        """Implicit TLS (after any PROXY header) or STARTTLS (after the machine's reply went
+        out): the handshake runs under the deadline already set, nginx's `timeout`."""
+        self._to(S_HANDSHAKE)
+        if self.c.out != NULL:
+            self.tls_pending = True
+            return 0
+        return self._tls_begin()
+
+    cdef int _tls_begin(self) except -1:
+        self.tls_pending = False
+        self.c.ssl = <void *>tls_accept(self.srv.tls, self.c.fd)
+        return self._handshake()
+
+    cdef int _handshake(self) except -1:
+        cdef int rc = tls_handshake(<SSL *>self.c.ssl)
+        if rc == TLS_OK:
+            return self._tls_done()
+        if rc == TLS_FAIL:
+            self._log(tls_error_level(True), tls_error(), self._hs_action())
+            return self.finish()
+        return 0    # TLS_WANT_READ / TLS_WANT_WRITE: the next event goes on
+
+    cdef int _tls_done(self) except -1:
+        cdef SSL *ssl = <SSL *>self.c.ssl
+        cdef Server chosen
+        cdef bint fresh = False
+        self.tls = True
+        owner = tls_chosen(ssl)
+        if owner is not None and owner is not self.srv.conf:
+            # beyond nginx: the client's SNI name chose another server{} on this address
+            chosen = self.eng.by_conf.get(id(owner))
+            if chosen is not None:
+                fresh = self._switch(chosen)
+        rejected = tls_cert_check(ssl, tls_verify(ssl), self.srv.conf.protocol)
+        if rejected is not None:
+            self._log(INFO, rejected[1], self._hs_action())
+            self._send(rejected[0])
+            return self.close()
+        self.c.rd_ready = True      # a record may have come with the client's last flight
+        if not self.starttls:
+            return self._resolve()
+        self._to(S_DIALOGUE)
+        self.run(self.m.after_starttls() if fresh else self.m.on_tls_done())
+        if self.state == S_DIALOGUE and self.c.rd_ready:
+            self._read_client()
+        return 0
+
+    cdef int _switch(self, Server srv) except -1:
+        """The session goes on as one of another server{} (SNI): its limits, its auth_http,
+        its log; after STARTTLS, a fresh machine of that server's profile takes over."""
+        self.srv = srv
+        self.proxy_timeout = srv.proxy_timeout
+        if srv.log_level >= DEBUG and self.trace is None:
+            self.trace = Trace(srv.log, self.id, srv.conf.protocol, self.c.fd)
+        elif srv.log_level < DEBUG:
+            self.trace = None
+        if self.m is None:
+            return 0
+        self.m = srv.profile.new_session(True)
+        return 1
 
     # --- auth_http -----------------------------------------------------------------------------
 
@@ -535,7 +610,9 @@ cdef class Session(Relay):
         return 0
 
     cdef object _ssl_info(self):
-        return None
+        if self.c.ssl == NULL:
+            return None
+        return tls_auth_info(<SSL *>self.c.ssl, tls_verify(<SSL *>self.c.ssl))
 
     cdef int _auth_done(self, AuthResult res) except -1:
         cdef Machine m = self.m
@@ -575,6 +652,8 @@ cdef class Session(Relay):
     cdef int _connect_backend(self, AuthResult res) except -1:
         cdef Server srv = self.srv
         cdef AuthRequest auth = self.m.auth
+        cdef BackendLogin login
+        cdef str mode = srv.conf.proxy_ssl
         self._to(S_BACKEND)
         self.user = auth.user
         self.upstream = f"{res.server.decode('latin-1')}:{res.port}"
@@ -583,23 +662,27 @@ cdef class Session(Relay):
             header = self._backend_proxy_header()
         if res.backend_auth is not None:
             auth.backend_auth = res.backend_auth    # Auth-SMTP-Auth-Method, for this login
-        self.login = srv.login_conf.new_login(auth, self.client_ip, self.client_host, header)
+        login = srv.login_conf.new_login(auth, self.client_ip, self.client_host, header)
         if srv.login_conf.client_id:
             local = self._local_addr()
             if local is None:
-                self.login.set_client(self.client_ip, self.client_port, None, 0)
+                login.set_client(self.client_ip, self.client_port, None, 0)
             else:
-                self.login.set_client(self.client_ip, self.client_port, local[0], local[1])
+                login.set_client(self.client_ip, self.client_port, local[0], local[1])
+        if res.ssl_backend is not None:
+            # beyond nginx: Auth-SSL-Backend chooses TLS to the backend for this login
+            text = res.ssl_backend.decode("latin-1").strip().lower()
+            if text in TLS_MODES:
+                mode = text
+        if mode != "off":
+            login.tls_mode = TLS_MODES[mode]
+            self.tls_ctx = srv.conf.tls_backend
+            self.tls_name = (srv.conf.proxy_ssl_name or res.server.decode("latin-1")).encode()
         self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
-        if sock_connect(&self.b, res.addr.encode() if res.addr else b"", res.port or 0) < 0:
-            return self._backend_failed(os_error("connect", self.b.err), ERROR)
-        self.eng.connections += 1
-        self.loop.register(self.b.fd, self, BACKEND, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
         if self.trace is not None:
             addr = res.addr or ""
-            self.trace.connect(f"[{addr}]:{res.port}" if ":" in addr else f"{addr}:{res.port}",
-                               self.b.fd)
-        return 0
+            self.target = f"[{addr}]:{res.port}" if ":" in addr else f"{addr}:{res.port}"
+        return self.up_connect(res.addr.encode() if res.addr else b"", res.port or 0, login)
 
     cdef bytes _backend_proxy_header(self):
         cdef bytes local_ip = None
@@ -611,68 +694,29 @@ cdef class Session(Relay):
             return proxy_build_v2(self.client_ip, self.client_port, local_ip, local_port, None)
         return proxy_build_v1(self.client_ip, self.client_port, local_ip, local_port)
 
-    cdef int _backend_io(self, uint32_t events) except -1:
-        cdef int err = 0
-        cdef socklen_t elen = sizeof(int)
-        cdef Py_ssize_t n
-        if self.state != S_BACKEND:
-            return 0
-        if not self.connected:
-            if events & (EPOLLERR | EPOLLHUP):
-                getsockopt(self.b.fd, SOL_SOCKET, SO_ERROR, &err, &elen)
-                return self._backend_failed(os_error("connect", err or 111), ERROR)
-            if not events & EPOLLOUT:
-                return 0
-            self.connected = True
-            self._login_actions(self.login.start())
-            if self.state != S_BACKEND:
-                return 0
-        if self.b.out != NULL and self.b.wr_ready:
-            if sock_flush(&self.b) == IO_ERROR:
-                return self._backend_failed(os_error("send", self.b.err), ERROR)
-        while self.b.rd_ready and self.state == S_BACKEND:
-            n = sock_recv(&self.b, _rbuf, sizeof(_rbuf))
-            if n > 0:
-                data = PyBytes_FromStringAndSize(_rbuf, n)
-                if self.trace is not None:
-                    self.trace.upstream_read(data)
-                self._login_actions(self.login.feed(data))
-                continue
-            if n == IO_AGAIN:
-                return 0
-            self.login.phase = "reading response from upstream"
-            if n == 0:
-                return self._backend_failed("upstream prematurely closed connection", ERROR)
-            return self._backend_failed(os_error("recv", self.b.err), ERROR)
+    # the Upstream's outcome
+    cdef int up_active(self) noexcept:
+        return self.state == S_BACKEND
+
+    cdef int up_opened(self) except -1:
+        self.eng.connections += 1
+        if self.trace is not None:
+            self.trace.connect(self.target, self.b.fd)
         return 0
 
-    cdef int _login_actions(self, int acts) except -1:
-        cdef BackendLogin login = self.login
-        cdef bytes out
-        if acts & ACT_BACKEND:
-            out = login.take_backend_output()
-            if self.trace is not None:
-                self.trace.upstream_sent(login.phase, out)
-            if sock_write_bytes(&self.b, out) == IO_ERROR:
-                return self._backend_failed(os_error("send", self.b.err), ERROR)
-        if acts & ACT_SEND and not acts & ACT_DONE:
-            if self._send(login.take_output()) < 0:
-                return self.finish()
-        if acts & ACT_CLOSE:
-            if login.close_reason:
-                self._log(ERROR if login.log_level == "error" else INFO, login.close_reason,
-                          login.phase)
-            return self.close()
-        if acts & ACT_DONE:
-            return self._logged_in()
+    cdef int up_send_client(self, bytes data) except -1:
+        if self._send(data) < 0:
+            return self.finish()
         return 0
 
-    cdef int _backend_failed(self, str reason, int level) except -1:
-        if self.login is None or self.state != S_BACKEND:
-            return 0
-        acts = self.login.on_error(reason)
-        self.login.log_level = "error" if level == ERROR else "info"
-        return self._login_actions(acts)
+    cdef int up_logged_in(self) except -1:
+        return self._logged_in()
+
+    cdef int up_refused(self) except -1:
+        return self.close()
+
+    cdef int up_log(self, int level, str message, str action) except -1:
+        return self._log(level, message, action)
 
     # --- the relay -----------------------------------------------------------------------------
 
@@ -761,11 +805,9 @@ cdef class Session(Relay):
             self.lookup.cancel()
             self.lookup = None
         if self.b.fd >= 0:
-            self.loop.unregister(self)
-            sock_close(&self.b)
             self.eng.connections -= 1
+        self.up_drop()
         self.m = None
-        self.login = None
         return 0
 
     cdef int finish(self) except -1:

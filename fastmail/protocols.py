@@ -36,7 +36,7 @@ def _imap_profile(c: ServerConf) -> Profile:
         capabilities=[s.encode() for s in c.imap_capabilities],
         auth_methods=c.imap_auth,
         starttls=c.starttls,
-        tls_available=c.ssl_context is not None,
+        tls_available=c.tls is not None,
         client_buffer=c.imap_client_buffer,
         max_errors=c.max_errors,
         max_commands=c.max_commands,
@@ -49,7 +49,7 @@ def _pop3_profile(c: ServerConf) -> Profile:
         capabilities=[s.encode() for s in c.pop3_capabilities],
         auth_methods=c.pop3_auth,
         starttls=c.starttls,
-        tls_available=c.ssl_context is not None,
+        tls_available=c.tls is not None,
         max_errors=c.max_errors,
         max_commands=c.max_commands,
         server_name=c.server_name.encode(),
@@ -57,7 +57,7 @@ def _pop3_profile(c: ServerConf) -> Profile:
 
 
 def _smtp_profile(c: ServerConf) -> Profile:
-    tls = c.ssl_context is not None
+    tls = c.tls is not None
     return _smtp.SmtpProfile(
         capabilities=[s.encode() for s in c.smtp_capabilities],
         auth_methods=c.smtp_auth,
@@ -76,7 +76,7 @@ def _sieve_profile(c: ServerConf) -> Profile:
         capabilities=[s.encode() for s in c.sieve_capabilities],
         auth_methods=c.sieve_auth,
         starttls=c.starttls,
-        tls_available=c.ssl_context is not None,
+        tls_available=c.tls is not None,
         client_buffer=c.sieve_client_buffer,
         max_errors=c.max_errors,
         max_commands=c.max_commands,

@@ -92,7 +92,7 @@ def make_server(
     srv.timeout = conf.timeout
     srv.proxy_timeout = conf.proxy_timeout
     srv.proxy_protocol = conf.proxy_protocol
-    srv.tls = None
+    srv.tls = conf.tls
     srv.resolver = None
     if conf.resolver is not None:
         from fastmail.resolver import Resolver

@@ -69,6 +69,7 @@ class Worker:
                     self.servers[id(s)] = make_server(
                         s, loop, self._server_log(s.error_log), self.log
                     )
+                self.engine.by_conf = dict(self.servers)  # keyed by id(ServerConf): SNI's choice
             for ls, sock in self.sockets:
                 entries = entries_for(ls, self.servers)
                 if entries:
