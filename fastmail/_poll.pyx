@@ -418,8 +418,14 @@ cdef class Loop:
         self._exc_handler = handler
 
     def call_exception_handler(self, context):
-        exc = context.get("exception")
-        self.report(exc if exc is not None else context.get("message"), "callback")
+        handler = self._exc_handler
+        if handler is not None:
+            try:
+                handler(self, context)
+                return
+            except BaseException:
+                pass
+        sys.stderr.write(f"fastmail: {context.get('message')}: {context.get('exception')!r}\n")
 
     cdef _PyFd _pyfd(self, int fd):
         cdef _PyFd p = self._pyfds.get(fd)

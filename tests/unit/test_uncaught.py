@@ -9,8 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-import uvloop
-
+from fastmail._poll import Loop
 from fastmail.conf.model import LogTarget
 from fastmail.log import ErrorLog
 from fastmail.uncaught import describe, loop_handler
@@ -78,7 +77,7 @@ class Session:
 def test_the_loop_handler_names_the_connection(tmp_path: Path) -> None:
     path = tmp_path / "error.log"
     log = ErrorLog([LogTarget(kind="file", path=str(path), level=4)])
-    loop = uvloop.new_event_loop()
+    loop = Loop()  # the worker's own loop
     try:
         loop.set_exception_handler(loop_handler(log))
 
@@ -98,6 +97,6 @@ def test_the_loop_handler_names_the_connection(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and all(LINE.match(x) for x in lines), lines
     assert re.search(
-        r"Exception in callback .*boom.*: OSError: \[Errno 5\] Input/output error", lines[0]
+        r"unhandled exception in .*boom.*: OSError: \[Errno 5\] Input/output error", lines[0]
     )
     assert lines[1].endswith(": *7 fastmail relay callback failed: KeyError: 'k'")
