@@ -321,3 +321,9 @@ cdef extern from "<openssl/crypto.h>":
     OPENSSL_STACK *OPENSSL_sk_new_null()
     int OPENSSL_sk_push(OPENSSL_STACK *st, const void *data)
     void OPENSSL_sk_free(OPENSSL_STACK *st)
+
+
+cdef extern from "<openssl/crypto.h>":
+    const char *OpenSSL_version(int t)
+    int OPENSSL_VERSION
+    const char *OPENSSL_VERSION_TEXT

@@ -527,7 +527,9 @@ cdef dict tls_auth_info(SSL *ssl, int verify):
         bio = BIO_new(BIO_s_mem())
         if bio != NULL:
             i2a_ASN1_INTEGER(bio, X509_get_serialNumber(cert))
-            info["serial"] = _bio_bytes(bio)
+            # OpenSSL breaks the hex with a backslash-newline every 35 octets, which would
+            # split the auth_http header (no legal serial is that long): the hex is unbroken
+            info["serial"] = _bio_bytes(bio).replace(b"\\\n", b"")
             BIO_reset(bio)
             PEM_write_bio_X509(bio, cert)
             info["cert"] = _bio_bytes(bio)

@@ -700,3 +700,9 @@ cdef class ClientContext:
     def __dealloc__(self):
         if self.ctx != NULL:
             SSL_CTX_free(self.ctx)
+
+
+def openssl_versions():
+    """(the OpenSSL fastmail was built with, the one running): nginx's -V line names both
+    when they differ."""
+    return OPENSSL_VERSION_TEXT.decode(), OpenSSL_version(OPENSSL_VERSION).decode()

@@ -11,7 +11,6 @@ import errno
 import os
 import signal
 import socket
-import ssl
 import sys
 import time
 from typing import TextIO
@@ -146,7 +145,10 @@ def show_version(o: Options) -> None:
     if o.help:
         out.append(HELP.rstrip("\n") + "\n")
     if o.configure:
-        out.append(f"built with {ssl.OPENSSL_VERSION}")
+        from fastmail._tlsctx import openssl_versions
+
+        built, running = openssl_versions()
+        out.append(f"built with {built}" + (f" (running with {running})" if running != built else ""))
         out.append("TLS SNI support enabled")
         out.append(f"mirrors the mail proxy of nginx/{NGINX_COMPAT}")
         out.append(

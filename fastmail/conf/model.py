@@ -8,7 +8,6 @@ named `_sec`). Nothing here parses text.
 
 from __future__ import annotations
 
-import ssl as _ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -206,7 +205,6 @@ class ServerConf:
     ssl_trusted_certificate: str | None
     ssl_crl: str | None
     ssl_conf_command: list[tuple[str, str]]
-    ssl_context: _ssl.SSLContext | None = field(default=None, repr=False)  # built when TLS is used
     # the same settings as fastmail's own OpenSSL context (the engine's); owner = this server
     tls: ServerContext | None = field(default=None, repr=False, compare=False)
     tls_backend: ClientContext | None = field(default=None, repr=False, compare=False)

@@ -3,20 +3,16 @@
 Owns parsing every ssl_* directive (files resolve against the conf prefix), nginx 1.22.1's
 deprecated `ssl on` with its starttls conflicts, the "no ssl_certificate" checks (§5.2) and
 building, for each server that uses TLS (listen ... ssl, ssl on, starttls), fastmail's own
-OpenSSL context (`ServerConf.tls`, fastmail._tlsctx: nginx's merge order and messages) and,
-for the current session path, an ssl.SSLContext (`ssl_context`); the backend contexts; the
-SNI maps of shared addresses. Handshakes and session resumption are the server's business.
+OpenSSL context (`ServerConf.tls`, fastmail._tlsctx: nginx's merge order and messages); the
+backend contexts; the SNI maps of shared addresses. Handshakes and session resumption are
+the engine's business.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import os
-import ssl as _ssl
 from typing import TYPE_CHECKING, Any
 
-from fastmail import tls
 from fastmail.conf.errors import ConfigError, strerror
 from fastmail.conf.model import ListenSocket, ServerConf, SessionCache
 from fastmail.conf.parser import Ctx, Loader
@@ -47,12 +43,6 @@ if TYPE_CHECKING:
     from fastmail._tlsctx import ClientContext, ServerContext
 
 PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
-_VERSIONS = {
-    "TLSv1": _ssl.TLSVersion.TLSv1,
-    "TLSv1.1": _ssl.TLSVersion.TLSv1_1,
-    "TLSv1.2": _ssl.TLSVersion.TLSv1_2,
-    "TLSv1.3": _ssl.TLSVersion.TLSv1_3,
-}
 
 
 def ssl_flag(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
@@ -365,7 +355,7 @@ DIRECTIVES: tuple[Directive, ...] = (
         TAKE1,
         set_enum,
         "proxy_ssl",
-        values=tls.BACKEND_MODES,
+        values=("off", "on", "starttls"),
         default="off",
         default_doc="off",
         syntax="off | on | starttls",
@@ -435,7 +425,7 @@ def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
     elif out["starttls"] != "off":
         mode = "starttls"
     else:
-        out["ssl_context"] = out["tls"] = None
+        out["tls"] = None
         return
     file, line = _where(mctx, sctx)
     certs, keys = out["ssl_certificate"], out["ssl_certificate_key"]
@@ -453,14 +443,6 @@ def finalize(ld: Loader, mctx: Ctx, sctx: Ctx, out: dict[str, Any]) -> None:
             f'and the "{mode}" directive in {file}:{line}'
         )
     out["tls"] = build_tls(ld, out)
-    out["ssl_context"] = build_context(out, ld)
-
-
-def _fopen_error(path: str) -> str:
-    return (
-        "(SSL: error:80000002:system library::No such file or directory:"
-        f"calling fopen({path}, r) error:10000080:BIO routines::no such file)"
-    )
 
 
 def _passwords(path: str | None) -> list[str | None]:
@@ -470,99 +452,6 @@ def _passwords(path: str | None) -> list[str | None]:
         return [ln.decode("utf-8", "surrogateescape") for ln in f.read().splitlines() if ln] or [
             None
         ]
-
-
-def build_context(out: dict[str, Any], ld: Loader) -> _ssl.SSLContext:
-    """The server's SSLContext, checked in nginx's merge order. `ld` stands where nginx's merge
-    runs (the end of mail{}): its location for the errors nginx locates, its conf prefix."""
-    ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
-    versions = [_VERSIONS[p] for p in out["ssl_protocols"] if p in _VERSIONS]
-    if versions:
-        ctx.minimum_version, ctx.maximum_version = min(versions), max(versions)
-    passwords = _passwords(out["ssl_password_file"])
-    for cert, key in zip(out["ssl_certificate"], out["ssl_certificate_key"], strict=False):
-        if not os.path.exists(cert):
-            raise ConfigError(
-                f'cannot load certificate "{cert}": BIO_new_file() failed {_fopen_error(cert)}'
-            )
-        if not os.path.exists(key):
-            raise ConfigError(
-                f'cannot load certificate key "{key}": BIO_new_file() failed {_fopen_error(key)}'
-            )
-        last: Exception | None = None
-        for pw in passwords:
-            try:
-                ctx.load_cert_chain(cert, key, password=pw)
-                last = None
-                break
-            except (_ssl.SSLError, OSError) as e:
-                last = e
-        if last is not None:
-            text = str(last)
-            if "KEY" in text.upper() or "PASSWORD" in text.upper() or "BAD_DECRYPT" in text.upper():
-                raise ConfigError(
-                    f'cannot load certificate key "{key}": PEM_read_bio_PrivateKey() failed (SSL: {text})'
-                )
-            raise ConfigError(
-                f'cannot load certificate "{cert}": PEM_read_bio_X509_AUX() failed (SSL: {text})'
-            )
-    try:
-        ctx.set_ciphers(out["ssl_ciphers"])
-    except _ssl.SSLError:
-        raise ConfigError(
-            f'SSL_CTX_set_cipher_list("{out["ssl_ciphers"]}") failed '
-            "(SSL: error:0A0000B9:SSL routines::no cipher match)"
-        ) from None
-    if out["ssl_prefer_server_ciphers"]:
-        ctx.options |= _ssl.OP_CIPHER_SERVER_PREFERENCE
-    if not out["ssl_session_tickets"]:
-        ctx.options |= _ssl.OP_NO_TICKET
-    verify = out["ssl_verify_client"]
-    if verify != "off":
-        if not out["ssl_client_certificate"] and verify != "optional_no_ca":
-            raise ConfigError("no ssl_client_certificate for ssl_verify_client")
-        # with fastmail.tls's accept-any callback the verdict is the session's reply (nginx)
-        ctx.verify_mode = (
-            _ssl.CERT_OPTIONAL if tls.OSSL.ok or verify != "on" else _ssl.CERT_REQUIRED
-        )
-        for what in ("ssl_client_certificate", "ssl_trusted_certificate"):
-            if out[what]:
-                try:
-                    ctx.load_verify_locations(cafile=out[what])
-                except (_ssl.SSLError, OSError) as e:
-                    raise ConfigError(
-                        f'SSL_CTX_load_verify_locations("{out[what]}") failed (SSL: {e})'
-                    ) from None
-        if out["ssl_crl"]:
-            try:
-                ctx.load_verify_locations(cafile=out["ssl_crl"])
-            except (_ssl.SSLError, OSError) as e:
-                raise ConfigError(
-                    f'X509_LOOKUP_load_file("{out["ssl_crl"]}") failed (SSL: {e})'
-                ) from None
-            ctx.verify_flags |= _ssl.VERIFY_CRL_CHECK_LEAF
-    if out["ssl_dhparam"]:
-        try:
-            ctx.load_dh_params(out["ssl_dhparam"])
-        except (_ssl.SSLError, OSError) as e:
-            raise ConfigError(
-                f'PEM_read_bio_DHparams("{out["ssl_dhparam"]}") failed (SSL: {e})'
-            ) from None
-    curve = out["ssl_ecdh_curve"]
-    if curve != "auto" and ":" not in curve:
-        try:
-            ctx.set_ecdh_curve(curve)
-        except (ValueError, _ssl.SSLError) as e:
-            raise ConfigError(f'SSL_CTX_set1_curves_list("{curve}") failed (SSL: {e})') from None
-    for path in out["ssl_session_ticket_key"]:
-        try:
-            size = os.path.getsize(path)
-        except OSError as e:
-            raise ld.error(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
-        if size not in (48, 80):
-            raise ld.error(f'"{path}" must be 48 or 80 bytes')
-    _configure(ctx, out, ld.conf_prefix)
-    return ctx
 
 
 def build_tls(ld: Loader, out: dict[str, Any]) -> ServerContext:
@@ -658,34 +547,3 @@ def _ticket_keys(ld: Loader, out: dict[str, Any]) -> list[bytes]:
             raise ld.error(f'"{path}" must be 48 or 80 bytes')
         keys.append(data)
     return keys
-
-
-def _configure(ctx: _ssl.SSLContext, out: dict[str, Any], conf_prefix: str) -> None:
-    ticket = None
-    if out["ssl_session_ticket_key"]:
-        # only the first key: OpenSSL without a ticket callback holds one (it encrypts and
-        # decrypts); the others, kept by nginx for decryption only, are not used
-        with open(out["ssl_session_ticket_key"][0], "rb") as f:
-            ticket = f.read()
-    sc = out["ssl_session_cache"]
-    sid = hashlib.sha1(  # noqa: S324 - an id, as nginx's sid_ctx digest
-        f"{out['file']}:{out['line']}:{out['ssl_certificate']}".encode()
-    ).digest()
-    try:
-        tls.configure_server(
-            ctx,
-            protocol=out["protocol"],
-            verify=out["ssl_verify_client"],
-            verify_depth=out["ssl_verify_depth"],
-            client_ca=out["ssl_client_certificate"],
-            cache_mode=sc.mode,
-            cache_builtin=sc.builtin,
-            cache_shared_size=sc.shared_size,
-            session_timeout=out["ssl_session_timeout"],
-            ticket_key=ticket,
-            sid=sid,
-            conf_commands=out["ssl_conf_command"],
-            conf_prefix=conf_prefix,
-        )
-    except tls.TlsConfigError as e:
-        raise ConfigError(str(e)) from None

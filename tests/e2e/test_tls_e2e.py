@@ -13,6 +13,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
@@ -497,3 +498,31 @@ def test_backend_tls_wrong_name_is_refused(request, proxy, authd, dovecot, certs
     # nginx's http proxy words for it (the mail module has no TLS to backends)
     log = p.wait_log("upstream SSL certificate verify error: (62:hostname mismatch)")
     assert "[error]" in log and "while SSL handshaking to upstream" in log
+
+
+def test_serves_tls_without_pythons_ssl_module(tmp_path, authd, fake_backend, certs, free_port):
+    """fastmail binds OpenSSL itself: a worker in which Python's ssl module cannot even be
+    imported serves an IMAPS login (beyond nginx's concerns: fastmail only, no `proxy`)."""
+    add_user(authd, "alice", "secret", {"imap": ("127.0.0.1", fake_backend.port("imap"))})
+    port = free_port()
+    conf = tmp_path / "f.conf"
+    conf.write_text(
+        f"daemon off; master_process off; pid {tmp_path}/f.pid; "
+        f"error_log {tmp_path}/error.log info; events {{ }}\n"
+        f"mail {{ {mail_block(authd, tls_server(port, 'imap', certs, ''))} }}\n"
+    )
+    code = (
+        "import sys; sys.modules['ssl'] = sys.modules['_ssl'] = None\n"
+        "from fastmail.cli import main\n"
+        f"sys.exit(main(['-p', '{tmp_path}/', '-c', '{conf}']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        _wait_tls(port, certs)
+        with imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=client_ctx(certs), timeout=10) as m:
+            assert m.login("alice", "secret")[0] == "OK"
+            m.logout()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert b"ssl" not in err.lower(), err
