@@ -14,6 +14,7 @@ from fastmail._relay import Relay
 from fastmail.conf.model import ServerConf
 
 DEBUG_BUILD: bool
+TLS_MODES: dict[str, int]
 
 def debug_counters(loop: Loop | None = None) -> dict[str, int]: ...
 
@@ -52,6 +53,7 @@ class Engine(Acceptor):
     log: Any
     on_idle: Any
     stopping: bool
+    by_conf: dict[int, Server]
     def __init__(self, loop: Loop, log: Any, max_connections: int) -> None: ...
     def close_all(self, reason: str | None = None) -> None: ...
 

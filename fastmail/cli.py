@@ -148,7 +148,9 @@ def show_version(o: Options) -> None:
         from fastmail._tlsctx import openssl_versions
 
         built, running = openssl_versions()
-        out.append(f"built with {built}" + (f" (running with {running})" if running != built else ""))
+        out.append(
+            f"built with {built}" + (f" (running with {running})" if running != built else "")
+        )
         out.append("TLS SNI support enabled")
         out.append(f"mirrors the mail proxy of nginx/{NGINX_COMPAT}")
         out.append(

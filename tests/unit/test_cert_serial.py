@@ -51,7 +51,7 @@ def _x509(openssl: tuple[str, Path], serial: str, v1: bool = False) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def server(tmp_path_factory: pytest.TempPathFactory):
     """A server{} asking for any client certificate (optional_no_ca: self-signed ones too)."""
     tmp = tmp_path_factory.mktemp("srv")
     pem = tmp / "srv.pem"
@@ -63,7 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     return server_conf(tmp, text)[0]
 
 
-def cert_serial(server, pem: bytes, key: Path, tmp: Path) -> bytes:  # type: ignore[no-untyped-def]
+def cert_serial(server, pem: bytes, key: Path, tmp: Path) -> bytes:
     """The Auth-SSL-Serial the engine gets for a client presenting `pem`."""
     cert = tmp / "client.pem"
     cert.write_bytes(pem)
@@ -95,17 +95,17 @@ def cert_serial(server, pem: bytes, key: Path, tmp: Path) -> bytes:  # type: ign
         "-256",
     ],
 )
-def test_serial_matches_openssl(server, openssl, tmp_path: Path, serial: str) -> None:  # type: ignore[no-untyped-def]
+def test_serial_matches_openssl(server, openssl, tmp_path: Path, serial: str) -> None:
     pem = _x509(openssl, serial)
     assert cert_serial(server, pem, openssl[1], tmp_path).decode() == openssl_serial(pem)
 
 
-def test_serial_of_a_version_1_certificate(server, openssl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_serial_of_a_version_1_certificate(server, openssl, tmp_path: Path) -> None:
     pem = _x509(openssl, "0x80", v1=True)
     assert cert_serial(server, pem, openssl[1], tmp_path) == b"80"
 
 
-def test_serial_past_35_octets_has_no_line_break(server, openssl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_serial_past_35_octets_has_no_line_break(server, openssl, tmp_path: Path) -> None:
     """OpenSSL breaks the hex after 35 octets with a backslash-newline, which would split
     the auth_http header; fastmail sends the hex unbroken (no legal serial is that long)."""
     value = bytes(range(1, 41)).hex().upper()
