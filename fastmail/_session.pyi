@@ -10,13 +10,19 @@ from fastmail._core import Profile
 from fastmail._login import LoginConf
 from fastmail._poll import Loop
 from fastmail._proxy import TrustedNetworks
-from fastmail._relay import Relay
+from fastmail._upstream import Upstream
 from fastmail.conf.model import ServerConf
 
 DEBUG_BUILD: bool
 TLS_MODES: dict[str, int]
 
-def debug_counters(loop: Loop | None = None) -> dict[str, int]: ...
+def live_count() -> int: ...
+
+@disjoint_base
+class Owner(Acceptor):
+    loop: Loop
+    by_conf: dict[int, Server]
+    connections: int
 
 @disjoint_base
 class Server:
@@ -45,20 +51,7 @@ class Entry:
     addr_text: str
 
 @disjoint_base
-class Engine(Acceptor):
-    loop: Loop
-    sessions: set[Session]
-    connections: int
-    max_connections: int
-    log: Any
-    on_idle: Any
-    stopping: bool
-    by_conf: dict[int, Server]
-    def __init__(self, loop: Loop, log: Any, max_connections: int) -> None: ...
-    def close_all(self, reason: str | None = None) -> None: ...
-
-@disjoint_base
-class Session(Relay):
+class Session(Upstream):
     @property
     def state(self) -> int: ...
     @property

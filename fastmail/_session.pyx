@@ -108,162 +108,31 @@ cdef tuple _ACTIONS = (
 cdef char _rbuf[65536]
 cdef long _live_sessions = 0    # Session objects alive (debug build)
 
-cdef class Session
-
-
-def debug_counters(Loop loop=None):
-    """What the debug build counts, for leak checks at teardown: every figure is 0 once a
-    worker has closed all it served (the release build reports zeros it did not count)."""
-    from fastmail import _relay
-    idle, pipes, bufs = _relay.pool_stats()
-    out = {
-        "sessions": _live_sessions,
-        "registrations": loop.registrations if loop is not None else 0,
-        "pipes": pipes - idle,
-        "copy_buffers": bufs,
-    }
-    for name, mod in (("auth_connections", "fastmail._auth"), ("ssl_objects", "fastmail._tls")):
-        try:
-            module = __import__(mod, fromlist=["live"])
-        except ImportError:
-            continue
-        live = getattr(module, "live_count", None)
-        if live is not None:
-            out[name] = live()
-    return out
+def live_count():
+    """Session objects alive (counted in the debug build only: 0 otherwise)."""
+    return _live_sessions
 
 
 DEBUG_BUILD = bool(FASTMAIL_DEBUG)
+
+
+cdef class Owner(Acceptor):
+    """Base of the worker's engine (fastmail._engine.Engine): what a session reports to."""
+
+    cdef int ended(self, Session s) except -1:
+        return 0
 
 
 cdef class Server:
     """What one worker needs to serve one server{} block, built once (server.py) and read by
     every session at C speed."""
 
-    cdef public object conf
-    cdef public Profile profile
-    cdef public LoginConf login_conf
-    cdef public AuthClient auth         # the auth_http client
-    cdef public object resolver         # fastmail.resolver.Resolver, or None
-    cdef public TrustedNetworks trusted  # realip: set_real_ip_from
-    cdef public object log              # fastmail.log.ErrorLog
-    cdef public int log_level
-    cdef public bint smtp               # Client-Host goes to auth_http (and is resolved)
-    cdef public int64_t timeout         # ms
-    cdef public int64_t proxy_timeout   # ms
-    cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
-    cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
-
 
 cdef class Entry:
     """One address a listening socket serves: which server{}, and its listen flags."""
 
-    cdef public Server server
-    cdef public bytes host              # the address text; b"" for unix sockets
-    cdef public int port
-    cdef public bint wildcard
-    cdef public bint ssl
-    cdef public bint proxy_protocol
-    cdef public str addr_text           # nginx's text for log lines ("127.0.0.1:143")
-
-
-cdef class Engine(Acceptor):
-    """A worker's sessions: accepts on its listeners, counts connections against
-    worker_connections, and knows when a stopping worker has nothing left to do."""
-
-    cdef public Loop loop
-    cdef public set sessions
-    cdef public long connections        # client and backend sockets open
-    cdef public long max_connections    # worker_connections
-    cdef public object log              # the main error log (alerts)
-    cdef public object on_idle          # called once stopping and the last session ended
-    cdef public bint stopping
-    cdef public dict by_conf            # id(ServerConf) -> Server: the server{} SNI chose
-    cdef long ids
-
-    def __init__(self, Loop loop, log, long max_connections):
-        self.loop = loop
-        self.log = log
-        self.max_connections = max_connections
-        self.sessions = set()
-        self.by_conf = {}
-        self.connections = 0
-        self.ids = 0
-
-    cdef int accepted(self, Listener lst, int fd, sockaddr *sa) except -1:
-        cdef int port = 0
-        cdef Session s
-        cdef list entries = lst.data
-        cdef Entry e
-        ip = sockaddr_ip(sa, &port)
-        if self.connections >= self.max_connections:
-            # nginx counts every socket; the alert and the refusal are its words and way
-            self.log.log(2, f"{self.max_connections} worker_connections are not enough")
-            c_close(fd)
-            return 0
-        e = entries[0] if len(entries) == 1 else _entry_for(entries, fd)
-        s = Session.__new__(Session)
-        self.ids += 1
-        self.connections += 1
-        self.sessions.add(s)
-        s.begin(self, e, fd, ip, port, self.ids)
-        return 0
-
-    cdef int ended(self, Session s) except -1:
-        self.sessions.discard(s)
-        if self.stopping and not self.sessions and self.on_idle is not None:
-            cb = self.on_idle
-            self.on_idle = None
-            self.loop.call_soon(cb)
-        return 0
-
-    def close_all(self, str reason=None):
-        """TERM, or worker_shutdown_timeout: every session ends now."""
-        cdef Session s
-        for s in list(self.sessions):
-            s.shut(reason)
-
-
-cdef Entry _entry_for(list entries, int fd):
-    """The entry for the address the client reached (a wildcard socket serving several)."""
-    cdef sockaddr_storage ss
-    cdef socklen_t n = sizeof(ss)
-    cdef int port = 0
-    cdef Entry e
-    if getsockname(fd, <sockaddr *>&ss, &n) == 0:
-        local = sockaddr_ip(<sockaddr *>&ss, &port)
-        for e in entries:
-            if not e.wildcard and e.host == local:
-                return e
-    for e in entries:
-        if e.wildcard:
-            return e
-    return entries[0]
-
 
 cdef class Session(Upstream):
-    cdef Engine eng
-    cdef Server srv
-    cdef Entry entry
-    cdef Machine m
-    cdef readonly int state
-    cdef readonly long id
-    cdef bytes client_ip                # after realip
-    cdef int client_port
-    cdef bytes client_host              # SMTP Client-Host
-    cdef object pp                      # the PROXY header read, or None
-    cdef bytearray pending              # PROXY header bytes; bytes read while resolving
-    cdef object auth_handle             # the running auth_http request
-    cdef object lookup                  # the running Client-Host lookup
-    cdef object result                  # an auth failure waiting out Auth-Wait
-    cdef bytes user                     # the login, for log lines after the machine is gone
-    cdef TNode t_aux
-    cdef Py_ssize_t held
-    cdef bint tls                       # the client side is TLS (implicit, or after STARTTLS)
-    cdef bint starttls                  # STARTTLS was used (nginx's " using starttls")
-    cdef bint tls_pending               # STARTTLS: the handshake waits for the reply to go out
-    cdef str shut_reason
-    cdef str target                     # the backend's address text, for the debug lines
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -272,7 +141,7 @@ cdef class Session(Upstream):
         if FASTMAIL_DEBUG:
             _live_sessions -= 1
 
-    cdef int begin(self, Engine eng, Entry e, int fd, bytes ip, int port, long cid) except -1:
+    cdef int begin(self, Owner eng, Entry e, int fd, bytes ip, int port, long cid) except -1:
         global _live_sessions
         cdef Server srv = e.server
         if FASTMAIL_DEBUG:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from fastmail import _relay, uncaught
 from fastmail._conn import Listener
+from fastmail._engine import Engine, debug_counters
 from fastmail._poll import Loop
-from fastmail._session import DEBUG_BUILD, Engine, Server, debug_counters
+from fastmail._session import DEBUG_BUILD, Server
 from fastmail.log import ALERT, NOTICE, ErrorLog
 from fastmail.server import close_server, entries_for, make_server
 

@@ -1,0 +1,106 @@
+# The session engine: one client connection from accept to the end of its relay.
+
+from libc.stdint cimport uint32_t, int64_t
+from fastmail._poll cimport Loop, TNode
+from fastmail._conn cimport Acceptor, Sock
+from fastmail._core cimport Machine, Profile
+from fastmail._login cimport LoginConf
+from fastmail._upstream cimport Upstream
+from fastmail._proxy cimport TrustedNetworks
+from fastmail._auth cimport AuthClient, AuthResult
+from fastmail._tlsctx cimport ServerContext
+
+
+cdef class Session
+
+
+cdef class Owner(Acceptor):
+    # What a session needs of the worker that accepted it (fastmail._engine.Engine).
+    cdef public Loop loop
+    cdef public dict by_conf            # id(ServerConf) -> Server: the server{} SNI chose
+    cdef public long connections        # client and backend sockets open
+    cdef int ended(self, Session s) except -1
+
+
+
+cdef class Server:
+    cdef public object conf
+    cdef public Profile profile
+    cdef public LoginConf login_conf
+    cdef public AuthClient auth         # the auth_http client
+    cdef public object resolver         # fastmail.resolver.Resolver, or None
+    cdef public TrustedNetworks trusted  # realip: set_real_ip_from
+    cdef public object log              # fastmail.log.ErrorLog
+    cdef public int log_level
+    cdef public bint smtp               # Client-Host goes to auth_http (and is resolved)
+    cdef public int64_t timeout         # ms
+    cdef public int64_t proxy_timeout   # ms
+    cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
+    cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
+
+
+cdef class Entry:
+    cdef public Server server
+    cdef public bytes host              # the address text; b"" for unix sockets
+    cdef public int port
+    cdef public bint wildcard
+    cdef public bint ssl
+    cdef public bint proxy_protocol
+    cdef public str addr_text           # nginx's text for log lines ("127.0.0.1:143")
+
+
+cdef class Session(Upstream):
+    cdef Owner eng
+    cdef Server srv
+    cdef Entry entry
+    cdef Machine m
+    cdef readonly int state
+    cdef readonly long id
+    cdef bytes client_ip                # after realip
+    cdef int client_port
+    cdef bytes client_host              # SMTP Client-Host
+    cdef object pp                      # the PROXY header read, or None
+    cdef bytearray pending              # PROXY header bytes; bytes read while resolving
+    cdef object auth_handle             # the running auth_http request
+    cdef object lookup                  # the running Client-Host lookup
+    cdef object result                  # an auth failure waiting out Auth-Wait
+    cdef bytes user                     # the login, for log lines after the machine is gone
+    cdef TNode t_aux
+    cdef Py_ssize_t held
+    cdef bint tls                       # the client side is TLS (implicit, or after STARTTLS)
+    cdef bint starttls                  # STARTTLS was used (nginx's " using starttls")
+    cdef bint tls_pending               # STARTTLS: the handshake waits for the reply to go out
+    cdef str shut_reason
+    cdef str target                     # the backend's address text, for the debug lines
+    cdef int begin(self, Owner eng, Entry e, int fd, bytes ip, int port, long cid) except -1
+    cdef int _to(self, int state) except -1
+    cdef int _start(self) except -1
+    cdef int _resolve(self) except -1
+    cdef int _start_machine(self) except -1
+    cdef int _read_client(self) except -1
+    cdef int _read_proxy(self) except -1
+    cdef int run(self, int acts) except -1
+    cdef int _send(self, bytes data) except -2
+    cdef str _hs_action(self)
+    cdef int _start_tls(self, bint implicit) except -1
+    cdef int _tls_begin(self) except -1
+    cdef int _handshake(self) except -1
+    cdef int _tls_done(self) except -1
+    cdef int _switch(self, Server srv) except -1
+    cdef int _ask_auth(self) except -1
+    cdef object _ssl_info(self)
+    cdef int _auth_done(self, AuthResult res) except -1
+    cdef int _auth_failed(self, bint retry) except -1
+    cdef int _connect_backend(self, AuthResult res) except -1
+    cdef bytes _backend_proxy_header(self)
+    cdef int _logged_in(self) except -1
+    cdef bytes _take_out(self, Sock *s)
+    cdef int close(self) except -1
+    cdef int _stop_work(self) except -1
+    cdef int finish(self) except -1
+    cdef int shut(self, str reason) except -1
+    cdef str _peer_text(self)
+    cdef object _local_addr(self)
+    cdef str _local_text(self)
+    cdef str _context(self, str action)
+    cdef int _log(self, int level, str message, str action) except -1
