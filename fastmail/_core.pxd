@@ -1,8 +1,46 @@
 # Shared core of the client session machines: action bits, the machine base
 # class with its receive buffer and output, and nginx's SASL decoding helpers.
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy, memmove
+
 cdef extern from "_debug.h":
     bint FASTMAIL_DEBUG
+
+
+# bytearray buffers in C: no slice objects, no buffer-protocol round trips (the machines'
+# input and output buffers are touched on every read and reply)
+cdef inline int ba_add(bytearray b, bytes data) except -1:
+    """b += data"""
+    cdef Py_ssize_t n = PyByteArray_GET_SIZE(b), k = PyBytes_GET_SIZE(data)
+    if k:
+        PyByteArray_Resize(b, n + k)
+        memcpy(PyByteArray_AS_STRING(b) + n, PyBytes_AS_STRING(data), k)
+    return 0
+
+
+cdef inline bytes ba_slice(bytearray b, Py_ssize_t start, Py_ssize_t end):
+    """bytes(b[start:end]) for 0 <= start <= end <= len(b)"""
+    return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(b) + start, end - start)
+
+
+cdef inline bytes ba_take(bytearray b):
+    """bytes(b), then b emptied"""
+    cdef bytes out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(b), PyByteArray_GET_SIZE(b))
+    PyByteArray_Resize(b, 0)
+    return out
+
+
+cdef inline int ba_cut(bytearray b, Py_ssize_t n) except -1:
+    """del b[:n]"""
+    cdef Py_ssize_t size = PyByteArray_GET_SIZE(b)
+    if n >= size:
+        PyByteArray_Resize(b, 0)
+    elif n > 0:
+        memmove(PyByteArray_AS_STRING(b), PyByteArray_AS_STRING(b) + n, size - n)
+        PyByteArray_Resize(b, size - n)
+    return 0
 
 cpdef enum Action:
     ACT_SEND = 1        # take_output() has bytes for the client
@@ -44,7 +82,7 @@ cdef class Machine:
     cdef public int login_attempt
 
     cdef inline void send(self, bytes data):
-        self._out += data
+        ba_add(self._out, data)
 
     # The machine contract: every call returns ACT_* bits (see docs/internals.md).
     cpdef int start(self)

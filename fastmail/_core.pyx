@@ -80,15 +80,11 @@ cdef class Machine:
 
     cpdef bytes take_output(self):
         """Bytes to write to the client, in order; empties the output."""
-        cdef bytes out = bytes(self._out)
-        del self._out[:]
-        return out
+        return ba_take(self._out)
 
     cpdef bytes take_input(self):
         """Client bytes received but not consumed (pipelined after the login)."""
-        cdef bytes rest = bytes(self.buf)
-        del self.buf[:]
-        return rest
+        return ba_take(self.buf)
 
 
 cdef class Profile:

@@ -11,6 +11,7 @@ auth_http: it returns action bits and the driver (session.py) does the I/O.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 from fastmail._core cimport (
+    ba_add, ba_slice, ba_cut, PyByteArray_Resize,
     ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, M_CRAM_MD5, M_EXTERNAL, M_LOGIN,
     M_OAUTHBEARER, M_PLAIN, M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine, Profile,
     decode_base64, encode_base64, make_salt, sasl_cram_md5, sasl_oauthbearer, sasl_plain,
@@ -237,7 +238,7 @@ cdef class ImapSession(Machine):
         if self.state == S_CLOSED or self.state == S_TLS:
             # after STARTTLS any plaintext is dropped (CVE-2011-0411 class)
             return 0
-        self.buf += data
+        ba_add(self.buf, data)
         if self.state >= S_WAIT:
             return 0
         return self._run()
@@ -553,7 +554,7 @@ cdef class ImapSession(Machine):
         return n
 
     cdef bytes _arg(self, int i):
-        raw = bytes(self.buf[self.a_start[i]:self.a_end[i]])
+        raw = ba_slice(self.buf, self.a_start[i], self.a_end[i])
         return _unescape(raw) if self.a_esc[i] else raw
 
     # --- dispatch -------------------------------------------------------------
@@ -573,12 +574,12 @@ cdef class ImapSession(Machine):
         if self.state != S_START:
             return self.tag          # SASL lines answer under the AUTHENTICATE tag
         if self.tag_end:
-            return bytes(self.buf[:self.tag_end])
+            return ba_slice(self.buf, 0, self.tag_end)
         return STAR_TAG
 
     cdef int _close(self, str reason):
         # nothing after a closing reply is ever read
-        del self.buf[:]
+        PyByteArray_Resize(self.buf, 0)
         self.state = S_CLOSED
         self.close_reason = reason
         return ACT_CLOSE
@@ -595,7 +596,7 @@ cdef class ImapSession(Machine):
         if r & R_INVALID:
             self.send(self._line_tag() + BAD_INVALID)
             self.errors += 1
-            del self.buf[:self.pos]
+            ba_cut(self.buf, self.pos)
             self._to_start()
             if r & 0x100:
                 return ACT_SEND | self._close("client sent invalid command with a literal")
@@ -609,13 +610,13 @@ cdef class ImapSession(Machine):
             return ACT_SEND | self._close("client sent too many commands")
         n = self.pos
         if self.state == S_START:
-            self.tag = bytes(self.buf[:self.tag_end])
+            self.tag = ba_slice(self.buf, 0, self.tag_end)
             acts = self._command()
         else:
             acts = self._sasl_line()
         if self.state == S_CLOSED or self.state == S_TLS:
             return acts
-        del self.buf[:n]
+        ba_cut(self.buf, n)
         if S_START < self.state < S_WAIT:
             # nginx keeps the whole AUTHENTICATE exchange in one client buffer
             self.used += n
@@ -656,7 +657,7 @@ cdef class ImapSession(Machine):
                 return self._bad()
             self._ok()
             # the STARTTLS-injection rule: nothing read before the handshake runs
-            del self.buf[:]
+            PyByteArray_Resize(self.buf, 0)
             self.state = S_TLS
             return ACT_SEND | ACT_STARTTLS
         if sto:
@@ -714,7 +715,7 @@ cdef class ImapSession(Machine):
 
     cdef int _sasl_line(self):
         # only the first argument of a SASL response line is used (nginx)
-        data = bytes(self.buf[self.a_start[0]:self.a_end[0]])
+        data = ba_slice(self.buf, self.a_start[0], self.a_end[0])
         if self.state == S_LOGIN_USER:
             user = decode_base64(data)
             if user is None:

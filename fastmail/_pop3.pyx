@@ -13,6 +13,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memchr
 
 from fastmail._core cimport (
+    ba_add, ba_slice, ba_cut, PyByteArray_Resize,
     ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, AuthRequest, Machine, Profile, decode_base64,
     encode_base64, has_ctl, make_salt, sasl_oauthbearer, sasl_plain, sasl_xoauth2,
 )
@@ -313,10 +314,10 @@ cdef class Pop3Session(Machine):
 
     cpdef int feed(self, bytes data):
         if self.state < S_AUTH or self.state == S_NEW:
-            self.buf += data
+            ba_add(self.buf, data)
             return self._run() if self.state != S_NEW else 0
         if self.state == S_AUTH or self.state == S_DONE:
-            self.buf += data    # queued: processed after a retry, or relayed after login
+            ba_add(self.buf, data)    # queued: processed after a retry, or relayed after login
         return 0                # S_TLS: plaintext after STLS is never executed; S_CLOSED
 
     cpdef int on_auth_ok(self):
@@ -415,7 +416,7 @@ cdef class Pop3Session(Machine):
                 if avail >= self.limit:
                     self.send(R_ERR)
                     self._close("client sent too long command \"%s\""
-                                % bytes(self.buf[pos:pos + self.limit]).decode(
+                                % ba_slice(self.buf, pos, pos + self.limit).decode(
                                     "ascii", "backslashreplace"))
                     return self._flush()
                 break
@@ -426,9 +427,9 @@ cdef class Pop3Session(Machine):
             self._dispatch(rc)
             self._line = NULL
         if self.state == S_TLS or self.state == S_CLOSED:
-            del self.buf[:]     # STARTTLS injection: nothing read before the handshake survives
+            PyByteArray_Resize(self.buf, 0)     # STARTTLS injection: nothing read before the handshake survives
         elif pos:
-            del self.buf[:pos]
+            ba_cut(self.buf, pos)
         return self._flush()
 
     cdef bytes _arg(self, int k):

@@ -12,6 +12,7 @@ sockets, clocks, DNS or auth_http: it returns action bits and the engine does th
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 from fastmail._core cimport (
+    ba_add, ba_slice, ba_cut, PyByteArray_Resize,
     ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, M_EXTERNAL, M_LOGIN, M_OAUTHBEARER, M_PLAIN,
     M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine, Profile, decode_base64,
     has_ctl, sasl_oauthbearer, sasl_plain, sasl_xoauth2,
@@ -294,7 +295,7 @@ cdef class SieveSession(Machine):
         if self.state == S_CLOSED or self.state == S_TLS:
             # after STARTTLS any plaintext is dropped (CVE-2011-0411 class)
             return 0
-        self.buf += data
+        ba_add(self.buf, data)
         if self.state >= S_WAIT:
             return 0
         return self._run()
@@ -548,7 +549,7 @@ cdef class SieveSession(Machine):
         return R_AGAIN
 
     cdef bytes _arg(self, int i):
-        raw = bytes(self.buf[self.a_start[i]:self.a_end[i]])
+        raw = ba_slice(self.buf, self.a_start[i], self.a_end[i])
         return _unescape(raw) if self.a_esc[i] else raw
 
     # --- dispatch -------------------------------------------------------------
@@ -573,7 +574,7 @@ cdef class SieveSession(Machine):
 
     cdef int _close(self, str reason):
         # nothing after a closing reply is ever read
-        del self.buf[:]
+        PyByteArray_Resize(self.buf, 0)
         self.state = S_CLOSED
         self.close_reason = reason
         return ACT_CLOSE
@@ -587,7 +588,7 @@ cdef class SieveSession(Machine):
         if r == R_INVALID:
             acts = self._error(NO_SYNTAX if self.cmd != C_UNKNOWN else NO_UNKNOWN)
             if self.state != S_CLOSED:
-                del self.buf[:self.pos]
+                ba_cut(self.buf, self.pos)
                 self._to_start()
             return acts
         # R_OK: one complete line
@@ -602,7 +603,7 @@ cdef class SieveSession(Machine):
             acts = self._sasl_line()
         if self.state == S_CLOSED or self.state == S_TLS:
             return acts
-        del self.buf[:n]
+        ba_cut(self.buf, n)
         if S_START < self.state < S_WAIT:
             # the whole AUTHENTICATE exchange shares one client buffer, as nginx's IMAP
             self.used += n
@@ -647,7 +648,7 @@ cdef class SieveSession(Machine):
                 return self._no(NO_STARTTLS)
             self.send(OK_STARTTLS)
             # the STARTTLS-injection rule: nothing read before the handshake runs
-            del self.buf[:]
+            PyByteArray_Resize(self.buf, 0)
             self.state = S_TLS
             return ACT_SEND | ACT_STARTTLS
         if c == C_AUTHENTICATE:

@@ -14,6 +14,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memchr
 
 from fastmail._core cimport (
+    ba_add, ba_slice, ba_cut, PyByteArray_Resize,
     ACT_AUTH, ACT_CLOSE, ACT_SEND, ACT_STARTTLS, ACT_TIMER, M_CRAM_MD5, M_EXTERNAL, M_LOGIN,
     M_OAUTHBEARER, M_PLAIN, M_XOAUTH2, TLS_OFF, TLS_ON, TLS_ONLY, AuthRequest, Machine, Profile,
     decode_base64, encode_base64, make_salt, sasl_cram_md5, sasl_oauthbearer, sasl_plain,
@@ -267,7 +268,7 @@ cdef class SmtpSession(Machine):
                                  % _log_text(data[:self.limit], True))
             self.send(S503_PIPELINING)
             return self._close()
-        self.buf += data
+        ba_add(self.buf, data)
         if self.state >= SMTP_WAIT_AUTH:
             return 0
         return self._process()
@@ -350,7 +351,7 @@ cdef class SmtpSession(Machine):
                     # One command longer than smtp_client_buffer. Unlike nginx, answered
                     # commands do not count (freenginx compacts the buffer too).
                     self.close_reason = ("client sent too long command \"%s\""
-                                         % _log_text(bytes(self.buf[self.pos:self.pos + scan]),
+                                         % _log_text(ba_slice(self.buf, self.pos, self.pos + scan),
                                                      False))
                     self.send(S500_INVALID)
                     act |= self._close()
@@ -375,9 +376,9 @@ cdef class SmtpSession(Machine):
                 act |= self._sasl_line()
         if self.pos:
             if self.state == SMTP_CLOSED:
-                del self.buf[:]
+                PyByteArray_Resize(self.buf, 0)
             else:
-                del self.buf[:self.pos]
+                ba_cut(self.buf, self.pos)
             self.pos = 0
         if len(self._out):
             act |= ACT_SEND
