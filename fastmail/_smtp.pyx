@@ -6,7 +6,7 @@ the command parser over the receive buffer, HELO/EHLO, AUTH PLAIN/LOGIN/CRAM-MD5
 XOAUTH2/OAUTHBEARER, `smtp_auth none` MAIL/RCPT, STARTTLS, max_errors/max_commands/buffer
 limits), behaving as nginx's ngx_mail_smtp_handler.c does (spec/smtp.md). It hands out an
 AuthRequest and action bits; it must not touch sockets, clocks, DNS, the auth_http wire
-format or the backend login (_login.pyx replays HELO/MAIL/RCPT from the AuthRequest).
+format or the backend login (_smtplogin.pyx replays HELO/MAIL/RCPT from the AuthRequest).
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
