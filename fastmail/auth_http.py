@@ -2,7 +2,7 @@
 
 Owns the auth_http client's configuration (`client_for` makes the engine's C client,
 fastmail/_auth.pyx, from a server block's config) and the Python reference of the protocol
-that client speaks in C (fastmail/_authproto.pyx): the request bytes nginx sends
+that client speaks in C (fastmail/_authreq.pyx, _authproto.pyx): the request bytes nginx sends
 (`build_request`), the reading of an answer (`ResponseReader` on httptools, which also reads
 for the C client every answer its fast path does not take), and nginx's header rules
 (`interpret`). tests/unit/test_auth_proto.py holds the C code to these.
