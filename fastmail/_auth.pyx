@@ -144,7 +144,8 @@ cdef class _Ask:
         self.conn = None
         if self.watcher is None:
             return 0
-        # nginx applies these while parsing, whatever the outcome (spec §4.2, §6.2)
+        # nginx applies these as it reads them (ngx_mail_auth_http_process_headers), whatever
+        # the outcome: a failure or a WAIT answer replaces the login and password too
         if r.user is not None:
             self.auth.user = r.user
         if r.passwd is not None:

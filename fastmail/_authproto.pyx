@@ -66,7 +66,7 @@ cdef AuthResult error_result(str msg, bytes user=None, bytes passwd=None):
     return r
 
 
-# --- reading the answer (spec §4) --------------------------------------------------------------
+# --- reading the answer (ngx_mail_auth_http_ignore_status_line, _parse_header_line) -----------
 
 # One recv() at a time in a worker: the bytes of the answer being read go here (behind what an
 # unfinished header block held), and the header spans of the last complete block point into it.
@@ -336,7 +336,8 @@ cdef class AnswerReader:
         return R_HEAD
 
     cdef AuthResult error(self, str peer):
-        """The result for R_ERROR (spec §2 table)."""
+        """The result for R_ERROR, logged as nginx does: a broken status line or header line at
+        error, a header block over 1024 bytes not at all (nginx reads it as an early EOF)."""
         if self.err == "invalid response":
             return error_result(f"auth http server {peer} sent invalid response")
         if self.err == "invalid header":
@@ -438,7 +439,7 @@ cdef class AnswerReader:
 globals().update(R_MORE=R_MORE, R_HEAD=R_HEAD, R_ERROR=R_ERROR)
 
 
-# --- what the headers mean (spec §4.4, §4.5) ---------------------------------------------------
+# --- what the headers mean (ngx_mail_auth_http_process_headers) --------------------------------
 
 cdef long long _atoi(const char *p, Py_ssize_t n) noexcept:
     """ngx_atoi: decimal digits only, no sign, not empty, no overflow (-1 when not a number)."""

@@ -10,8 +10,8 @@ _smtplogin.pyx's, on the same base.
 Sans-IO: never touches a socket, a clock or DNS; the engine (_session.pyx, _upstream.pyx)
 owns connect, timeouts, the PROXY header write and the addresses.
 Mirrors nginx src/mail/ngx_mail_proxy_module.c (mainline: one untagged line tolerated before
-the IMAP LOGIN reply). Beyond nginx: no CR, LF or NUL from the credentials
-or the client's SMTP lines reaches a backend command line (spec README).
+the IMAP LOGIN reply). Beyond nginx (docs/differences.md): no CR, LF or NUL from the
+credentials or the client's SMTP lines reaches a backend command line.
 """
 
 from fastmail._core cimport (AuthRequest, ACT_SEND, ACT_CLOSE, ACT_BACKEND, ACT_DONE,
@@ -360,7 +360,8 @@ cdef class BackendLogin:
 
 
 cdef class ImapLogin(BackendLogin):
-    """IMAP: `T LOGIN {n}` / `user {n}` / `pass` with synchronizing literals (imap.md §15).
+    """IMAP: `T LOGIN {n}` / `user {n}` / `pass` with synchronizing literals, as
+    ngx_mail_proxy_imap_handler sends them.
     With `pipelining` (beyond nginx, proxy_pipelining on) the LOGIN goes as one line: with
     LITERAL+ literals when the greeting announces LITERAL+ (RFC 7888), else as quoted
     strings when both credentials are 7-bit text without CR/LF, else nginx's three steps.
@@ -476,9 +477,10 @@ cdef bytes _quoted(bytes s):
 
 
 cdef class Pop3Login(BackendLogin):
-    """POP3: `USER login` / `PASS password`, each answered by `+OK` (pop3.md §15). With
-    `client_id` (proxy_client_id), when the greeting announces `[XCLIENT]` (Dovecot, to a
-    proxy in its login_trusted_networks), `XCLIENT ADDR= PORT=` goes first: alone, or in
+    """POP3: `USER login` / `PASS password`, each answered by `+OK`, as
+    ngx_mail_proxy_pop3_handler sends them. With `client_id` (proxy_client_id), when the
+    greeting announces `[XCLIENT]` (Dovecot, to a proxy in its login_trusted_networks),
+    `XCLIENT ADDR= PORT=` goes first: alone, or in
     USER's write with `pipelining`."""
 
     cdef bint pipelining
@@ -494,7 +496,7 @@ cdef class Pop3Login(BackendLogin):
         self.client_id = client_id
 
     cdef bint _unsafe(self):
-        # nginx sends them raw, so a CR/LF would split the line (pop3.md P12): refuse.
+        # nginx sends them raw, so a CR/LF would split the line: refuse.
         return has_ctl(self.auth.user) or has_ctl(self.auth.passwd)
 
     cdef int _on_reply(self) except -1:

@@ -4,10 +4,11 @@
 Owns: EHLO/HELO with the server_name, XCLIENT (every value xtext-encoded: mainline nginx
 encodes LOGIN=, 1.22.1 nothing), the client's own HELO after it, then proxy_smtp_auth's AUTH
 PLAIN or (beyond nginx) AUTH LOGIN, or for smtp_auth none the replay of the client's MAIL FROM
-and RCPT TO; with proxy_client_id the client's own HELO name where XCLIENT is off or not offered;
-the reply checks and what the client sees when the login ends. The shared reply reading, the endings and
-the proxy_ssl STARTTLS dialogue are BackendLogin's (_login.pyx). Sans-IO, as every login.
-Mirrors the SMTP states of nginx src/mail/ngx_mail_proxy_module.c (ngx_mail_proxy_smtp_handler).
+and RCPT TO; with proxy_client_id the client's own HELO name where XCLIENT is off or not
+offered; the reply checks and what the client sees when the login ends. The shared reply
+reading, the endings and the proxy_ssl STARTTLS dialogue are BackendLogin's (_login.pyx).
+Sans-IO, as every login.
+Mirrors the SMTP states of nginx's ngx_mail_proxy_module.c (ngx_mail_proxy_smtp_handler).
 """
 
 from fastmail._core cimport AuthRequest
@@ -67,8 +68,8 @@ cdef bint _ehlo_has(bytes reply, bytes keyword):
 
 cdef class SmtpLogin(BackendLogin):
     """SMTP: EHLO/HELO, XCLIENT, client HELO, then AUTH PLAIN or the MAIL/RCPT replay
-    (smtp.md §10). `client_addr` is the client address text after realip (no port),
-    `client_host` the resolver result (`[UNAVAILABLE]` without a resolver). Beyond nginx:
+    (ngx_mail_proxy_smtp_handler). `client_addr` is the client address text after realip (no
+    port), `client_host` the resolver result (`[UNAVAILABLE]` without a resolver). Beyond nginx:
     `smtp_auth_method` b"login" makes proxy_smtp_auth's AUTH a LOGIN dialogue, and the
     AuthRequest's `backend_auth` (Auth-SMTP-Auth-Method: off, plain, login) overrides both;
     `client_id` (proxy_client_id) sends the client's own HELO name where nginx's XCLIENT is

@@ -14,7 +14,8 @@ from fastmail.testing.authd.users import Backend
 
 
 def percent_decode(value: str) -> str:
-    """Undo nginx's escaping of Auth-User/Auth-Pass: exactly %XX, never '+' (auth_http.md §3.5)."""
+    """Undo nginx's escaping of Auth-User/Auth-Pass (ngx_mail_auth_http_escape): exactly %XX,
+    never '+'."""
     raw = value.encode("latin-1")
     if b"%" in raw:
         raw = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
