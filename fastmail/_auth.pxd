@@ -5,7 +5,8 @@ from libc.stdint cimport int64_t
 
 from fastmail._poll cimport Loop, Watcher, TNode, TimerQueue
 from fastmail._core cimport AuthRequest
-from fastmail._authproto cimport AuthResult, RequestTemplate, AnswerReader
+from fastmail._authproto cimport AuthResult, AnswerReader
+from fastmail._authreq cimport RequestTemplate
 
 
 # The kind of Watcher.completed(kind, result) that brings an auth_http answer (the engine's

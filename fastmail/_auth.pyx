@@ -11,8 +11,8 @@ WAIT loop; Auth-User/Auth-Pass applied to the AuthRequest. Python runs only for 
 an Auth-Wait delay (call_later), an Auth-Server host name (resolver.py), a connection error,
 an answer the C reader leaves to auth_http.ResponseReader. No TCP_NODELAY: a request is one
 write on a connection with nothing unacknowledged, so Nagle never holds it.
-Must not: parse HTTP or build requests (_authproto does), log (the session logs the result's
-line), or know what the asker does with the answer. Mirrors ngx_mail_auth_http_module.c
+Must not: parse HTTP or build requests (_authproto, _authreq do), log (the session logs the
+result's line), or know what the asker does with the answer. Mirrors ngx_mail_auth_http_module.c
 (ngx_mail_auth_http_init, _write_handler, _read_handler).
 """
 
@@ -26,9 +26,9 @@ from fastmail._poll cimport (Loop, Watcher, TNode, TimerQueue, timer_cancel, EPO
                              EPOLLRDHUP, EPOLLET, EPOLLERR, EPOLLHUP)
 from fastmail._core cimport AuthRequest
 from fastmail._conn cimport os_error
-from fastmail._authproto cimport (AuthResult, RequestTemplate, AnswerReader, error_result,
-                                  R_MORE, R_HEAD, R_ERROR, B_CLOSE, B_KEEP, B_DRAIN,
-                                  WAIT_IMMEDIATE_RETRIES)
+from fastmail._authproto cimport (AuthResult, AnswerReader, error_result, R_MORE, R_HEAD,
+                                  R_ERROR, B_CLOSE, B_KEEP, B_DRAIN, WAIT_IMMEDIATE_RETRIES)
+from fastmail._authreq cimport RequestTemplate
 
 import os
 
@@ -144,7 +144,8 @@ cdef class _Ask:
         self.conn = None
         if self.watcher is None:
             return 0
-        # nginx applies these while parsing, whatever the outcome (spec §4.2, §6.2)
+        # nginx applies these as it reads them (ngx_mail_auth_http_process_headers), whatever
+        # the outcome: a failure or a WAIT answer replaces the login and password too
         if r.user is not None:
             self.auth.user = r.user
         if r.passwd is not None:

@@ -1,6 +1,6 @@
-# The auth_http protocol without I/O: the request bytes from a per-server template, the answer
-# read in C (fast path) or by auth_http.ResponseReader (anything unusual), and nginx's reading
-# of the headers into an AuthResult.
+# The auth_http answer without I/O: read in C (fast path) or by auth_http.ResponseReader
+# (anything unusual), and nginx's reading of the headers into an AuthResult. The request is
+# _authreq.pxd's.
 
 from fastmail._core cimport AuthRequest
 
@@ -39,21 +39,6 @@ cdef class AuthResult:
 
 
 cdef AuthResult error_result(str msg, bytes user=*, bytes passwd=*)
-
-
-cdef struct Writer:
-    char *p             # NULL while counting
-    Py_ssize_t n
-
-
-cdef class RequestTemplate:
-    cdef bytes head                 # "GET <uri> HTTP/1.x\r\nHost: <host>\r\nAuth-Method: "
-    cdef bytes tail                 # auth_http_header lines, keep-alive line, empty line
-    cdef bint pass_client_cert
-    cdef bytes build(self, AuthRequest auth, bytes client_ip, object client_host,
-                     object proxy_protocol, object ssl_info)
-    cdef int _emit(self, Writer *w, AuthRequest auth, bytes client_ip, object client_host,
-                   object pp, object ssl) except -1
 
 
 cdef struct Header:

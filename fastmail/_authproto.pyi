@@ -1,4 +1,4 @@
-"""Stubs for fastmail._authproto (the auth_http protocol in C)."""
+"""Stubs for fastmail._authproto (the auth_http answer in C)."""
 
 from typing import Any
 
@@ -30,25 +30,6 @@ class AuthResult:
     ssl_backend: bytes | None
     backend_auth: bytes | None
     def __init__(self, status: str = "error", **fields: Any) -> None: ...
-
-@disjoint_base
-class RequestTemplate:
-    def __init__(
-        self,
-        uri_path: bytes,
-        host_header: bytes,
-        extra_headers: list[tuple[bytes, bytes]] | None = None,
-        keepalive: bool = False,
-        pass_client_cert: bool = False,
-    ) -> None: ...
-    def request(
-        self,
-        auth: AuthRequest,
-        client_ip: bytes,
-        client_host: bytes | None = None,
-        proxy_protocol: tuple[bytes, int, bytes, int] | None = None,
-        ssl_info: dict[str, bytes] | None = None,
-    ) -> bytes: ...
 
 @disjoint_base
 class AnswerReader:

@@ -1,15 +1,14 @@
 # cython: language_level=3
-"""The auth_http protocol in C, without I/O (ngx_mail_auth_http_module.c).
+"""The auth_http answer in C, without I/O (ngx_mail_auth_http_module.c).
 
-Owns: the request bytes (`RequestTemplate`: every constant piece made once per server block,
-the per-login values escaped with NGX_ESCAPE_MAIL_AUTH), reading one answer (`AnswerReader`:
-the usual answer, a status line, simple `Name: value` lines and a Content-Length body, is read
-in C; anything else goes to auth_http.ResponseReader, the reference reader on httptools), the
-fate of the connection after the header block (reuse, drain, close), and nginx's reading of the
-headers (`interpret_headers`: status, server and port, Auth-Wait, SMTP error code...) into an
-`AuthResult`. Must not touch sockets, clocks or DNS: fastmail/_auth.pyx does the I/O.
-auth_http.py keeps the Python reference of every rule here (build_request, ResponseReader,
-interpret); tests/unit/test_auth_proto.py holds the two to the same results.
+Owns: reading one answer (`AnswerReader`: the usual answer, a status line, simple `Name: value`
+lines and a Content-Length body, is read in C; anything else goes to auth_http.ResponseReader,
+the reference reader on httptools), the fate of the connection after the header block (reuse,
+drain, close), and nginx's reading of the headers (`interpret_headers`: status, server and
+port, Auth-Wait, SMTP error code...) into an `AuthResult`. The request is _authreq.pyx's.
+Must not touch sockets, clocks or DNS: fastmail/_auth.pyx does the I/O.
+auth_http.py keeps the Python reference of every rule here (ResponseReader, interpret);
+tests/unit/test_auth_proto.py holds the two to the same results.
 """
 
 cimport cython
@@ -18,6 +17,7 @@ from cpython.unicode cimport PyUnicode_FromStringAndSize
 from libc.string cimport memcpy
 
 from fastmail._core cimport AuthRequest
+from fastmail._authreq cimport decimal, is_salted
 
 cdef extern from *:
     """
@@ -66,190 +66,7 @@ cdef AuthResult error_result(str msg, bytes user=None, bytes passwd=None):
     return r
 
 
-# --- the request (spec §3) ---------------------------------------------------------------------
-
-cdef bint _ESC[256]
-cdef int _i
-for _i in range(256):
-    _ESC[_i] = _i <= 0x20 or _i == 0x25
-cdef const char *_HEX = b"0123456789ABCDEF"
-
-
-cdef inline void _put(Writer *w, const char *s, Py_ssize_t n) noexcept:
-    if w.p != NULL:
-        memcpy(w.p + w.n, s, n)
-    w.n += n
-
-
-cdef inline void _put_b(Writer *w, bytes b) noexcept:
-    if b is not None:
-        _put(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
-
-
-cdef void _put_esc(Writer *w, bytes b) noexcept:
-    """nginx's NGX_ESCAPE_MAIL_AUTH: 0x00-0x20 and '%' as %XX (upper-case); all else raw."""
-    cdef const unsigned char *s
-    cdef Py_ssize_t i, n
-    cdef unsigned char c
-    if b is None:
-        return
-    s = <const unsigned char *>PyBytes_AS_STRING(b)
-    n = PyBytes_GET_SIZE(b)
-    if w.p == NULL:
-        for i in range(n):
-            w.n += 3 if _ESC[s[i]] else 1
-        return
-    for i in range(n):
-        c = s[i]
-        if _ESC[c]:
-            w.p[w.n] = c'%'
-            w.p[w.n + 1] = _HEX[c >> 4]
-            w.p[w.n + 2] = _HEX[c & 15]
-            w.n += 3
-        else:
-            w.p[w.n] = c
-            w.n += 1
-
-
-cdef int _decimal(char *end, long long v) noexcept:
-    """Writes v in decimal ending just before `end` (at most 20 bytes); returns the length."""
-    cdef unsigned long long u = <unsigned long long>(-v if v < 0 else v)
-    cdef int n = 0
-    while True:
-        n += 1
-        end[-n] = c'0' + <char>(u % 10)
-        u //= 10
-        if u == 0:
-            break
-    if v < 0:
-        n += 1
-        end[-n] = c'-'
-    return n
-
-
-cdef void _put_int(Writer *w, long long v) noexcept:
-    cdef char buf[24]
-    cdef int n = _decimal(buf + 24, v)
-    _put(w, buf + 24 - n, n)
-
-
-cdef bint _is_salted(bytes method) noexcept:
-    # Mainline (1.29.1) sends Auth-Salt only for these, and then forgets the password.
-    return method == b"apop" or method == b"cram-md5"
-
-
-cdef tuple _SSL_BASE = (("protocol", b"Auth-SSL-Protocol: "), ("cipher", b"Auth-SSL-Cipher: "))
-cdef tuple _SSL_CERT = (("subject", b"Auth-SSL-Subject: "), ("issuer", b"Auth-SSL-Issuer: "),
-                        ("serial", b"Auth-SSL-Serial: "),
-                        ("fingerprint", b"Auth-SSL-Fingerprint: "))
-
-
-cdef class RequestTemplate:
-    """The request of one auth_http config, line for line as ngx_mail_auth_http_create_request
-    writes it (keepalive=False gives nginx's bytes exactly; keepalive=True changes only
-    HTTP/1.0 to HTTP/1.1 and adds `Connection: keep-alive` as the last line)."""
-
-    def __init__(self, bytes uri_path, bytes host_header, list extra_headers=None,
-                 bint keepalive=False, bint pass_client_cert=False):
-        self.head = (b"GET " + (uri_path or b"/")
-                     + (b" HTTP/1.1\r\n" if keepalive else b" HTTP/1.0\r\n")
-                     + b"Host: " + host_header + b"\r\nAuth-Method: ")
-        tail = b"".join([name + b": " + value + b"\r\n" for name, value in extra_headers or ()])
-        if keepalive:
-            tail += b"Connection: keep-alive\r\n"
-        self.tail = tail + b"\r\n"
-        self.pass_client_cert = pass_client_cert
-
-    def request(self, AuthRequest auth, bytes client_ip, client_host=None, proxy_protocol=None,
-                ssl_info=None):
-        """The request bytes (what build() gives the client)."""
-        return self.build(auth, client_ip, client_host, proxy_protocol, ssl_info)
-
-    cdef bytes build(self, AuthRequest auth, bytes client_ip, object client_host,
-                     object proxy_protocol, object ssl_info):
-        cdef Writer w
-        cdef bytes out
-        w.p = NULL
-        w.n = 0
-        self._emit(&w, auth, client_ip, client_host, proxy_protocol, ssl_info)
-        out = PyBytes_FromStringAndSize(NULL, w.n)
-        w.p = PyBytes_AS_STRING(out)
-        w.n = 0
-        self._emit(&w, auth, client_ip, client_host, proxy_protocol, ssl_info)
-        return out
-
-    cdef int _emit(self, Writer *w, AuthRequest auth, bytes client_ip, object client_host,
-                   object pp, object ssl) except -1:
-        """Counts (w.p NULL) or writes the request: one sequence for both passes."""
-        cdef bytes v
-        _put_b(w, self.head)
-        _put_b(w, auth.method)
-        _put(w, b"\r\nAuth-User: ", 13)
-        _put_esc(w, auth.user)
-        _put(w, b"\r\nAuth-Pass: ", 13)
-        _put_esc(w, auth.passwd)
-        _put(w, b"\r\n", 2)
-        if auth.salt and _is_salted(auth.method):
-            _put(w, b"Auth-Salt: ", 11)
-            _put_b(w, auth.salt)  # the salt carries its own CRLF
-        _put(w, b"Auth-Protocol: ", 15)
-        _put_b(w, auth.protocol)
-        _put(w, b"\r\nAuth-Login-Attempt: ", 22)
-        _put_int(w, auth.login_attempt)
-        _put(w, b"\r\nClient-IP: ", 13)
-        _put_b(w, client_ip)
-        _put(w, b"\r\n", 2)
-        if client_host is not None:
-            _put(w, b"Client-Host: ", 13)
-            _put_b(w, <bytes?>client_host)
-            _put(w, b"\r\n", 2)
-        if pp is not None:
-            _put(w, b"Proxy-Protocol-Addr: ", 21)
-            _put_b(w, <bytes?>pp[0])
-            _put(w, b"\r\nProxy-Protocol-Port: ", 23)
-            _put_int(w, pp[1])
-            _put(w, b"\r\nProxy-Protocol-Server-Addr: ", 30)
-            _put_b(w, <bytes?>pp[2])
-            _put(w, b"\r\nProxy-Protocol-Server-Port: ", 30)
-            _put_int(w, pp[3])
-            _put(w, b"\r\n", 2)
-        if auth.method == b"none":
-            _put(w, b"Auth-SMTP-Helo: ", 16)
-            _put_b(w, auth.smtp_helo)
-            _put(w, b"\r\nAuth-SMTP-From: ", 18)
-            _put_b(w, auth.smtp_from)
-            _put(w, b"\r\nAuth-SMTP-To: ", 16)
-            _put_b(w, auth.smtp_to)
-            _put(w, b"\r\n", 2)
-        if ssl is not None:
-            _put(w, b"Auth-SSL: on\r\n", 14)
-            for key, name in _SSL_BASE:
-                v = ssl.get(key)
-                if v:
-                    _put_b(w, name)
-                    _put_b(w, v)
-                    _put(w, b"\r\n", 2)
-            v = ssl.get("verify")
-            if v:
-                _put(w, b"Auth-SSL-Verify: ", 17)
-                _put_b(w, v)
-                _put(w, b"\r\n", 2)
-                for key, name in _SSL_CERT:
-                    v = ssl.get(key)
-                    if v:
-                        _put_b(w, name)
-                        _put_b(w, v)
-                        _put(w, b"\r\n", 2)
-                v = ssl.get("cert")
-                if self.pass_client_cert and v:
-                    _put(w, b"Auth-SSL-Cert: ", 15)
-                    _put_esc(w, v)
-                    _put(w, b"\r\n", 2)
-        _put_b(w, self.tail)
-        return 0
-
-
-# --- reading the answer (spec §4) --------------------------------------------------------------
+# --- reading the answer (ngx_mail_auth_http_ignore_status_line, _parse_header_line) -----------
 
 # One recv() at a time in a worker: the bytes of the answer being read go here (behind what an
 # unfinished header block held), and the header spans of the last complete block point into it.
@@ -519,7 +336,8 @@ cdef class AnswerReader:
         return R_HEAD
 
     cdef AuthResult error(self, str peer):
-        """The result for R_ERROR (spec §2 table)."""
+        """The result for R_ERROR, logged as nginx does: a broken status line or header line at
+        error, a header block over 1024 bytes not at all (nginx reads it as an early EOF)."""
         if self.err == "invalid response":
             return error_result(f"auth http server {peer} sent invalid response")
         if self.err == "invalid header":
@@ -621,7 +439,7 @@ cdef class AnswerReader:
 globals().update(R_MORE=R_MORE, R_HEAD=R_HEAD, R_ERROR=R_ERROR)
 
 
-# --- what the headers mean (spec §4.4, §4.5) ---------------------------------------------------
+# --- what the headers mean (ngx_mail_auth_http_process_headers) --------------------------------
 
 cdef long long _atoi(const char *p, Py_ssize_t n) noexcept:
     """ngx_atoi: decimal digits only, no sign, not empty, no overflow (-1 when not a number)."""
@@ -675,7 +493,7 @@ cdef object server_addr(const char *p, Py_ssize_t n):
         if not bad4 and not (nums[0] == nums[1] == nums[2] == nums[3] == 255):
             i = 16
             for part in range(3, -1, -1):
-                i -= _decimal(text + i, nums[part])
+                i -= decimal(text + i, nums[part])
                 if part:
                     i -= 1
                     text[i] = c'.'
@@ -842,7 +660,7 @@ cdef tuple _BACKEND_AUTH = (b"off", b"plain", b"login")
 cdef bint _no_password(AuthRequest auth):
     """The session has no password once a salt was sent (nginx forgets it), and for an
     EXTERNAL login (fastmail never carries a stale one over)."""
-    if auth.salt and _is_salted(auth.method):
+    if auth.salt and is_salted(auth.method):
         return True
     return auth.method == b"external" and not auth.passwd
 

@@ -169,7 +169,7 @@ cpdef bint has_ctl(bytes data):
     return b"\r" in data or b"\n" in data or b"\0" in data
 
 
-# --- bearer-token SASL messages (freenginx 1.27.1, spec imap.md §10.7, smtp.md) ----------------
+# --- bearer-token SASL messages (XOAUTH2, RFC 7628 OAUTHBEARER), as freenginx 1.27.1 reads them --
 
 cpdef object sasl_xoauth2(bytes data):
     """Decoded XOAUTH2 `user=<id>\\x01auth=Bearer <token>\\x01\\x01` -> (id, token), or

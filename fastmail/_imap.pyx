@@ -446,7 +446,7 @@ cdef class ImapSession(Machine):
                     st = P_INVALID
                     continue
             elif st == P_LIT_ARG:
-                # nginx 1.22.1/freenginx: {0} takes one byte as its value (Q4)
+                # nginx 1.22.1/freenginx: {0} takes one byte as its value
                 if self.lit_len > 1:
                     q = p + self.lit_len - 1
                     if q >= end:
@@ -458,7 +458,7 @@ cdef class ImapSession(Machine):
                 self._push_arg(p + 1)
                 st = P_END_LIT
             elif st == P_END_LIT:
-                # nginx 1.22.1/freenginx: any other byte is swallowed (Q5)
+                # nginx 1.22.1/freenginx: any other byte is swallowed
                 if ch == b"{":
                     if self.nargs >= MAX_ARGS:
                         st = P_INVALID
@@ -719,7 +719,7 @@ cdef class ImapSession(Machine):
         if self.state == S_LOGIN_USER:
             user = decode_base64(data)
             if user is None:
-                # Q1: nginx answers this one step without any tag
+                # as nginx: this one step is answered without any tag
                 self.send(BAD_INVALID)
                 self.state = S_START
                 return ACT_SEND
@@ -742,7 +742,7 @@ cdef class ImapSession(Machine):
             return self._ask(b"plain", M_PLAIN, pair[0], pair[1])
         if state == S_CRAM:
             pair = sasl_cram_md5(decoded)
-            # no reuse of an earlier password when the SP is missing (nginx Q7)
+            # without the SP nginx took an earlier password as the digest; fastmail refuses
             if pair[1] is None or len(pair[1]) != 32:
                 return self._bad()
             return self._ask(b"cram-md5", M_CRAM_MD5, pair[0], pair[1])

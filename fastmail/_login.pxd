@@ -3,6 +3,26 @@
 from fastmail._core cimport AuthRequest
 
 
+# BackendLogin.state: FINISHED is the login's end (logged in or failed), the same in every
+# module; each protocol numbers its own states from FIRST_STATE (_login.pyx, _smtplogin.pyx).
+# FINISHED is 0 so that a login never initialised takes no backend bytes.
+cdef enum:
+    FINISHED = 0
+    FIRST_STATE = 1
+
+# BackendLogin.stls_proto: the dialect of the proxy_ssl starttls dialogue
+cdef enum:
+    PROTO_IMAP = 0
+    PROTO_POP3 = 1
+    PROTO_SMTP = 2
+    PROTO_SIEVE = 3
+
+
+cdef inline bint has_ctl(bytes data):
+    """CR, LF or NUL: a value that would split or cut a backend command line."""
+    return b"\r" in data or b"\n" in data or b"\0" in data
+
+
 cdef class BackendLogin:
     cdef bytearray rbuf
     cdef bytearray _out

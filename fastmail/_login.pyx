@@ -1,17 +1,17 @@
 # cython: language_level=3
 """Backend login machines: log in to the backend nginx's way, then hand over to the relay.
 
-Owns: the bytes sent to the backend between connect and relay (IMAP LOGIN with literals,
-POP3 USER/PASS, SMTP EHLO/HELO + XCLIENT or the smtp_auth none replay + proxy_smtp_auth
-with AUTH PLAIN or LOGIN, beyond nginx the ManageSieve AUTHENTICATE PLAIN; with
-proxy_client_id the client's identity in each dialect: IMAP ID, POP3 XCLIENT, the client's
-own SMTP HELO name), the reply checks, and what the client sees when the login ends.
+Owns: BackendLogin (the reply reading shared by every protocol, the endings, beyond nginx the
+proxy_ssl STARTTLS dialogue), the IMAP, POP3 and (beyond nginx) ManageSieve logins (IMAP LOGIN
+with literals, POP3 USER/PASS, ManageSieve AUTHENTICATE PLAIN; with proxy_client_id the
+client's identity: IMAP ID, POP3 XCLIENT), the reply checks, what the client sees when the
+login ends, and LoginConf, what the engine calls to make a login. The SMTP login is
+_smtplogin.pyx's, on the same base.
 Sans-IO: never touches a socket, a clock or DNS; the engine (_session.pyx, _upstream.pyx)
 owns connect, timeouts, the PROXY header write and the addresses.
 Mirrors nginx src/mail/ngx_mail_proxy_module.c (mainline: one untagged line tolerated before
-the IMAP LOGIN reply, XCLIENT xtext). Beyond nginx: no CR, LF or NUL from the credentials
-or the client's SMTP lines reaches a backend command line (spec README), XCLIENT values
-are all xtext-encoded.
+the IMAP LOGIN reply). Beyond nginx (docs/differences.md): no CR, LF or NUL from the
+credentials or the client's SMTP lines reaches a backend command line.
 """
 
 from fastmail._core cimport (AuthRequest, ACT_SEND, ACT_CLOSE, ACT_BACKEND, ACT_DONE,
@@ -21,16 +21,15 @@ import binascii
 
 IMAP_INTERNAL_ERROR = b"* BAD internal server error\r\n"
 POP3_INTERNAL_ERROR = b"-ERR internal server error\r\n"
-SMTP_INTERNAL_ERROR = b"451 4.3.2 Internal server error\r\n"
 SIEVE_INTERNAL_ERROR = b'BYE (TRYLATER) "Internal server error."\r\n'  # as _sieve's
-SMTP_AUTH_OK = b"235 2.0.0 OK\r\n"
 
 READING = "reading response from upstream"
 CTL_REASON = "fastmail: CR, LF or NUL in a value for a backend command"
 
-# nginx's ngx_mail_proxy states, named for what was last sent (the reply check follows it).
+# nginx's ngx_mail_proxy states, named for what was last sent (the reply check follows it);
+# FINISHED and the SMTP states are in _login.pxd and _smtplogin.pyx.
 cdef enum:
-    IMAP_START = 0
+    IMAP_START = FIRST_STATE
     IMAP_ID             # proxy_client_id: the ID command (maybe with the LOGIN after it)
     IMAP_LOGIN
     IMAP_USER
@@ -40,46 +39,8 @@ cdef enum:
     POP3_XCLIENT_USER   # XCLIENT and USER sent together (proxy_pipelining)
     POP3_USER
     POP3_PASSWD
-    SMTP_START
-    SMTP_HELO
-    SMTP_HELO_XCLIENT
-    SMTP_HELO_AUTH
-    SMTP_HELO_FROM
-    SMTP_XCLIENT
-    SMTP_XCLIENT_HELO
-    SMTP_XCLIENT_AUTH
-    SMTP_XCLIENT_FROM
-    SMTP_FROM
-    SMTP_TO
-    SMTP_FROM_TO        # proxy_pipelining: MAIL FROM and RCPT TO sent together
-    SMTP_AUTH           # AUTH PLAIN, or the AUTH LOGIN password, sent: 235 ends the login
-    SMTP_AUTH_LOGIN     # `AUTH LOGIN` sent: a 334 asks for the user name
-    SMTP_AUTH_LOGIN_USER  # the user name sent: a 334 asks for the password
     SIEVE_START
     SIEVE_AUTH
-    FINISHED
-
-
-cdef bytes _HEX = b"0123456789ABCDEF"
-
-
-cpdef bytes xtext(bytes value):
-    """RFC 3461 xtext as mainline nginx writes it (NGX_ESCAPE_MAIL_XTEXT): bytes 0x00-0x20,
-    '+', '=' and 0x7F-0xFF become '+' and two upper-case hex digits."""
-    cdef bytearray out = bytearray()
-    cdef unsigned char c
-    for c in value:
-        if c <= 0x20 or c >= 0x7F or c == 0x2B or c == 0x3D:
-            out.append(0x2B)
-            out.append(_HEX[c >> 4])
-            out.append(_HEX[c & 15])
-        else:
-            out.append(c)
-    return bytes(out)
-
-
-cdef inline bint _ctl(bytes data):
-    return b"\r" in data or b"\n" in data or b"\0" in data
 
 
 cdef bint _is_ip(bytes s):
@@ -110,15 +71,6 @@ cdef object _code_words(bytes line, Py_ssize_t at, bytes code):
     return words[1:]
 
 
-cdef bint _ehlo_has(bytes reply, bytes keyword):
-    """An EHLO reply lists this extension keyword (its lines' first word after the code)."""
-    for line in reply.split(b"\r\n"):
-        words = line[4:].split(None, 1)
-        if words and words[0].upper() == keyword:
-            return True
-    return False
-
-
 # proxy_ssl (beyond nginx): tls_mode, and where the STARTTLS dialogue stands (tls_stage)
 cdef enum:
     TLS_OFF = 0
@@ -126,12 +78,6 @@ cdef enum:
     TLS_STARTTLS = 2
     TLS_DONE = -1       # no dialogue (off, or finished)
     TLS_WAIT = -2       # the handshake runs: feed() is not expected
-
-cdef enum:
-    PROTO_IMAP = 0
-    PROTO_POP3 = 1
-    PROTO_SMTP = 2
-    PROTO_SIEVE = 3
 
 TLS_MODES = {"off": TLS_OFF, "on": TLS_ON, "starttls": TLS_STARTTLS}
 
@@ -414,7 +360,8 @@ cdef class BackendLogin:
 
 
 cdef class ImapLogin(BackendLogin):
-    """IMAP: `T LOGIN {n}` / `user {n}` / `pass` with synchronizing literals (imap.md §15).
+    """IMAP: `T LOGIN {n}` / `user {n}` / `pass` with synchronizing literals, as
+    ngx_mail_proxy_imap_handler sends them.
     With `pipelining` (beyond nginx, proxy_pipelining on) the LOGIN goes as one line: with
     LITERAL+ literals when the greeting announces LITERAL+ (RFC 7888), else as quoted
     strings when both credentials are 7-bit text without CR/LF, else nginx's three steps.
@@ -436,7 +383,7 @@ cdef class ImapLogin(BackendLogin):
 
     cdef bint _unsafe(self):
         # Login and password travel inside literals, where CR/LF are data; the tag does not.
-        return _ctl(self.auth.tag)
+        return has_ctl(self.auth.tag)
 
     cdef int _on_reply(self) except -1:
         cdef bytes r = bytes(self.rbuf)
@@ -530,9 +477,10 @@ cdef bytes _quoted(bytes s):
 
 
 cdef class Pop3Login(BackendLogin):
-    """POP3: `USER login` / `PASS password`, each answered by `+OK` (pop3.md §15). With
-    `client_id` (proxy_client_id), when the greeting announces `[XCLIENT]` (Dovecot, to a
-    proxy in its login_trusted_networks), `XCLIENT ADDR= PORT=` goes first: alone, or in
+    """POP3: `USER login` / `PASS password`, each answered by `+OK`, as
+    ngx_mail_proxy_pop3_handler sends them. With `client_id` (proxy_client_id), when the
+    greeting announces `[XCLIENT]` (Dovecot, to a proxy in its login_trusted_networks),
+    `XCLIENT ADDR= PORT=` goes first: alone, or in
     USER's write with `pipelining`."""
 
     cdef bint pipelining
@@ -548,8 +496,8 @@ cdef class Pop3Login(BackendLogin):
         self.client_id = client_id
 
     cdef bint _unsafe(self):
-        # nginx sends them raw, so a CR/LF would split the line (pop3.md P12): refuse.
-        return _ctl(self.auth.user) or _ctl(self.auth.passwd)
+        # nginx sends them raw, so a CR/LF would split the line: refuse.
+        return has_ctl(self.auth.user) or has_ctl(self.auth.passwd)
 
     cdef int _on_reply(self) except -1:
         cdef bytes user_cmd
@@ -578,167 +526,6 @@ cdef class Pop3Login(BackendLogin):
             self.phase = "sending password to upstream"
             return self._send(b"PASS " + self.auth.passwd + b"\r\n", POP3_PASSWD)
         return self._done(bytes(self.rbuf))
-
-
-cdef class SmtpLogin(BackendLogin):
-    """SMTP: EHLO/HELO, XCLIENT, client HELO, then AUTH PLAIN or the MAIL/RCPT replay
-    (smtp.md §10). `client_addr` is the client address text after realip (no port),
-    `client_host` the resolver result (`[UNAVAILABLE]` without a resolver). Beyond nginx:
-    `smtp_auth_method` b"login" makes proxy_smtp_auth's AUTH a LOGIN dialogue, and the
-    AuthRequest's `backend_auth` (Auth-SMTP-Auth-Method: off, plain, login) overrides both;
-    `client_id` (proxy_client_id) sends the client's own HELO name where nginx's XCLIENT is
-    off or the backend's EHLO reply does not list XCLIENT."""
-
-    cdef bytes server_name
-    cdef bytes client_addr
-    cdef bytes client_host
-    cdef bint xclient
-    cdef bint pauth
-    cdef bint auth_login        # proxy_smtp_auth with AUTH LOGIN instead of PLAIN
-    cdef bint none
-    cdef bint pipelining
-
-    def __init__(self, AuthRequest auth, *, server_name, client_addr,
-                 client_host=b"[UNAVAILABLE]", bint xclient=True, bint proxy_smtp_auth=False,
-                 Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
-                 bytes proxy_header=b"", bint pipelining=False, bint client_id=False,
-                 bytes smtp_auth_method=b"plain"):
-        self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
-        self.internal_error = SMTP_INTERNAL_ERROR
-        self.stls_proto = PROTO_SMTP
-        self.state = SMTP_START
-        self.server_name = _b(server_name)
-        self.client_addr = _b(client_addr)
-        self.client_host = _b(client_host)
-        self.xclient = xclient
-        self.pauth = proxy_smtp_auth
-        self.auth_login = smtp_auth_method == b"login"
-        if auth.backend_auth:
-            self.pauth = auth.backend_auth != b"off"
-            self.auth_login = auth.backend_auth == b"login"
-        self.none = auth.method == b"none"
-        self.pipelining = pipelining
-        self.client_id = client_id
-
-    cdef bint _unsafe(self):
-        cdef AuthRequest a = self.auth
-        if _ctl(self.server_name) or _ctl(a.smtp_helo):
-            return True
-        if self.none and (_ctl(a.smtp_from) or _ctl(a.smtp_to)):
-            return True
-        # NUL would shift the fields of the AUTH PLAIN message (LOGIN sends each alone).
-        return (self.pauth and not self.auth_login
-                and (b"\0" in a.user or b"\0" in a.passwd))
-
-    cdef int _after_helo(self, int helo_none, int helo_auth, int helo_plain):
-        if self.none:
-            return helo_none
-        return helo_auth if self.pauth else helo_plain
-
-    cdef int _on_reply(self) except -1:
-        cdef bytes r = bytes(self.rbuf)
-        cdef Py_ssize_t n = len(r), m
-        cdef int st = self.state
-        cdef AuthRequest a = self.auth
-        if r[3] == 45:  # '-': multi-line, wait for the last line (nginx checks its 4th byte)
-            m = n - 7
-            while m > 0 and not (r[m] == 13 and r[m + 1] == 10):
-                m -= 1
-            if m <= 0 or r[m + 5] == 45:
-                return 0
-        code = r[:3]
-        if st == SMTP_START:
-            ok = code == b"220"
-        elif st in (SMTP_XCLIENT, SMTP_XCLIENT_HELO, SMTP_XCLIENT_AUTH, SMTP_XCLIENT_FROM):
-            ok = code == b"220" or code == b"250"
-        elif st == SMTP_AUTH:
-            ok = code == b"235"
-        elif st == SMTP_AUTH_LOGIN or st == SMTP_AUTH_LOGIN_USER:
-            ok = code == b"334"  # the prompt's text varies (VXNlcm5hbWU6, dXNlcm5hbWU6...)
-        elif st == SMTP_FROM_TO:
-            # the MAIL FROM reply, then (maybe in a later read) the RCPT TO reply
-            m = r.find(b"\r\n") + 2
-            if code != b"250":
-                return self._invalid()
-            if n - m < 4:
-                return 0
-            return self._done(r[m:])
-        elif st == SMTP_TO:
-            ok = True  # the client gets the backend's RCPT reply, whatever it is
-        else:
-            ok = code == b"250"
-        if not ok:
-            return self._invalid()
-
-        if st == SMTP_START:
-            self.phase = "sending HELO/EHLO to upstream"
-            name = self.server_name
-            if self.client_id and not self.xclient and a.smtp_helo:
-                name = a.smtp_helo  # the client's own name, as it greeted us
-            line = b"%s %s\r\n" % (b"EHLO" if a.esmtp or self.xclient else b"HELO", name)
-            if self.xclient:
-                nxt = SMTP_HELO_XCLIENT
-            else:
-                nxt = self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO)
-            return self._send(line, nxt)
-        if st == SMTP_HELO_XCLIENT:
-            if not self.client_id or _ehlo_has(r, b"XCLIENT"):
-                self.phase = "sending XCLIENT to upstream"
-                return self._send(self._xclient_line(), self._after_xclient())
-            # proxy_client_id, a backend without XCLIENT (nginx sends it anyway and fails):
-            # the client's own HELO/EHLO, or on from our EHLO when the client gave no name
-            st = self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO)
-            if a.smtp_helo:
-                st = SMTP_XCLIENT_HELO
-        if st == SMTP_XCLIENT_HELO:
-            self.phase = "sending client HELO/EHLO to upstream"
-            line = b"%s %s\r\n" % (b"EHLO" if a.esmtp else b"HELO", a.smtp_helo)
-            return self._send(line, self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO))
-        if st == SMTP_HELO_AUTH or st == SMTP_XCLIENT_AUTH:
-            self.phase = "sending AUTH to upstream"
-            if not a.passwd:
-                return self._internal("no password available", "error")
-            if self.auth_login:
-                return self._send(b"AUTH LOGIN\r\n", SMTP_AUTH_LOGIN)
-            plain = binascii.b2a_base64(b"\0" + a.user + b"\0" + a.passwd, newline=False)
-            return self._send(b"AUTH PLAIN " + plain + b"\r\n", SMTP_AUTH)
-        if st == SMTP_AUTH_LOGIN:
-            self.phase = "sending user name to upstream"
-            return self._send(binascii.b2a_base64(a.user, newline=False) + b"\r\n",
-                              SMTP_AUTH_LOGIN_USER)
-        if st == SMTP_AUTH_LOGIN_USER:
-            self.phase = "sending password to upstream"
-            return self._send(binascii.b2a_base64(a.passwd, newline=False) + b"\r\n", SMTP_AUTH)
-        if st == SMTP_HELO_FROM or st == SMTP_XCLIENT_FROM:
-            self.phase = "sending MAIL FROM to upstream"
-            if self.pipelining and b"PIPELINING" in r.upper():
-                # RFC 2920: MAIL and RCPT may go in one group; the client gets RCPT's reply
-                return self._send(a.smtp_from + b"\r\n" + a.smtp_to + b"\r\n", SMTP_FROM_TO)
-            return self._send(a.smtp_from + b"\r\n", SMTP_FROM)
-        if st == SMTP_FROM:
-            self.phase = "sending RCPT TO to upstream"
-            return self._send(a.smtp_to + b"\r\n", SMTP_TO)
-        # SMTP_HELO, SMTP_XCLIENT, SMTP_AUTH, SMTP_TO: logged in.
-        return self._done(r if self.none else SMTP_AUTH_OK)
-
-    cdef int _after_xclient(self):
-        if self.auth.smtp_helo:
-            return SMTP_XCLIENT_HELO
-        return self._after_helo(SMTP_XCLIENT_FROM, SMTP_XCLIENT_AUTH, SMTP_XCLIENT)
-
-    cdef bytes _xclient_line(self):
-        cdef bytes addr = self.client_addr
-        cdef bytearray line = bytearray(b"XCLIENT ADDR=")
-        if b":" in addr and not addr.startswith(b"unix:"):
-            addr = b"IPV6:" + addr
-        line += xtext(addr)
-        if self.auth.user and not self.pauth:
-            line += b" LOGIN="
-            line += xtext(self.auth.user)
-        line += b" NAME="
-        line += xtext(self.client_host)
-        line += b"\r\n"
-        return bytes(line)
 
 
 cdef class SieveLogin(BackendLogin):
@@ -786,14 +573,6 @@ cdef class SieveLogin(BackendLogin):
         return self._invalid()
 
 
-cdef bytes _b(value):
-    if value is None:
-        return b""
-    if isinstance(value, str):
-        return (<str>value).encode("latin-1")
-    return bytes(value)
-
-
 # --- per-server{} settings: what the engine calls to make a login ------------------------------
 
 cdef class LoginConf:
@@ -826,31 +605,6 @@ cdef class Pop3LoginConf(LoginConf):
         return Pop3Login(auth, proxy_buffer=self.proxy_buffer,
                          pass_error_message=self.pass_error_message, proxy_header=proxy_header,
                          pipelining=self.pipelining, client_id=self.client_id)
-
-
-cdef class SmtpLoginConf(LoginConf):
-    cdef public bytes server_name
-    cdef public bint xclient
-    cdef public bint proxy_smtp_auth
-    cdef public bytes smtp_auth_method   # proxy_smtp_auth_method: b"plain" | b"login"
-
-    def __init__(self, Py_ssize_t proxy_buffer=4096, bint pass_error_message=False,
-                 bint pipelining=False, bint client_id=False, *, server_name=b"localhost",
-                 bint xclient=True, bint proxy_smtp_auth=False, smtp_auth_method=b"plain"):
-        LoginConf.__init__(self, proxy_buffer, pass_error_message, pipelining, client_id)
-        self.server_name = _b(server_name)
-        self.xclient = xclient
-        self.proxy_smtp_auth = proxy_smtp_auth
-        self.smtp_auth_method = _b(smtp_auth_method)
-
-    cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
-                                 bytes proxy_header):
-        return SmtpLogin(auth, server_name=self.server_name, client_addr=client_addr,
-                         client_host=client_host, xclient=self.xclient,
-                         proxy_smtp_auth=self.proxy_smtp_auth, proxy_buffer=self.proxy_buffer,
-                         pass_error_message=self.pass_error_message, proxy_header=proxy_header,
-                         pipelining=self.pipelining, client_id=self.client_id,
-                         smtp_auth_method=self.smtp_auth_method)
 
 
 cdef class SieveLoginConf(LoginConf):

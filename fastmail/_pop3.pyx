@@ -5,7 +5,8 @@ Owns Pop3Profile (greeting, CAPA and AUTH replies prebuilt per server block, lim
 Pop3Session (one per connection: the line parser over the receive buffer, the state x command
 dispatch, the SASL steps, STLS and the auth_http results). Must not touch sockets, clocks or
 DNS, the auth_http request format (auth_http.py) or the backend login (_login.pyx).
-Spec: /work/shared/spec/pop3.md; differences from nginx are listed in Pop3Session's docstring.
+Mirrors nginx's ngx_mail_pop3_handler.c; differences from nginx are listed in Pop3Session's
+docstring and docs/differences.md.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE

@@ -7,7 +7,8 @@ Sans-IO and in C: behind a load balancer every connection has a header, and with
 (_session.pyx) hands it the bytes read so far and logs the messages given here. Mirrors
 nginx src/core/ngx_proxy_protocol.c (read as mainline: 4096-byte header read, first-line-only
 `broken header` log; v1 capped at its 107-byte maximum as 1.22.1 peeks) and
-src/mail/ngx_mail_realip_module.c; v2 output as nginx 1.31 writes it (spec proxy.md §3-§5).
+src/mail/ngx_mail_realip_module.c; v2 output as nginx 1.31's ngx_proxy_protocol_v2_write
+writes it.
 Address texts are read and written as nginx does (_inet.pyx).
 
 The cdef entry points (_proxy.pxd) take pointers and bytes; the Python functions below them
@@ -28,7 +29,7 @@ MAX_HEADER = 4096  # mainline's read size for the whole header (v2 with TLVs)
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_HEADER_LEN = 16
 
-# TLV types (PROXY protocol spec §2.2) used when building v2 headers.
+# TLV types (HAProxy's proxy-protocol.txt, section 2.2) used when building v2 headers.
 PP2_TYPE_ALPN = 0x01
 PP2_TYPE_AUTHORITY = 0x02
 PP2_TYPE_CRC32C = 0x03
@@ -124,9 +125,9 @@ cdef object proxy_parse(const char *data, Py_ssize_t n, Py_ssize_t limit, bint f
     """Parse a PROXY header at the start of data[:n].
 
     None means the bytes are a proper prefix of a header that may still be valid. nginx
-    peeks once and never reassembles (proxy.md §3.1): a driver matching it passes
-    `final` with the first read, which turns None into nginx's error. `limit` is the header
-    read size (4096 as mainline; 107 reproduces 1.22.1)."""
+    peeks once and never reassembles (ngx_mail_proxy_protocol_handler): a driver matching it
+    passes `final` with the first read, which turns None into nginx's error. `limit` is the
+    header read size (4096 as mainline; 107 reproduces 1.22.1)."""
     cdef const unsigned char *p = <const unsigned char *>data
     if n < V2_HDR and memcmp(p, SIG, n if n < 12 else 12) == 0:
         # A prefix of the v2 signature: nginx would take it as a broken v1 header.
@@ -443,7 +444,8 @@ cdef int _check_port(int port) except -1:
 
 cdef bytes proxy_build_v1(bytes client_ip, int client_port, bytes local_ip, int local_port):
     """nginx's ngx_proxy_protocol_write: the TCP4/TCP6 word follows the client's family
-    alone (proxy.md §5.1); addresses go out as the texts given."""
+    alone (after realip an IPv6 client on an IPv4 listener gives `PROXY TCP6 2001:db8::1
+    127.0.0.1 ...`); addresses go out as the texts given."""
     cdef Py_ssize_t cn, ln, o
     cdef bytes out
     cdef char *w
@@ -481,7 +483,7 @@ cdef inline void _be16(unsigned char *p, unsigned int v) noexcept nogil:
 
 cdef bytes proxy_build_v2(bytes client_ip, int client_port, bytes local_ip, int local_port,
                           bytes tlvs):
-    """nginx 1.31's ngx_proxy_protocol_v2_write (proxy.md §5.2): address block, then `tlvs`
+    """nginx 1.31's ngx_proxy_protocol_v2_write: address block, then `tlvs`
     (TLS ones, in nginx's order, already encoded), then the CRC32C TLV."""
     cdef unsigned char src[16]
     cdef unsigned char dst[16]

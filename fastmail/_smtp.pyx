@@ -4,9 +4,9 @@
 Owns SmtpProfile (replies prebuilt once per server block) and SmtpSession (greeting delay,
 the command parser over the receive buffer, HELO/EHLO, AUTH PLAIN/LOGIN/CRAM-MD5/EXTERNAL/
 XOAUTH2/OAUTHBEARER, `smtp_auth none` MAIL/RCPT, STARTTLS, max_errors/max_commands/buffer
-limits), behaving as nginx's ngx_mail_smtp_handler.c does (spec/smtp.md). It hands out an
+limits), behaving as nginx's ngx_mail_smtp_handler.c does. It hands out an
 AuthRequest and action bits; it must not touch sockets, clocks, DNS, the auth_http wire
-format or the backend login (_login.pyx replays HELO/MAIL/RCPT from the AuthRequest).
+format or the backend login (_smtplogin.pyx replays HELO/MAIL/RCPT from the AuthRequest).
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -21,7 +21,7 @@ from fastmail._core cimport (
     sasl_xoauth2,
 )
 
-# Reply constants, nginx's exact bytes (spec/smtp.md §9).
+# Reply constants, nginx's exact bytes (those of ngx_mail_smtp_handler.c).
 S220_START_TLS = b"220 2.0.0 Start TLS\r\n"
 S221_BYE = b"221 2.0.0 Bye\r\n"
 S250_OK = b"250 2.0.0 OK\r\n"
@@ -678,7 +678,7 @@ cdef class SmtpSession(Machine):
         user = decode_base64(arg)
         if user is None:
             return self._invalid()
-        # No password: never one left over from an earlier attempt (nginx quirk Q5).
+        # No password: nginx 1.22.1 sends one left over from an earlier failed attempt.
         return self._ask_auth(_M_EXTERNAL, user, b"", b"")
 
     cdef int _sasl_oauth(self, bytes arg, bint xo):
@@ -707,7 +707,8 @@ cdef class SmtpSession(Machine):
         return 0
 
     cdef int _ask_auth(self, bytes method, bytes user, bytes passwd, bytes salt):
-        # A fresh request per attempt: no login or password carries over (quirks Q4/Q5).
+        # A fresh request per attempt: nginx 1.22.1 carries an earlier attempt's login,
+        # password and salt over (to Auth-Method none and XCLIENT LOGIN too); fastmail does not.
         self.login_attempt += 1
         a = AuthRequest(b"smtp", method, user, passwd, salt, self.login_attempt)
         a.smtp_helo = self.helo

@@ -2,7 +2,7 @@
 
 Owns the auth_http client's configuration (`client_for` makes the engine's C client,
 fastmail/_auth.pyx, from a server block's config) and the Python reference of the protocol
-that client speaks in C (fastmail/_authproto.pyx): the request bytes nginx sends
+that client speaks in C (fastmail/_authreq.pyx, _authproto.pyx): the request bytes nginx sends
 (`build_request`), the reading of an answer (`ResponseReader` on httptools, which also reads
 for the C client every answer its fast path does not take), and nginx's header rules
 (`interpret`). tests/unit/test_auth_proto.py holds the C code to these.
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from fastmail.resolver import Resolver
 
 # MAX_HEADER_BLOCK (from the C side, which defines the limits): nginx reads the answer into
-# one 1024-byte buffer, status line and headers included (spec §4.3).
+# one 1024-byte buffer, status line and headers included; a longer block fails the login with
+# nothing logged at info or above.
 
 Status = Literal["ok", "fail", "wait", "error"]
 
@@ -58,7 +59,7 @@ class AuthResult:
     backend_auth: bytes | None = None  # fastmail: Auth-SMTP-Auth-Method (off | plain | login)
 
 
-# --- the request (spec §3) -------------------------------------------------------------------
+# --- the request (ngx_mail_auth_http_create_request) -----------------------------------------
 
 _ESCAPE = bytes(range(0x21)) + b"%"
 _ESCAPE_RE = re.compile(b"[" + re.escape(_ESCAPE) + b"]")
@@ -172,7 +173,7 @@ def build_request(
     return b"".join(out)
 
 
-# --- the response (spec §4) ------------------------------------------------------------------
+# --- the response (ngx_mail_auth_http_read_handler and the parsers it calls) -----------------
 
 _NAME_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _STATUS_RE = re.compile(rb"HTTP/1\.[01] [1-9][0-9][0-9](?: [^\r\n]*)?\r?\n\Z")
@@ -388,7 +389,8 @@ def interpret(
     *,
     allow_names: bool = False,
 ) -> AuthResult:
-    """Spec §4.4/§4.5 over parsed headers (for a reader without error). `allow_names`
+    """ngx_mail_auth_http_process_headers over parsed headers (for a reader without error):
+    the headers it knows, then its decision in its order. `allow_names`
     (beyond nginx, when a resolver exists) lets Auth-Server be a host name; then `addr` is
     None and the caller resolves `server`."""
     smtp = auth.protocol == b"smtp"
@@ -487,7 +489,8 @@ def _error(msg: str | None, user: bytes | None = None, passwd: bytes | None = No
 
 
 def reader_error(reader: ResponseReader, peer: str) -> AuthResult:
-    """The AuthResult for a reader that stopped on an error (spec §2 table)."""
+    """The AuthResult for a reader that stopped on an error: a broken status line or header
+    line is logged at error, a header block over 1024 bytes not at all, as nginx does."""
     if reader.error == "invalid response":
         return _error(f"auth http server {peer} sent invalid response")
     if reader.error == "invalid header":

@@ -201,7 +201,8 @@ def open_files(cfg: Config) -> None:
 
 
 def test_bind(cfg: Config) -> None:
-    """Bind, listen and close every planned socket; EADDRINUSE is ignored under -t (§4.5)."""
+    """Bind, listen and close every planned socket; EADDRINUSE is ignored under -t, as nginx's
+    ngx_open_listening_sockets does with ngx_test_config."""
     if cfg.mail is None:
         return
     for plan in cfg.mail.sockets:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastmail import _imap, _login, _pop3, _sieve, _smtp
+from fastmail import _imap, _login, _pop3, _sieve, _smtp, _smtplogin
 from fastmail._core import Profile
 from fastmail._login import LoginConf
 
@@ -93,7 +93,7 @@ def _login_conf(cls: type[LoginConf]) -> Callable[[ServerConf], LoginConf]:
 
 
 def _smtp_login(c: ServerConf) -> LoginConf:
-    return _login.SmtpLoginConf(
+    return _smtplogin.SmtpLoginConf(
         c.proxy_buffer,
         c.proxy_pass_error_message,
         c.proxy_pipelining,

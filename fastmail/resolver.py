@@ -326,7 +326,7 @@ class Resolver:
         self._addresses(name.decode("ascii", "replace").lower(), done)
         return lookup
 
-    # --- Client-Host (proxy.md §6) ---------------------------------------------------------
+    # --- Client-Host (ngx_mail_smtp_resolve_addr_handler, _resolve_name_handler) ----------
 
     def client_host(self, addr: str | None, callback: Callable[[ClientHost], None]) -> Lookup:
         """nginx's SMTP client lookup for the address after realip (None: a unix socket)."""

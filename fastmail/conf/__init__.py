@@ -40,8 +40,9 @@ from fastmail.conf.model import (
 from fastmail.conf.parser import INCLUDE, Ctx, Loader
 from fastmail.conf.table import MAIN, Directive, Registry
 
-# nginx's merge order for the mail modules (§5.1), then fastmail's own; main.py's directives
-# are not merged
+# nginx's merge order for the mail modules (core, ssl, pop3, imap, smtp, auth_http, proxy,
+# realip: each module over every server in file order, the first failure stops), then
+# fastmail's own; main.py's directives are not merged
 MODULES: tuple[ModuleType, ...] = (mail, ssl, pop3, imap, smtp, auth_http, proxy, realip, sieve)
 
 

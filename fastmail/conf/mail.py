@@ -2,8 +2,9 @@
 
 Owns address parsing (nginx's ngx_parse_url for listen, auth_http, resolver, syslog), the
 listen entries and their duplicate check, protocol inference from well-known ports, the
-mail -> server merge in nginx's module order, and the listening-socket plan (§4.4). Per-module
-merge checks live in their module files (ssl.py, auth_http.py, ...).
+mail -> server merge in nginx's module order, and the listening-socket plan (nginx's
+ngx_mail_optimize_servers). Per-module merge checks live in their module files (ssl.py,
+auth_http.py, ...).
 """
 
 from __future__ import annotations

@@ -90,9 +90,10 @@ class Listen:
 
 @dataclass(slots=True)
 class ListenSocket:
-    """One listening socket as nginx plans it (§4.4): `listen` owns the bind address and options,
-    `entries` are the addresses it serves; pick the entry whose host equals getsockname()'s, else
-    the wildcard one (that chooses the server and the ssl/proxy_protocol flags)."""
+    """One listening socket as ngx_mail_optimize_servers plans it: `listen` owns the bind
+    address and options, `entries` are the addresses it serves; pick the entry whose host
+    equals getsockname()'s, else the wildcard one (that chooses the server and the
+    ssl/proxy_protocol flags)."""
 
     listen: Listen
     entries: list[Listen]

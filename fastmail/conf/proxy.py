@@ -1,6 +1,7 @@
 """ngx_mail_proxy_module directives: the backend side (buffer, timeout, XCLIENT, PROXY header).
 
-Owns only their parsing and defaults; the backend login and relay are _login.pyx/_relay.pyx.
+Owns only their parsing and defaults; the backend login and relay are _login.pyx,
+_smtplogin.pyx and _relay.pyx.
 `proxy_protocol` takes mainline's off|on|v2 (the PROXY header sent to the backend).
 """
 

@@ -1,11 +1,11 @@
 """ngx_mail_ssl_module directives, the certificate checks and the servers' TLS contexts.
 
 Owns parsing every ssl_* directive (files resolve against the conf prefix), nginx 1.22.1's
-deprecated `ssl on` with its starttls conflicts, the "no ssl_certificate" checks (§5.2) and
-building, for each server that uses TLS (listen ... ssl, ssl on, starttls), fastmail's own
-OpenSSL context (`ServerConf.tls`, fastmail._tlsctx: nginx's merge order and messages); the
-backend contexts; the SNI maps of shared addresses. Handshakes and session resumption are
-the engine's business.
+deprecated `ssl on` with its starttls conflicts, the "no ssl_certificate" checks
+(ngx_mail_ssl_merge_conf) and building, for each server that uses TLS (listen ... ssl, ssl on,
+starttls), fastmail's own OpenSSL context (`ServerConf.tls`, fastmail._tlsctx: nginx's merge
+order and messages); the backend contexts; the SNI maps of shared addresses. Handshakes and
+session resumption are the engine's business.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The 33 real-world nginx mail configs of /work/shared/configs/real-world judged by `fastmail -t`.
+"""The 33 real-world nginx mail configs of tests/data/real-world judged by `fastmail -t`.
 
 Each folder is laid out in a temporary prefix as its header describes (http{}, stream{} and
 load_module blanked line for line, certificates generated under certs/, logs/ created). fastmail
@@ -23,8 +23,8 @@ from support import fastmail as fm
 from support import nginx as ng
 from support.process import config_messages as messages
 
-REAL = Path("/work/shared/configs/real-world")
-FOLDERS = sorted(p.name for p in REAL.iterdir() if p.is_dir()) if REAL.is_dir() else []
+REAL = Path(__file__).resolve().parents[1] / "data" / "real-world"
+FOLDERS = sorted(p.name for p in REAL.iterdir() if p.is_dir())
 
 # nginx's verdict on each rejected config ({P} = the prefix the config was laid out in)
 EXPECTED_ERRORS = {

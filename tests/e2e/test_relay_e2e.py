@@ -156,7 +156,7 @@ def test_client_half_close_still_gets_reply(proxy, authd, dovecot, free_port, li
     if p.kind == "nginx":
         pytest.skip(
             "beyond nginx: it closes both sides on the client's FIN, so LOGOUT's reply is "
-            "lost (proxy.md §1.3); fastmail forwards the FIN and keeps the reply path open"
+            "lost; fastmail forwards the FIN and keeps the reply path open"
         )
     c = line_client(p.port)
     c.greeting()

@@ -1,4 +1,4 @@
-"""Dovecot 2.3 as a throwaway IMAP + POP3 backend (recipes.md §1): passwd-file users, Maildirs
+"""Dovecot 2.3 as a throwaway IMAP + POP3 backend: passwd-file users, Maildirs
 seeded with known messages, plain ports, `haproxy = yes` ports, implicit-TLS ports prepared for
 the TLS issue, and an auth port Postfix can use for SASL. With `sieve=True` also ManageSieve
 (Pigeonhole's managesieve, Debian's dovecot-managesieved) on a port of its own.

@@ -1,4 +1,4 @@
-"""HAProxy 2.6 in TCP mode in front of N servers with send-proxy-v2 (recipes.md §3): the
+"""HAProxy 2.6 in TCP mode in front of N servers with send-proxy-v2: the
 scale-out setup, and a way to see a real PROXY v2 header. Readiness and server state come from
 the stats socket, never from probing the frontend (a probe would reach a backend).
 """

@@ -1,12 +1,14 @@
-"""Driving a backend login machine (fastmail/_login.pyx) from tests, as the engine does:
-the backend's replies in (whole or byte by byte), what went to the backend and the client out."""
+"""Driving a backend login machine (fastmail/_login.pyx, _smtplogin.pyx) from tests, as the
+engine does: the backend's replies in (whole or byte by byte), what went to the backend and the
+client out."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastmail._core import ACT_BACKEND, ACT_CLOSE, ACT_DONE, ACT_SEND, AuthRequest
-from fastmail._login import BackendLogin, SmtpLogin
+from fastmail._login import BackendLogin
+from fastmail._smtplogin import SmtpLogin
 
 
 def req(protocol: bytes, user: bytes = b"user", passwd: bytes = b"pass", **kw: Any) -> AuthRequest:

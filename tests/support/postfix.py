@@ -1,4 +1,4 @@
-"""Postfix 3.7 as a throwaway SMTP backend (recipes.md §2): smtpd on loopback ports (plain,
+"""Postfix 3.7 as a throwaway SMTP backend: smtpd on loopback ports (plain,
 PROXY-protocol, implicit TLS, and one that does not grant the proxy XCLIENT), XCLIENT allowed
 from 127.0.0.0/8 elsewhere, virtual delivery into Maildirs
 the test reads (optionally Dovecot's, so mail sent through SMTP can be read back over IMAP),

@@ -37,7 +37,7 @@ def build(auth: AuthRequest, uri: bytes = b"/auth/path?x=1", **kw: object) -> by
     return build_request(auth, **args)  # type: ignore[arg-type]
 
 
-# --- request bytes (spec §3.1, §3.6) -----------------------------------------------------------
+# --- request bytes -----------------------------------------------------------------------------
 
 
 def test_smtp_plain_matches_verified_example() -> None:
@@ -175,7 +175,7 @@ def test_empty_uri_is_slash_and_attempt_counts() -> None:
     assert b"Auth-Login-Attempt: 3\r\n" in build(req(attempt=3))
 
 
-# --- reading answers (spec §4) -----------------------------------------------------------------
+# --- reading answers ---------------------------------------------------------------------------
 
 OK = b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n\r\n"
 

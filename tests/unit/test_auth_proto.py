@@ -1,4 +1,4 @@
-"""The C auth_http protocol (fastmail._authproto) against its Python reference (auth_http.py):
+"""The C auth_http protocol (fastmail._authreq, _authproto) against its Python reference (auth_http.py):
 the same request bytes, the same reading of every answer whole or split at any byte, the same
 AuthResult, on the unit tests' cases and on hypothesis-generated ones."""
 
@@ -13,6 +13,7 @@ from unit.test_auth_http import OK, READ_CASES
 
 from fastmail import _authproto as P
 from fastmail._authproto import MAX_HEADER_BLOCK
+from fastmail._authreq import RequestTemplate
 from fastmail._core import AuthRequest
 from fastmail.auth_http import (
     ResponseReader,
@@ -59,7 +60,7 @@ def both(auth: AuthRequest, *, uri: bytes = b"/auth", host: bytes = b"127.0.0.1"
         keepalive=keepalive,
         proxy_protocol=pp,
     )
-    tpl = P.RequestTemplate(uri, host, list(extra or []), keepalive, pass_cert)
+    tpl = RequestTemplate(uri, host, list(extra or []), keepalive, pass_cert)
     return tpl.request(auth, client_ip, client_host, pp, ssl_info), ref
 
 

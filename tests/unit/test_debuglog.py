@@ -13,7 +13,8 @@ import pytest
 
 from fastmail import _imap, _pop3, _sieve, _smtp
 from fastmail._core import ACT_AUTH, ACT_BACKEND, ACT_SEND, AuthRequest, Machine
-from fastmail._login import ImapLogin, Pop3Login, SieveLogin, SmtpLogin
+from fastmail._login import ImapLogin, Pop3Login, SieveLogin
+from fastmail._smtplogin import SmtpLogin
 from fastmail.auth_http import build_request
 from fastmail.conf.model import LogTarget
 from fastmail.debuglog import Trace

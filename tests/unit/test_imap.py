@@ -1,6 +1,6 @@
-"""IMAP client session machine: nginx's exact bytes for every command and error path
-(spec/imap.md, the ✔ transcripts), the limits at their edges, STARTTLS injection,
-and the property that any split of the input gives the same result."""
+"""IMAP client session machine: nginx 1.22.1's exact bytes for every command and error path,
+the limits at their edges, STARTTLS injection, and the property that any split of the input
+gives the same result."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_arguments_of_argless_commands_are_ignored() -> None:
     assert pb.closed
 
 
-# --- capabilities (§9) ---------------------------------------------------------------
+# --- capabilities --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_bad_profile_values() -> None:
         ImapProfile(starttls="maybe")
 
 
-# --- LOGIN and the argument forms (§4.4-4.6, §10.3) ------------------------------------
+# --- LOGIN and the argument forms ------------------------------------------------------
 
 
 def login(pb: Playbook, data: bytes) -> tuple[bytes, bytes]:
@@ -202,7 +202,7 @@ def test_login_literals_all_at_once() -> None:
         (b"a1 LOGIN {4+}\r\nuserXpass\r\n", b"user", b"pass"),
         (b"a1 LOGIN {4+}\r\nuser{4+}\r\npass\r\n", b"user", b"pass"),
         (b'a1 LOGIN {6+}\r\nu"s\r\\\n {3+}\n\x00"}\r\n', b'u"s\r\\\n', b'\x00"}'),
-        (b"a1 LOGIN {0+}\r\n x pass\r\n", b" ", b"pass"),  # Q4: {0} takes one byte
+        (b"a1 LOGIN {0+}\r\n x pass\r\n", b" ", b"pass"),  # nginx: {0} takes one byte
         (b"a1 lOgIn user pass\r\n", b"user", b"pass"),
     ],
 )
@@ -229,7 +229,7 @@ def test_login_handler_errors_do_not_count(line: bytes) -> None:
 
 
 def test_quoted_state_does_not_leak_into_next_command() -> None:
-    # nginx Q3: the unterminated quote made `a2 LOGIN user pass` one argument; fixed here
+    # nginx: the unterminated quote made `a2 LOGIN user pass` one argument; fixed here
     pb = session()
     assert pb.feed(b'a1 NOOP "x\r\n') == b"a1 OK completed\r\n"
     assert login(pb, b"a2 LOGIN user pass\r\n") == (b"user", b"pass")
@@ -243,7 +243,7 @@ def test_login_pipelined_lines_stay_queued_for_the_relay() -> None:
     assert pb.machine.take_input() == b"a2 NOOP\r\na3 LOGOUT\r\na4 NOOP\r\n"
 
 
-# --- auth results (§14) -----------------------------------------------------------------
+# --- auth results -----------------------------------------------------------------------
 
 
 def test_auth_failure_with_retry_then_queued_input_then_second_attempt() -> None:
@@ -274,7 +274,7 @@ def test_auth_error_is_internal_server_error_and_close() -> None:
 
 @pytest.mark.parametrize("line", [b"\r\n", b"x!y NOOP\r\n"])
 def test_no_stale_tag_after_retryable_failure(line: bytes) -> None:
-    # nginx Q2 answered with bytes of the old tag; fastmail uses "* "
+    # nginx answered with bytes of the old tag; fastmail uses "* "
     pb = session()
     pb.feed(b"foobar LOGIN waituser pass\r\n")
     pb.auth_fail(b"Invalid", None, retry=True)
@@ -285,10 +285,10 @@ def test_credentials_never_reused_across_attempts() -> None:
     pb = session(auth_methods=["plain", "cram-md5", "external"])
     pb.feed(b"a1 LOGIN user secret\r\n")
     pb.auth_fail(b"Invalid", None, retry=True)
-    # CRAM-MD5 response without SP: nginx reused "secret" as the digest (Q7)
+    # CRAM-MD5 response without SP: nginx reused "secret" as the digest
     assert pb.feed(b"a2 AUTHENTICATE CRAM-MD5\r\n").startswith(b"+ ")
     assert pb.feed(b64(b"user") + b"\r\n") == b"a2 " + BAD
-    # EXTERNAL: nginx sent the stale password (Q8)
+    # EXTERNAL: nginx sent the stale password
     login(pb, b"a3 AUTHENTICATE EXTERNAL " + b64(b"user") + b"\r\n")
     assert pb.auths[-1].passwd == b""
 
@@ -302,7 +302,7 @@ def test_timeout_closes_silently() -> None:
     assert pb.feed(b"P\r\n") == b""
 
 
-# --- AUTHENTICATE (§10) ---------------------------------------------------------------------
+# --- AUTHENTICATE ---------------------------------------------------------------------------
 
 
 def test_authenticate_plain_challenge_and_response() -> None:
@@ -384,7 +384,7 @@ def test_authenticate_login_initial_response_and_empty_values() -> None:
 def test_authenticate_login_errors() -> None:
     pb = session()
     pb.feed(b"a1 AUTHENTICATE LOGIN\r\n")
-    assert pb.feed(b"*\r\n") == BAD  # Q1: no tag at all, as nginx
+    assert pb.feed(b"*\r\n") == BAD  # no tag at all, as nginx
     pb.feed(b"a2 AUTHENTICATE LOGIN\r\n")
     pb.feed(b"dXNlcg==\r\n")
     assert pb.feed(b"!\r\n") == b"a2 " + BAD
@@ -434,7 +434,7 @@ def test_authenticate_external() -> None:
         b"a1 AUTHENTICATE LOGIN a b\r\n",
         b"a1 AUTHENTICATE CRAM-MD5\r\n",  # not enabled
         b"a1 AUTHENTICATE EXTERNAL\r\n",  # not enabled
-        b"a1 AUTHENTICATE EXTERNAL dXNlcg==\r\n",  # nginx Q6 accepted this; refused here
+        b"a1 AUTHENTICATE EXTERNAL dXNlcg==\r\n",  # nginx accepted this; refused here
         b"a1 AUTHENTICATE XOAUTH2\r\n",
         b"a1 AUTHENTICATE OAUTHBEARER\r\n",
     ],
@@ -451,7 +451,7 @@ def test_authenticate_cram_md5_takes_no_initial_response() -> None:
 
 
 def test_authenticate_plain_and_login_accepted_when_not_listed() -> None:
-    pb = session(auth_methods=["cram-md5"])  # nginx Q12
+    pb = session(auth_methods=["cram-md5"])  # nginx takes PLAIN and LOGIN whatever imap_auth says
     assert pb.feed(b"a1 AUTHENTICATE PLAIN\r\n") == b"+ \r\n"
     pb = session(auth_methods=["cram-md5"])
     assert pb.feed(b'a1 AUTHENTICATE "login"\r\n') == b"+ VXNlcm5hbWU6\r\n"
@@ -549,7 +549,7 @@ def test_id_with_literals() -> None:
     assert not pb.closed
 
 
-# --- errors and limits (§7) ----------------------------------------------------------------------
+# --- errors and limits ---------------------------------------------------------------------------
 
 
 def test_max_errors_pipelined() -> None:
@@ -695,7 +695,7 @@ def test_max_commands_counts_sasl_lines_and_zero_is_unlimited() -> None:
     assert pb.feed(b"a NOOP\r\n" * 2000).count(b"OK completed") == 2000
 
 
-# --- STARTTLS (§12) -----------------------------------------------------------------------
+# --- STARTTLS -----------------------------------------------------------------------------
 
 
 def test_starttls_only_reference_transcript() -> None:

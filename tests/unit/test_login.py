@@ -1,6 +1,6 @@
-"""Backend login machines (fastmail/_login.pyx) against the spec's transcripts:
-imap.md §15, pop3.md §15, smtp.md §10; and ManageSieve (RFC 5804, beyond nginx) against what
-Dovecot's managesieve says."""
+"""Backend login machines (fastmail/_login.pyx, _smtplogin.pyx) against nginx 1.22.1's bytes
+(ngx_mail_proxy_module.c's IMAP, POP3 and SMTP handlers); and ManageSieve (RFC 5804, beyond
+nginx) against what Dovecot's managesieve says."""
 
 from __future__ import annotations
 
@@ -14,14 +14,12 @@ from fastmail._login import (
     IMAP_INTERNAL_ERROR,
     POP3_INTERNAL_ERROR,
     SIEVE_INTERNAL_ERROR,
-    SMTP_INTERNAL_ERROR,
     ImapLogin,
     Pop3Login,
     SieveLogin,
     SieveLoginConf,
-    SmtpLogin,
-    xtext,
 )
+from fastmail._smtplogin import SMTP_INTERNAL_ERROR, SmtpLogin, xtext
 from support.logins import Backend, req, run_smtp, smtp
 
 # --- IMAP ----------------------------------------------------------------------------------

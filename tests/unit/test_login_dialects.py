@@ -1,4 +1,4 @@
-"""Backend logins beyond nginx (fastmail/_login.pyx): the client's identity in each dialect
+"""Backend logins beyond nginx (fastmail/_login.pyx, _smtplogin.pyx): the client's identity in each dialect
 (proxy_client_id: IMAP ID, POP3 XCLIENT, the client's own SMTP HELO name) and AUTH LOGIN to
 the SMTP backend (proxy_smtp_auth_method, Auth-SMTP-Auth-Method). With both off the bytes are
 nginx's: tests/unit/test_login.py checks those."""
@@ -10,13 +10,8 @@ import base64
 import pytest
 
 from fastmail._core import ACT_CLOSE, ACT_DONE, ACT_SEND
-from fastmail._login import (
-    IMAP_INTERNAL_ERROR,
-    SMTP_INTERNAL_ERROR,
-    ImapLogin,
-    Pop3Login,
-    SmtpLogin,
-)
+from fastmail._login import IMAP_INTERNAL_ERROR, ImapLogin, Pop3Login
+from fastmail._smtplogin import SMTP_INTERNAL_ERROR, SmtpLogin
 from support.logins import Backend, req, run_smtp, smtp
 
 DOVECOT_IMAP = b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ AUTH=PLAIN] Dovecot ready.\r\n"

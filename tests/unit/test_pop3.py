@@ -1,5 +1,5 @@
-"""POP3 client session machine: nginx's exact replies (spec/pop3.md, the ✔ transcripts), the
-limits at their edges, STLS injection, auth results, and chunking independence."""
+"""POP3 client session machine: nginx 1.22.1's exact replies, the limits at their edges, STLS
+injection, auth results, and chunking independence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""PROXY protocol parse/build and realip (fastmail/_proxy.pyx; spec proxy.md §3-§5)."""
+"""PROXY protocol parse/build and realip (fastmail/_proxy.pyx), as nginx's ngx_proxy_protocol.c
+and ngx_mail_realip_module.c do them."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Transcript tests for the SMTP client session machine (fastmail/_smtp.pyx).
 
-Replies are nginx 1.22.1's bytes from spec/smtp.md (the ✔ transcripts); the tests marked
-"beyond nginx" check the deliberate differences listed in spec/README.md.
+Replies are nginx 1.22.1's bytes; the tests marked "beyond nginx" check the deliberate
+differences listed in docs/differences.md.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ STARTTLS_FIRST = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
 
 def test_none_under_starttls_only_needs_starttls_first_beyond_nginx() -> None:
     """nginx#705: nginx takes MAIL and RCPT in plain text under `starttls only` when
-    `smtp_auth none` (spec Q8); fastmail answers as Postfix does until STARTTLS."""
+    `smtp_auth none`; fastmail answers as Postfix does until STARTTLS."""
     c = Client(auth_methods=["none"], starttls="only", tls_available=True)
     assert c.send(b"MAIL FROM:<a@b>\r\n") == STARTTLS_FIRST
     assert c.send(b"RCPT TO:<x@y>\r\n") == BAD_SEQ

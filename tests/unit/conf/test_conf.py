@@ -397,7 +397,7 @@ def test_auth_http_keepalive_extension_defaults_to_a_pool_and_inherits(tmp_path:
 
 
 def test_client_id_and_smtp_auth_method_extensions_reach_the_logins(tmp_path: Path) -> None:
-    from fastmail._login import SmtpLoginConf
+    from fastmail._smtplogin import SmtpLoginConf
     from fastmail.protocols import PROTOCOLS
 
     cfg = ok(
