@@ -534,7 +534,9 @@ cdef class AuthClient:
         conn = _Conn.__new__(_Conn)
         conn.client = self
         conn.fd = fd
-        conn.reader = AnswerReader(self.reader_factory)
+        conn.reader = AnswerReader.__new__(AnswerReader)  # no Python call per connection
+        conn.reader.factory = self.reader_factory
+        conn.reader.reset()
         self.connections_made += 1
         rc = connect(fd, <sockaddr *>self._sa, self._salen)
         if rc < 0 and errno != EINPROGRESS:

@@ -3,7 +3,7 @@
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, memchr, memcmp
 
 cdef extern from "_debug.h":
     bint FASTMAIL_DEBUG
@@ -41,6 +41,44 @@ cdef inline int ba_cut(bytearray b, Py_ssize_t n) except -1:
         memmove(PyByteArray_AS_STRING(b), PyByteArray_AS_STRING(b) + n, size - n)
         PyByteArray_Resize(b, size - n)
     return 0
+
+cdef inline bytes cat3(bytes a, bytes b, bytes c):
+    """a + b + c in one allocation"""
+    cdef Py_ssize_t na = PyBytes_GET_SIZE(a), nb = PyBytes_GET_SIZE(b)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, na + nb + PyBytes_GET_SIZE(c))
+    cdef char *p = PyBytes_AS_STRING(out)
+    memcpy(p, PyBytes_AS_STRING(a), na)
+    memcpy(p + na, PyBytes_AS_STRING(b), nb)
+    memcpy(p + na + nb, PyBytes_AS_STRING(c), PyBytes_GET_SIZE(c))
+    return out
+
+
+cdef inline int ba_clear(bytearray b) except -1:
+    """del b[:]"""
+    return PyByteArray_Resize(b, 0)
+
+
+cdef inline Py_ssize_t ba_find_crlf(bytearray b, Py_ssize_t start):
+    """b.find(b"\r\n", start) for 0 <= start"""
+    cdef const char *s = PyByteArray_AS_STRING(b)
+    cdef const char *nl
+    cdef Py_ssize_t n = PyByteArray_GET_SIZE(b), i = start + 1
+    while i < n:
+        nl = <const char *>memchr(s + i, 10, n - i)
+        if nl == NULL:
+            return -1
+        if (nl - 1)[0] == 13:
+            return nl - s - 1
+        i = nl - s + 1
+    return -1
+
+
+cdef inline bint ba_at(bytearray b, Py_ssize_t at, bytes text):
+    """b[at:at + len(text)] == text"""
+    cdef Py_ssize_t k = PyBytes_GET_SIZE(text)
+    return (0 <= at and at + k <= PyByteArray_GET_SIZE(b)
+            and memcmp(PyByteArray_AS_STRING(b) + at, PyBytes_AS_STRING(text), k) == 0)
+
 
 cpdef enum Action:
     ACT_SEND = 1        # take_output() has bytes for the client

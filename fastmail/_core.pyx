@@ -4,7 +4,7 @@
 Owns: the action bits a machine returns, the Machine base (receive buffer,
 pending output, error counters), AuthRequest (what auth_http needs), and the
 SASL helpers nginx shares between IMAP, POP3 and SMTP (ngx_mail_handler.c).
-Must not touch sockets, clocks or DNS: the drivers in session.py do that.
+Must not touch sockets, clocks or DNS: the engine (_session.pyx) does that.
 """
 
 import binascii
@@ -114,6 +114,8 @@ cpdef object decode_base64(bytes data):
     cdef unsigned int acc = 0
     cdef int bits = 0
     cdef signed char v
+    cdef unsigned char *q
+    cdef bytes out
     for i in range(n):
         if p[i] == b"=":
             end = i
@@ -122,15 +124,17 @@ cpdef object decode_base64(bytes data):
             return None
     if end % 4 == 1:
         return None
-    out = bytearray()
+    out = PyBytes_FromStringAndSize(NULL, end * 6 // 8)   # 6 bits per symbol, whole bytes
+    q = <unsigned char *>PyBytes_AS_STRING(out)
     for i in range(end):
         v = _B64[p[i]]
         acc = ((acc << 6) | <unsigned int>v) & 0xFFFFFF
         bits += 6
         if bits >= 8:
             bits -= 8
-            out.append((acc >> bits) & 0xFF)
-    return bytes(out)
+            q[0] = (acc >> bits) & 0xFF
+            q += 1
+    return out
 
 
 cpdef bytes encode_base64(bytes data):
@@ -139,13 +143,18 @@ cpdef bytes encode_base64(bytes data):
 
 cpdef object sasl_plain(bytes data):
     """Decoded PLAIN message -> (login, password) or None (nginx: authzid ignored)."""
-    cdef Py_ssize_t first = data.find(b"\0"), second
-    if first < 0 or first == len(data) - 1:
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), first, second
+    cdef const char *z = <const char *>memchr(p, 0, n)
+    if z == NULL or z - p == n - 1:
         return None
-    second = data.find(b"\0", first + 1)
-    if second < 0:
+    first = z - p
+    z = <const char *>memchr(z + 1, 0, n - first - 1)
+    if z == NULL:
         return None
-    return data[first + 1:second], data[second + 1:]
+    second = z - p
+    return (PyBytes_FromStringAndSize(p + first + 1, second - first - 1),
+            PyBytes_FromStringAndSize(p + second + 1, n - second - 1))
 
 
 cpdef object sasl_cram_md5(bytes data):

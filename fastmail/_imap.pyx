@@ -193,7 +193,12 @@ cdef class ImapProfile(Profile):
 
     cpdef Machine new_session(self, bint tls):
         """A session machine for one client connection of this server{}."""
-        return ImapSession(self, tls)
+        cdef ImapSession s = ImapSession.__new__(ImapSession)
+        # no Python call: __init__'s argument parsing is per connection
+        s._init(self, tls)
+        return s
+
+
 cdef class ImapSession(Machine):
     """One client connection before login (sans-IO); see docs/internals.md."""
 
@@ -217,6 +222,9 @@ cdef class ImapSession(Machine):
     cdef bint a_esc[3]
 
     def __init__(self, ImapProfile profile not None, bint tls=False):
+        self._init(profile, tls)
+
+    cdef int _init(self, ImapProfile profile, bint tls) except -1:
         self.p = profile
         self.tls = tls
         self.limit = profile.client_buffer
@@ -227,6 +235,7 @@ cdef class ImapSession(Machine):
         self.salt = b""
         self.sasl_user = b""
         self._reset_parser()
+        return 0
 
     # --- driver events --------------------------------------------------------
 

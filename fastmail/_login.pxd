@@ -25,8 +25,8 @@ cdef inline bint has_ctl(bytes data):
 
 cdef class BackendLogin:
     cdef bytearray rbuf
-    cdef bytearray _out
-    cdef bytearray _bout
+    cdef bytes _out                # for the client, in order (few writes: bytes, not a buffer)
+    cdef bytes _bout               # for the backend
     cdef Py_ssize_t limit
     cdef bint pass_error
     cdef int state
@@ -56,14 +56,15 @@ cdef class BackendLogin:
                           int local_port)
     cpdef bytes take_output(self)
     cpdef bytes take_backend_output(self)
-    cdef void _setup(self, AuthRequest auth, Py_ssize_t proxy_buffer, bint pass_error_message,
-                     bytes proxy_header)
+    cdef int _setup(self, AuthRequest auth, Py_ssize_t proxy_buffer, bint pass_error_message,
+                    bytes proxy_header) except -1
     cdef bint _unsafe(self)
     cdef int _on_reply(self) except -1
     cdef int _send(self, bytes line, int state)
     cdef int _internal(self, str reason, str level)
     cdef int _invalid(self)
     cdef int _done(self, bytes client_bytes)
+    cdef int _done_reply(self, Py_ssize_t start)
     cdef int _skip(self)
 
 

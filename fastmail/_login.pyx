@@ -14,8 +14,14 @@ the IMAP LOGIN reply). Beyond nginx (docs/differences.md): no CR, LF or NUL from
 credentials or the client's SMTP lines reaches a backend command line.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+cimport cython
+
 from fastmail._core cimport (AuthRequest, ACT_SEND, ACT_CLOSE, ACT_BACKEND, ACT_DONE,
-                             ACT_STARTTLS)
+                             ACT_STARTTLS, ba_add, ba_slice, ba_clear,
+                             ba_find_crlf, ba_at, cat3)
 
 import binascii
 
@@ -41,6 +47,15 @@ cdef enum:
     POP3_PASSWD
     SIEVE_START
     SIEVE_AUTH
+
+
+cdef inline bytes _then(bytes before, bytes more):
+    """before + more, without a copy when one is empty (the usual case)"""
+    if not before:
+        return more
+    if not more:
+        return before
+    return before + more
 
 
 cdef bint _is_ip(bytes s):
@@ -138,14 +153,14 @@ cdef class BackendLogin:
 
     def __cinit__(self, *args, **kwargs):
         self.rbuf = bytearray()
-        self._out = bytearray()
-        self._bout = bytearray()
+        self._out = b""
+        self._bout = b""
         self.phase = "connecting to upstream"
         self.close_reason = None
         self.log_level = "error"
 
-    cdef void _setup(self, AuthRequest auth, Py_ssize_t proxy_buffer, bint pass_error_message,
-                     bytes proxy_header):
+    cdef int _setup(self, AuthRequest auth, Py_ssize_t proxy_buffer, bint pass_error_message,
+                    bytes proxy_header) except -1:
         if auth is None:
             raise TypeError("auth must be an AuthRequest")
         self.auth = auth
@@ -153,17 +168,18 @@ cdef class BackendLogin:
         self.limit = proxy_buffer if proxy_buffer >= 4 else 4
         self.pass_error = pass_error_message
         self.proxy_header = proxy_header or b""
+        return 0
 
     cpdef bytes take_output(self):
         """Bytes for the client (the login reply, or the failure reply), in order."""
-        cdef bytes out = bytes(self._out)
-        del self._out[:]
+        cdef bytes out = self._out
+        self._out = b""
         return out
 
     cpdef bytes take_backend_output(self):
         """Bytes for the backend; the PROXY header from start() must go in one write."""
-        cdef bytes out = bytes(self._bout)
-        del self._bout[:]
+        cdef bytes out = self._bout
+        self._bout = b""
         return out
 
     @property
@@ -175,7 +191,7 @@ cdef class BackendLogin:
         on (proxy_ssl on) ACT_STARTTLS asks for the handshake right after the header."""
         cdef int act = 0
         if self.proxy_header:
-            self._bout += self.proxy_header
+            self._bout = _then(self._bout, self.proxy_header)
             act = ACT_BACKEND
         if self._unsafe():
             return act | self._internal(CTL_REASON, "error")
@@ -195,8 +211,8 @@ cdef class BackendLogin:
         if not greeting:
             return 0
         self.greeting = None
-        del self.rbuf[:]
-        self.rbuf += greeting
+        ba_clear(self.rbuf)
+        ba_add(self.rbuf, greeting)
         return self._on_reply()
 
     cpdef int feed(self, bytes data):
@@ -207,7 +223,7 @@ cdef class BackendLogin:
         if self.tls_stage >= 0:
             return self._starttls(data)
         self.phase = READING  # as ngx_mail_proxy_read_response; a timeout keeps the last
-        self.rbuf += data
+        ba_add(self.rbuf, data)
         return self._replies()
 
     cdef int _replies(self) except -1:
@@ -215,35 +231,40 @@ cdef class BackendLogin:
         of several lines is offered line by line until the machine takes it). nginx reads at
         most its buffer and never past it; one read here may bring the reply that ends the
         login with the first bytes of the relay, which go to the client after it."""
-        cdef Py_ssize_t end = 0, nl
+        cdef Py_ssize_t end = 0, nl, size
         cdef bytes extra
         cdef int act = 0, a
         cdef bint taken
         while True:
-            nl = self.rbuf.find(b"\r\n", end)
+            nl = ba_find_crlf(self.rbuf, end)
+            size = PyByteArray_GET_SIZE(self.rbuf)
             if nl < 0 or nl + 2 > self.limit:
-                if nl >= 0 or len(self.rbuf) >= self.limit:
+                if nl >= 0 or size >= self.limit:
                     # nginx NUL-terminates over the last byte of its full buffer to log it
                     return act | self._internal(
                         'upstream sent too long response line: "%s"'
-                        % self.rbuf[:self.limit - 1].decode("latin-1"), "error")
+                        % ba_slice(self.rbuf, 0, min(size, self.limit - 1)).decode("latin-1"),
+                        "error")
                 return act
             end = nl + 2
             if end < 4:
                 continue
-            extra = bytes(self.rbuf[end:])
-            del self.rbuf[end:]
+            extra = None
+            if end < size:
+                extra = ba_slice(self.rbuf, end, size)
+                PyByteArray_Resize(self.rbuf, end)
             a = self._on_reply()
             act |= a
             if self.state == FINISHED:
-                if a & ACT_DONE and extra:
-                    self._out += extra      # the relay's first bytes, after the login reply
+                if a & ACT_DONE and extra is not None:
+                    self._out = _then(self._out, extra)  # the relay's first bytes, after it
                 return act
-            taken = not self.rbuf           # a command sent (_send) or the line skipped
-            self.rbuf += extra
+            taken = PyByteArray_GET_SIZE(self.rbuf) == 0   # a command sent or the line skipped
+            if extra is not None:
+                ba_add(self.rbuf, extra)
             if taken:
                 end = 0                     # the next reply starts anew
-                if not extra:
+                if extra is None:
                     return act
 
     cdef int _starttls(self, bytes data) except -1:
@@ -269,7 +290,7 @@ cdef class BackendLogin:
                     break
                 if self.tls_stage == 0:
                     self.tls_stage = 1
-                    self._bout += _STLS_CMD[PROTO_SIEVE][0]
+                    self._bout = _then(self._bout, _STLS_CMD[PROTO_SIEVE][0])
                     act = ACT_BACKEND
                     continue
             elif self.tls_stage == 0:
@@ -277,14 +298,14 @@ cdef class BackendLogin:
                     break
                 self.greeting = reply
                 self.tls_stage = 1
-                self._bout += _STLS_CMD[self.stls_proto][0]
+                self._bout = _then(self._bout, _STLS_CMD[self.stls_proto][0])
                 act = ACT_BACKEND
                 continue
             elif self.stls_proto == PROTO_SMTP and self.tls_stage == 1:
                 if not last.startswith(b"250"):
                     break
                 self.tls_stage = 2
-                self._bout += _STLS_CMD[PROTO_SMTP][1]
+                self._bout = _then(self._bout, _STLS_CMD[PROTO_SMTP][1])
                 act = ACT_BACKEND
                 continue
             elif not last.startswith(_STLS_OK[self.stls_proto][1]):
@@ -293,7 +314,7 @@ cdef class BackendLogin:
             self.tls_stage = TLS_WAIT
             self.phase = "SSL handshaking to upstream"
             return act | ACT_STARTTLS
-        del self._bout[:]
+        self._bout = b""
         return self._internal('upstream refused STARTTLS: "%s"'
                               % reply.strip().decode("latin-1"), "error")
 
@@ -321,12 +342,12 @@ cdef class BackendLogin:
 
     cdef int _skip(self):
         """The reply needs no answer (an IMAP ID response, an XCLIENT reply sent for)."""
-        del self.rbuf[:]
+        ba_clear(self.rbuf)
         return 0
 
     cdef int _send(self, bytes line, int state):
-        del self.rbuf[:]  # nginx empties the reply buffer after each line it sends
-        self._bout += line
+        ba_clear(self.rbuf)  # nginx empties the reply buffer after each line it sends
+        self._bout = _then(self._bout, line)
         self.state = state
         return ACT_BACKEND
 
@@ -334,29 +355,36 @@ cdef class BackendLogin:
         self.state = FINISHED
         self.close_reason = reason
         self.log_level = level
-        del self._out[:]
-        self._out += self.internal_error
+        self._out = self.internal_error
         return ACT_SEND | ACT_CLOSE
 
     cdef int _invalid(self):
         # proxy_pass_error_message on: the backend's whole reply goes to the client, logged at
         # info; off: logged at error and the client gets the internal-error reply.
-        cdef bytes reply = bytes(self.rbuf)
-        cdef str text = 'upstream sent invalid response: "%s"' % reply[:-2].decode("latin-1")
+        cdef Py_ssize_t n = PyByteArray_GET_SIZE(self.rbuf)
+        cdef bytes reply = ba_slice(self.rbuf, 0, n)
+        cdef str text = ('upstream sent invalid response: "%s"'
+                         % ba_slice(self.rbuf, 0, n - 2).decode("latin-1"))
         if not self.pass_error:
             return self._internal(text, "error")
         self.state = FINISHED
         self.close_reason = text
         self.log_level = "info"
-        self._out += reply
+        self._out = _then(self._out, reply)
         return ACT_SEND | ACT_CLOSE
 
     cdef int _done(self, bytes client_bytes):
         self.state = FINISHED
         self.phase = "proxying"
-        self._out += client_bytes
-        del self.rbuf[:]
+        self._out = _then(self._out, client_bytes)
+        ba_clear(self.rbuf)
         return ACT_SEND | ACT_DONE
+
+    cdef int _done_reply(self, Py_ssize_t start):
+        """Logged in: the reply read, from `start`, is the client's answer."""
+        cdef Py_ssize_t size = PyByteArray_GET_SIZE(self.rbuf)
+        self._out = _then(self._out, ba_slice(self.rbuf, start, size))
+        return self._done(b"")
 
 
 cdef class ImapLogin(BackendLogin):
@@ -375,6 +403,9 @@ cdef class ImapLogin(BackendLogin):
                  bint pass_error_message=False, bytes proxy_header=b"",
                  bint pipelining=False, bint client_id=False):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
+        self._imap(pipelining, client_id)
+
+    cdef void _imap(self, bint pipelining, bint client_id):
         self.internal_error = IMAP_INTERNAL_ERROR
         self.stls_proto = PROTO_IMAP
         self.state = IMAP_START
@@ -386,20 +417,26 @@ cdef class ImapLogin(BackendLogin):
         return has_ctl(self.auth.tag)
 
     cdef int _on_reply(self) except -1:
-        cdef bytes r = bytes(self.rbuf)
-        cdef bytes tag = self.auth.tag, line, id_cmd
-        cdef Py_ssize_t p = 0, n = len(r)
+        # a reply of at least 4 bytes (_replies, or the greeting before STARTTLS)
+        cdef const char *r = PyByteArray_AS_STRING(self.rbuf)
+        cdef bytes tag = self.auth.tag, line, id_cmd, greeting
+        cdef Py_ssize_t p = 0, n = PyByteArray_GET_SIZE(self.rbuf)
         cdef int nxt = IMAP_LOGIN
         if self.state == IMAP_START:
-            if r[:4] != b"* OK":
+            if not ba_at(self.rbuf, 0, b"* OK"):
                 return self._invalid()
             self.phase = "sending LOGIN command to upstream"
-            line = self._one_line(r) if self.pipelining else None
+            line = id_cmd = None
+            if self.pipelining or self.client_id:
+                greeting = ba_slice(self.rbuf, 0, n)
+                if self.pipelining:
+                    line = self._one_line(greeting)
+                if self.client_id:
+                    id_cmd = self._id_command(greeting)
             if line is None:
-                line = b"%sLOGIN {%d}\r\n" % (tag, len(self.auth.user))
+                line = self._login_cmd()
             else:
                 nxt = IMAP_PASSWD
-            id_cmd = self._id_command(r) if self.client_id else None
             if id_cmd is None:
                 return self._send(line, nxt)
             if self.pipelining:
@@ -411,19 +448,19 @@ cdef class ImapLogin(BackendLogin):
         if self.state == IMAP_ID:
             if r[0] == 42 and r[1] == 32:  # "* ": the ID response, or any untagged line
                 return self._skip()
-            if r[:3] != b"I0 ":
+            if not ba_at(self.rbuf, 0, b"I0 "):
                 return self._invalid()
             # OK, NO or BAD (a server without ID): the identity is a courtesy, the login goes on
             if self.after_id != IMAP_START:
                 self.state = self.after_id
                 return self._skip()
             self.phase = "sending LOGIN command to upstream"
-            return self._send(b"%sLOGIN {%d}\r\n" % (tag, len(self.auth.user)), IMAP_LOGIN)
+            return self._send(self._login_cmd(), IMAP_LOGIN)
         if self.state == IMAP_LOGIN:
             if r[0] != 43:  # '+'
                 return self._invalid()
             self.phase = "sending user name to upstream"
-            return self._send(b"%s {%d}\r\n" % (self.auth.user, len(self.auth.passwd)), IMAP_USER)
+            return self._send(_literal(self.auth.user, b"", len(self.auth.passwd)), IMAP_USER)
         if self.state == IMAP_USER:
             if r[0] != 43:
                 return self._invalid()
@@ -431,12 +468,16 @@ cdef class ImapLogin(BackendLogin):
             return self._send(self.auth.passwd + b"\r\n", IMAP_PASSWD)
         # IMAP_PASSWD. mainline 1.27.3: one untagged line (e.g. CAPABILITY) may come first.
         if r[0] == 42 and r[1] == 32:  # "* "
-            p = r.find(b"\r\n", 2) + 2
+            p = ba_find_crlf(self.rbuf, 2) + 2
             if n - p < 4:
                 return 0
-        if r[p:p + len(tag)] == tag and r[p + len(tag):p + len(tag) + 2] == b"OK":
-            return self._done(r)  # relayed verbatim, the untagged line included
+        if ba_at(self.rbuf, p, tag) and ba_at(self.rbuf, p + len(tag), b"OK"):
+            return self._done_reply(0)  # relayed verbatim, the untagged line included
         return self._invalid()
+
+    cdef bytes _login_cmd(self):
+        """`<tag>LOGIN {n}`: nginx's first step, the user name's synchronizing literal."""
+        return _literal(self.auth.tag, b"LOGIN", len(self.auth.user))
 
     cdef bytes _one_line(self, bytes greeting):
         cdef bytes user = self.auth.user, passwd = self.auth.passwd, tag = self.auth.tag
@@ -461,6 +502,35 @@ cdef class ImapLogin(BackendLogin):
             fields += [b'"x-connected-ip"', _quoted(self.local_ip),
                        b'"x-connected-port"', b'"%d"' % self.local_port]
         return b"I0 ID (" + b" ".join(fields) + b")\r\n"
+
+
+@cython.cdivision(True)
+cdef bytes _literal(bytes head, bytes word, Py_ssize_t n):
+    """`<head><word> {n}\r\n`, a synchronizing literal's announcement, in one allocation."""
+    cdef char digits[24]
+    cdef int k = 24
+    cdef Py_ssize_t h = PyBytes_GET_SIZE(head), w = PyBytes_GET_SIZE(word)
+    cdef bytes out
+    cdef char *p
+    while True:
+        k -= 1
+        digits[k] = <char>(48 + n % 10)
+        n = n / 10
+        if n == 0:
+            break
+    out = PyBytes_FromStringAndSize(NULL, h + w + (24 - k) + 5)
+    p = PyBytes_AS_STRING(out)
+    memcpy(p, PyBytes_AS_STRING(head), h)
+    memcpy(p + h, PyBytes_AS_STRING(word), w)
+    p += h + w
+    p[0] = 32       # " {"
+    p[1] = 123
+    memcpy(p + 2, digits + k, 24 - k)
+    p += 2 + 24 - k
+    p[0] = 125      # "}\r\n"
+    p[1] = 13
+    p[2] = 10
+    return out
 
 
 cdef bint _quotable(bytes s):
@@ -489,6 +559,9 @@ cdef class Pop3Login(BackendLogin):
                  bint pass_error_message=False, bytes proxy_header=b"",
                  bint pipelining=False, bint client_id=False):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
+        self._pop3(pipelining, client_id)
+
+    cdef void _pop3(self, bint pipelining, bint client_id):
         self.internal_error = POP3_INTERNAL_ERROR
         self.stls_proto = PROTO_POP3
         self.state = POP3_START
@@ -507,14 +580,15 @@ cdef class Pop3Login(BackendLogin):
             return self._skip()
         if self.state == POP3_XCLIENT:
             self.phase = "sending user name to upstream"
-            return self._send(b"USER " + self.auth.user + b"\r\n", POP3_USER)
-        if self.rbuf[:3] != b"+OK":
+            return self._send(cat3(b"USER ", self.auth.user, b"\r\n"), POP3_USER)
+        if not ba_at(self.rbuf, 0, b"+OK"):
             return self._invalid()
         if self.state == POP3_START:
             self.phase = "sending user name to upstream"
-            user_cmd = b"USER " + self.auth.user + b"\r\n"
+            user_cmd = cat3(b"USER ", self.auth.user, b"\r\n")
             if (self.client_id and _is_ip(self.client_ip)
-                    and _code_words(bytes(self.rbuf), 4, b"XCLIENT") is not None):
+                    and _code_words(ba_slice(self.rbuf, 0, PyByteArray_GET_SIZE(self.rbuf)),
+                                    4, b"XCLIENT") is not None):
                 # Dovecot takes a bare IPv6 address (no IPV6: prefix as in SMTP's XCLIENT)
                 xclient = b"XCLIENT ADDR=%s PORT=%d\r\n" % (self.client_ip, self.client_port)
                 if self.pipelining:
@@ -524,8 +598,8 @@ cdef class Pop3Login(BackendLogin):
             return self._send(user_cmd, POP3_USER)
         if self.state == POP3_USER:
             self.phase = "sending password to upstream"
-            return self._send(b"PASS " + self.auth.passwd + b"\r\n", POP3_PASSWD)
-        return self._done(bytes(self.rbuf))
+            return self._send(cat3(b"PASS ", self.auth.passwd, b"\r\n"), POP3_PASSWD)
+        return self._done_reply(0)
 
 
 cdef class SieveLogin(BackendLogin):
@@ -594,17 +668,20 @@ cdef class LoginConf:
 cdef class ImapLoginConf(LoginConf):
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header):
-        return ImapLogin(auth, proxy_buffer=self.proxy_buffer,
-                         pass_error_message=self.pass_error_message, proxy_header=proxy_header,
-                         pipelining=self.pipelining, client_id=self.client_id)
+        # no keyword arguments: __init__ would parse them on every login
+        cdef ImapLogin login = ImapLogin.__new__(ImapLogin)
+        login._setup(auth, self.proxy_buffer, self.pass_error_message, proxy_header)
+        login._imap(self.pipelining, self.client_id)
+        return login
 
 
 cdef class Pop3LoginConf(LoginConf):
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header):
-        return Pop3Login(auth, proxy_buffer=self.proxy_buffer,
-                         pass_error_message=self.pass_error_message, proxy_header=proxy_header,
-                         pipelining=self.pipelining, client_id=self.client_id)
+        cdef Pop3Login login = Pop3Login.__new__(Pop3Login)
+        login._setup(auth, self.proxy_buffer, self.pass_error_message, proxy_header)
+        login._pop3(self.pipelining, self.client_id)
+        return login
 
 
 cdef class SieveLoginConf(LoginConf):

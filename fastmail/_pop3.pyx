@@ -112,7 +112,10 @@ cdef class Pop3Profile(Profile):
 
     cpdef Machine new_session(self, bint tls):
         """A session machine for one client connection of this server{}."""
-        return Pop3Session(self, tls)
+        cdef Pop3Session s = Pop3Session.__new__(Pop3Session)
+        # no Python call: __init__'s argument parsing is per connection
+        s._init(self, tls)
+        return s
 
 
 # --- the line parser (ngx_mail_parse.c:ngx_mail_pop3_parse_command) --------------------------
@@ -272,6 +275,11 @@ cdef class Pop3Session(Machine):
     cdef bytes _method                # method of the pending / last auth request
 
     def __init__(self, Pop3Profile profile not None, bint tls=False, salt=None):
+        self._init(profile, tls)
+        if salt is not None:
+            self.salt = salt
+
+    cdef int _init(self, Pop3Profile profile, bint tls) except -1:
         self.profile = profile
         self.tls = tls
         self.limit = profile.client_buffer
@@ -281,12 +289,11 @@ cdef class Pop3Session(Machine):
         self._user = b""
         self._method = b""
         self.login_attempt = 0
-        if salt is not None:
-            self.salt = salt
-        elif profile.methods & (M_APOP | M_CRAM):
+        if profile.methods & (M_APOP | M_CRAM):
             self.salt = make_salt(profile.server_name)
         else:
             self.salt = b""
+        return 0
 
     @property
     def stage(self):

@@ -525,7 +525,8 @@ cdef class Session(Upstream):
         cdef str mode = srv.conf.proxy_ssl
         self._to(S_BACKEND)
         self.user = auth.user
-        self.upstream = f"{res.server.decode('latin-1')}:{res.port}"
+        self.up_server = res.server     # log lines say "upstream: server:port"
+        self.up_port = res.port
         header = b""
         if srv.proxy_protocol != "off":
             header = self._backend_proxy_header()
@@ -598,7 +599,7 @@ cdef class Session(Upstream):
                 INFO,
                 f"client logged in, client: {self.client_ip.decode()}, server: "
                 f"{self.entry.addr_text}, login: \"{self.user.decode('latin-1')}\", "
-                f"upstream: {self.upstream}",
+                f"upstream: {self.up_server.decode('latin-1')}:{self.up_port}",
                 self.id)
         to_backend = self.m.take_input()
         to_client = self.login.take_output()
@@ -742,8 +743,8 @@ cdef class Session(Upstream):
             user = self.m.auth.user
         if user:
             text += f', login: "{user.decode("latin-1")}"'
-        if self.upstream:
-            text += f", upstream: {self.upstream}"
+        if self.up_server is not None:
+            text += f", upstream: {self.up_server.decode('latin-1')}:{self.up_port}"
         return text
 
     cdef int _log(self, int level, str message, str action) except -1:

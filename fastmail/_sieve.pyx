@@ -251,7 +251,9 @@ cdef class SieveProfile(Profile):
 
     cpdef Machine new_session(self, bint tls):
         """A session machine for one client connection of this server{}."""
-        return SieveSession(self, tls)
+        cdef SieveSession s = SieveSession.__new__(SieveSession)
+        s._init(self, tls)
+        return s
 
 
 cdef class SieveSession(Machine):
@@ -276,6 +278,9 @@ cdef class SieveSession(Machine):
     cdef bint a_esc[3]
 
     def __init__(self, SieveProfile profile not None, bint tls=False):
+        self._init(profile, tls)
+
+    cdef int _init(self, SieveProfile profile, bint tls) except -1:
         self.p = profile
         self.tls = tls
         self.limit = profile.client_buffer
@@ -284,6 +289,7 @@ cdef class SieveSession(Machine):
         self.state = S_START
         self.sasl_user = b""
         self._reset_parser()
+        return 0
 
     # --- driver events --------------------------------------------------------
 

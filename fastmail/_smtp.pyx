@@ -190,7 +190,12 @@ cdef class SmtpProfile(Profile):
 
     cpdef Machine new_session(self, bint tls):
         """A session machine for one client connection of this server{}."""
-        return SmtpSession(self, tls)
+        cdef SmtpSession s = SmtpSession.__new__(SmtpSession)
+        # no Python call: __init__'s argument parsing is per connection
+        s._init(self, tls)
+        return s
+
+
 cdef class SmtpSession(Machine):
     """One client connection, pre-login. See docs/internals.md for the driver contract."""
 
@@ -212,7 +217,10 @@ cdef class SmtpSession(Machine):
     cdef bytes fail_reply
     cdef bint fail_retry
 
-    def __init__(self, SmtpProfile profile, bint tls=False):
+    def __init__(self, SmtpProfile profile not None, bint tls=False):
+        self._init(profile, tls)
+
+    cdef int _init(self, SmtpProfile profile, bint tls) except -1:
         self.profile = profile
         self.tls = tls
         self.limit = profile.client_buffer
@@ -228,6 +236,7 @@ cdef class SmtpSession(Machine):
         self.login_user = b""
         self.method = b""
         self.timer_ms = 0
+        return 0
 
     @property
     def state_name(self):

@@ -11,7 +11,10 @@ Sans-IO, as every login.
 Mirrors the SMTP states of nginx's ngx_mail_proxy_module.c (ngx_mail_proxy_smtp_handler).
 """
 
-from fastmail._core cimport AuthRequest
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from fastmail._core cimport AuthRequest, ba_slice, ba_find_crlf, cat3
 from fastmail._login cimport (BackendLogin, LoginConf, FIRST_STATE, PROTO_SMTP,
                               has_ctl as _ctl)
 
@@ -39,22 +42,39 @@ cdef enum:
     SMTP_AUTH_LOGIN_USER  # the user name sent: a 334 asks for the password
 
 
-cdef bytes _HEX = b"0123456789ABCDEF"
+cdef const char *_HEX = b"0123456789ABCDEF"
+
+
+cdef inline bint _xtext_escaped(unsigned char c) noexcept:
+    return c <= 0x20 or c >= 0x7F or c == 0x2B or c == 0x3D
 
 
 cpdef bytes xtext(bytes value):
     """RFC 3461 xtext as mainline nginx writes it (NGX_ESCAPE_MAIL_XTEXT): bytes 0x00-0x20,
     '+', '=' and 0x7F-0xFF become '+' and two upper-case hex digits."""
-    cdef bytearray out = bytearray()
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value), i, size = n
     cdef unsigned char c
-    for c in value:
-        if c <= 0x20 or c >= 0x7F or c == 0x2B or c == 0x3D:
-            out.append(0x2B)
-            out.append(_HEX[c >> 4])
-            out.append(_HEX[c & 15])
+    cdef char *q
+    cdef bytes out
+    for i in range(n):
+        if _xtext_escaped(p[i]):
+            size += 2
+    if size == n:
+        return value
+    out = PyBytes_FromStringAndSize(NULL, size)
+    q = PyBytes_AS_STRING(out)
+    for i in range(n):
+        c = p[i]
+        if _xtext_escaped(c):
+            q[0] = 0x2B
+            q[1] = _HEX[c >> 4]
+            q[2] = _HEX[c & 15]
+            q += 3
         else:
-            out.append(c)
-    return bytes(out)
+            q[0] = <char>c
+            q += 1
+    return out
 
 
 cdef bint _ehlo_has(bytes reply, bytes keyword):
@@ -90,12 +110,19 @@ cdef class SmtpLogin(BackendLogin):
                  bytes proxy_header=b"", bint pipelining=False, bint client_id=False,
                  bytes smtp_auth_method=b"plain"):
         self._setup(auth, proxy_buffer, pass_error_message, proxy_header)
+        self._smtp(_b(server_name), _b(client_addr), _b(client_host), xclient, proxy_smtp_auth,
+                   pipelining, client_id, smtp_auth_method)
+
+    cdef void _smtp(self, bytes server_name, bytes client_addr, bytes client_host, bint xclient,
+                    bint proxy_smtp_auth, bint pipelining, bint client_id,
+                    bytes smtp_auth_method):
+        cdef AuthRequest auth = self.auth
         self.internal_error = SMTP_INTERNAL_ERROR
         self.stls_proto = PROTO_SMTP
         self.state = SMTP_START
-        self.server_name = _b(server_name)
-        self.client_addr = _b(client_addr)
-        self.client_host = _b(client_host)
+        self.server_name = server_name
+        self.client_addr = client_addr
+        self.client_host = client_host
         self.xclient = xclient
         self.pauth = proxy_smtp_auth
         self.auth_login = smtp_auth_method == b"login"
@@ -122,37 +149,41 @@ cdef class SmtpLogin(BackendLogin):
         return helo_auth if self.pauth else helo_plain
 
     cdef int _on_reply(self) except -1:
-        cdef bytes r = bytes(self.rbuf)
-        cdef Py_ssize_t n = len(r), m
-        cdef int st = self.state
+        # a reply of at least 4 bytes (_replies, or the greeting before STARTTLS)
+        cdef const char *r = PyByteArray_AS_STRING(self.rbuf)
+        cdef Py_ssize_t n = PyByteArray_GET_SIZE(self.rbuf), m
+        cdef int st = self.state, code, nxt
+        cdef bint ok
         cdef AuthRequest a = self.auth
+        cdef bytes line, name
         if r[3] == 45:  # '-': multi-line, wait for the last line (nginx checks its 4th byte)
             m = n - 7
             while m > 0 and not (r[m] == 13 and r[m + 1] == 10):
                 m -= 1
             if m <= 0 or r[m + 5] == 45:
                 return 0
-        code = r[:3]
+        code = _code(r)
         if st == SMTP_START:
-            ok = code == b"220"
-        elif st in (SMTP_XCLIENT, SMTP_XCLIENT_HELO, SMTP_XCLIENT_AUTH, SMTP_XCLIENT_FROM):
-            ok = code == b"220" or code == b"250"
+            ok = code == 220
+        elif (st == SMTP_XCLIENT or st == SMTP_XCLIENT_HELO or st == SMTP_XCLIENT_AUTH
+              or st == SMTP_XCLIENT_FROM):
+            ok = code == 220 or code == 250
         elif st == SMTP_AUTH:
-            ok = code == b"235"
+            ok = code == 235
         elif st == SMTP_AUTH_LOGIN or st == SMTP_AUTH_LOGIN_USER:
-            ok = code == b"334"  # the prompt's text varies (VXNlcm5hbWU6, dXNlcm5hbWU6...)
+            ok = code == 334  # the prompt's text varies (VXNlcm5hbWU6, dXNlcm5hbWU6...)
         elif st == SMTP_FROM_TO:
             # the MAIL FROM reply, then (maybe in a later read) the RCPT TO reply
-            m = r.find(b"\r\n") + 2
-            if code != b"250":
+            m = ba_find_crlf(self.rbuf, 0) + 2
+            if code != 250:
                 return self._invalid()
             if n - m < 4:
                 return 0
-            return self._done(r[m:])
+            return self._done_reply(m)
         elif st == SMTP_TO:
             ok = True  # the client gets the backend's RCPT reply, whatever it is
         else:
-            ok = code == b"250"
+            ok = code == 250
         if not ok:
             return self._invalid()
 
@@ -161,14 +192,14 @@ cdef class SmtpLogin(BackendLogin):
             name = self.server_name
             if self.client_id and not self.xclient and a.smtp_helo:
                 name = a.smtp_helo  # the client's own name, as it greeted us
-            line = b"%s %s\r\n" % (b"EHLO" if a.esmtp or self.xclient else b"HELO", name)
+            line = cat3(b"EHLO " if a.esmtp or self.xclient else b"HELO ", name, b"\r\n")
             if self.xclient:
                 nxt = SMTP_HELO_XCLIENT
             else:
                 nxt = self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO)
             return self._send(line, nxt)
         if st == SMTP_HELO_XCLIENT:
-            if not self.client_id or _ehlo_has(r, b"XCLIENT"):
+            if not self.client_id or _ehlo_has(ba_slice(self.rbuf, 0, n), b"XCLIENT"):
                 self.phase = "sending XCLIENT to upstream"
                 return self._send(self._xclient_line(), self._after_xclient())
             # proxy_client_id, a backend without XCLIENT (nginx sends it anyway and fails):
@@ -178,7 +209,7 @@ cdef class SmtpLogin(BackendLogin):
                 st = SMTP_XCLIENT_HELO
         if st == SMTP_XCLIENT_HELO:
             self.phase = "sending client HELO/EHLO to upstream"
-            line = b"%s %s\r\n" % (b"EHLO" if a.esmtp else b"HELO", a.smtp_helo)
+            line = cat3(b"EHLO " if a.esmtp else b"HELO ", a.smtp_helo, b"\r\n")
             return self._send(line, self._after_helo(SMTP_HELO_FROM, SMTP_HELO_AUTH, SMTP_HELO))
         if st == SMTP_HELO_AUTH or st == SMTP_XCLIENT_AUTH:
             self.phase = "sending AUTH to upstream"
@@ -187,7 +218,7 @@ cdef class SmtpLogin(BackendLogin):
             if self.auth_login:
                 return self._send(b"AUTH LOGIN\r\n", SMTP_AUTH_LOGIN)
             plain = binascii.b2a_base64(b"\0" + a.user + b"\0" + a.passwd, newline=False)
-            return self._send(b"AUTH PLAIN " + plain + b"\r\n", SMTP_AUTH)
+            return self._send(cat3(b"AUTH PLAIN ", plain, b"\r\n"), SMTP_AUTH)
         if st == SMTP_AUTH_LOGIN:
             self.phase = "sending user name to upstream"
             return self._send(binascii.b2a_base64(a.user, newline=False) + b"\r\n",
@@ -197,7 +228,7 @@ cdef class SmtpLogin(BackendLogin):
             return self._send(binascii.b2a_base64(a.passwd, newline=False) + b"\r\n", SMTP_AUTH)
         if st == SMTP_HELO_FROM or st == SMTP_XCLIENT_FROM:
             self.phase = "sending MAIL FROM to upstream"
-            if self.pipelining and b"PIPELINING" in r.upper():
+            if self.pipelining and b"PIPELINING" in ba_slice(self.rbuf, 0, n).upper():
                 # RFC 2920: MAIL and RCPT may go in one group; the client gets RCPT's reply
                 return self._send(a.smtp_from + b"\r\n" + a.smtp_to + b"\r\n", SMTP_FROM_TO)
             return self._send(a.smtp_from + b"\r\n", SMTP_FROM)
@@ -205,7 +236,9 @@ cdef class SmtpLogin(BackendLogin):
             self.phase = "sending RCPT TO to upstream"
             return self._send(a.smtp_to + b"\r\n", SMTP_TO)
         # SMTP_HELO, SMTP_XCLIENT, SMTP_AUTH, SMTP_TO: logged in.
-        return self._done(r if self.none else SMTP_AUTH_OK)
+        if self.none:
+            return self._done_reply(0)
+        return self._done(SMTP_AUTH_OK)
 
     cdef int _after_xclient(self):
         if self.auth.smtp_helo:
@@ -214,17 +247,20 @@ cdef class SmtpLogin(BackendLogin):
 
     cdef bytes _xclient_line(self):
         cdef bytes addr = self.client_addr
-        cdef bytearray line = bytearray(b"XCLIENT ADDR=")
         if b":" in addr and not addr.startswith(b"unix:"):
             addr = b"IPV6:" + addr
-        line += xtext(addr)
         if self.auth.user and not self.pauth:
-            line += b" LOGIN="
-            line += xtext(self.auth.user)
-        line += b" NAME="
-        line += xtext(self.client_host)
-        line += b"\r\n"
-        return bytes(line)
+            return b"".join((b"XCLIENT ADDR=", xtext(addr), b" LOGIN=", xtext(self.auth.user),
+                             b" NAME=", xtext(self.client_host), b"\r\n"))
+        return b"".join((b"XCLIENT ADDR=", xtext(addr), b" NAME=", xtext(self.client_host),
+                         b"\r\n"))
+
+
+cdef inline int _code(const char *r):
+    """The reply code of a reply line, or -1 when its first three bytes are not digits."""
+    if not (48 <= r[0] <= 57 and 48 <= r[1] <= 57 and 48 <= r[2] <= 57):
+        return -1
+    return (r[0] - 48) * 100 + (r[1] - 48) * 10 + r[2] - 48
 
 
 cdef bytes _b(value):
@@ -252,9 +288,10 @@ cdef class SmtpLoginConf(LoginConf):
 
     cpdef BackendLogin new_login(self, AuthRequest auth, bytes client_addr, bytes client_host,
                                  bytes proxy_header):
-        return SmtpLogin(auth, server_name=self.server_name, client_addr=client_addr,
-                         client_host=client_host, xclient=self.xclient,
-                         proxy_smtp_auth=self.proxy_smtp_auth, proxy_buffer=self.proxy_buffer,
-                         pass_error_message=self.pass_error_message, proxy_header=proxy_header,
-                         pipelining=self.pipelining, client_id=self.client_id,
-                         smtp_auth_method=self.smtp_auth_method)
+        # no keyword arguments: __init__ would parse them on every login
+        cdef SmtpLogin login = SmtpLogin.__new__(SmtpLogin)
+        login._setup(auth, self.proxy_buffer, self.pass_error_message, proxy_header)
+        login._smtp(self.server_name, client_addr or b"", client_host or b"", self.xclient,
+                    self.proxy_smtp_auth, self.pipelining, self.client_id,
+                    self.smtp_auth_method)
+        return login

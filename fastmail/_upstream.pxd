@@ -8,7 +8,8 @@ from fastmail._tlsctx cimport ClientContext
 
 cdef class Upstream(Relay):
     cdef BackendLogin login
-    cdef str upstream                   # "server:port" once auth_http named the backend
+    cdef bytes up_server                # Auth-Server, once auth_http named the backend
+    cdef int up_port                    # Auth-Port
     cdef object trace                   # debuglog.Trace, only when the log takes debug lines
     cdef ClientContext tls_ctx          # TLS to the backend (proxy_ssl), or None
     cdef bytes tls_name                 # its SNI name / the name verified
