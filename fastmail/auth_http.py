@@ -20,8 +20,8 @@ import httptools
 
 from fastmail._auth import AuthClient
 from fastmail._authcache import AuthCache
-from fastmail._authurl import Target
 from fastmail._authproto import MAX_HEADER_BLOCK
+from fastmail._authurl import Target
 
 if TYPE_CHECKING:
     from fastmail._core import AuthRequest

@@ -17,10 +17,10 @@ import pytest
 
 from fastmail import _tls
 from fastmail._auth import DOWN_MS
-from fastmail._authurl import Target
 from fastmail._authcache import AuthCache
 from fastmail._authproto import AuthResult
 from fastmail._authreq import Extra, RequestTemplate
+from fastmail._authurl import Target
 from fastmail._core import AuthRequest
 from fastmail._tlsctx import ClientContext
 from fastmail.testing.authd import AuthServer, Backend, Reply
