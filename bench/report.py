@@ -53,7 +53,7 @@ FIGURES = {
         Figure("sessions_per_s", "sessions/s", "1/s", "higher"),
         Figure("proxy_us_per_session", "proxy CPU per login", "µs", "lower"),
         Figure("p99_ms", "latency p99", "ms", "lower"),
-        Figure("auth_per_1000", "auth_http requests per 1000 logins", "", "lower", plot=False),
+        Figure("auth_per_1000", "auth_http requests", "per 1000 logins", "lower", plot=False),
         Figure("hit_pct", "auth_http cache hit rate", "%", "higher", plot=False),
     ],
     "relay": [
