@@ -33,7 +33,7 @@ cdef class _Ask:
     cdef unsigned int tried              # the URLs this request went to (bit per target)
     cdef list notes                      # URLs found down on the way, for the log
     cdef bytes key                       # the cache key, when the answer may be kept
-    cdef bint same_pass                  # the answer's Auth-Pass, if any, is the one sent
+    cdef bint other_pass                 # an answer's Auth-Pass replaced the password
     cdef _Conn conn                      # the connection carrying the request, if any
     cdef int waits                       # WAIT answers without Auth-Wait in a row
     cdef bint retried                    # re-sent once after a kept-alive connection died

@@ -181,10 +181,9 @@ cdef class _Ask:
         if r.user is not None:
             self.auth.user = r.user
         if r.passwd is not None:
-            self.same_pass = r.passwd == self.auth.passwd
+            if r.passwd != self.auth.passwd:
+                self.other_pass = True  # the answer may not be kept (not even the password)
             self.auth.passwd = r.passwd
-        else:
-            self.same_pass = True
         if r.status == "wait":
             if r.wait > 0:
                 self.waits = 0
@@ -231,8 +230,10 @@ cdef class _Ask:
             r.notes = self.notes
             self.notes = None
         if self.key is not None:
-            if (r.status == "ok" or r.status == "fail") and self.same_pass and r.cache_key is None:
-                cache.put(self.key, r, self.client.loop.now)
+            if (r.status == "ok" or r.status == "fail") and not self.other_pass and (
+                    r.cache_key is None):
+                # the login as the answers left it (a WAIT's Auth-User included)
+                cache.put(self.key, r, self.client.loop.now, self.auth.user)
             r.cache_key = self.key
         w.completed(DONE_AUTH, r)
         return 0

@@ -17,5 +17,5 @@ cdef class AuthCache:
 
     cdef bytes key(self, bytes text)
     cdef AuthResult get(self, bytes key, int64_t now)
-    cdef int put(self, bytes key, AuthResult r, int64_t now) except -1
+    cdef int put(self, bytes key, AuthResult r, int64_t now, bytes user) except -1
     cdef int forget(self, bytes key) except -1

@@ -20,13 +20,13 @@ import os
 from fastmail._authproto cimport AuthResult
 
 
-cdef AuthResult _copy(AuthResult r):
+cdef AuthResult _copy(AuthResult r, bytes user):
     cdef AuthResult c = AuthResult.__new__(AuthResult)
     c.status = r.status
     c.server = r.server
     c.port = r.port
     c.addr = r.addr
-    c.user = r.user
+    c.user = user
     c.passwd = None
     c.error_message = r.error_message
     c.error_code = r.error_code
@@ -61,17 +61,18 @@ cdef class AuthCache:
             if <int64_t>entry[0] > now:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return _copy(<AuthResult>entry[1])
+                return _copy(<AuthResult>entry[1], (<AuthResult>entry[1]).user)
             del self._entries[key]
         self.misses += 1
         return None
 
-    cdef int put(self, bytes key, AuthResult r, int64_t now) except -1:
-        """Keeps a copy of `r` (ok or fail; its password never) under `key`."""
+    cdef int put(self, bytes key, AuthResult r, int64_t now, bytes user) except -1:
+        """Keeps a copy of `r` (ok or fail; its password never) under `key`, with `user` the
+        login it leaves (None: the one asked about)."""
         cdef long ttl = self.valid_ms if r.status == "ok" else self.fail_ms
         if ttl <= 0:
             return 0
-        self._entries[key] = (now + ttl, _copy(r))
+        self._entries[key] = (now + ttl, _copy(r, user))
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
@@ -91,4 +92,4 @@ cdef class AuthCache:
         return self.get(self.key(text), now)
 
     def store(self, bytes text, AuthResult r, int64_t now):
-        self.put(self.key(text), r, now)
+        self.put(self.key(text), r, now, r.user)

@@ -371,3 +371,21 @@ def test_extra_lines_and_key_text() -> None:
     other = tpl.request(req(), b"192.0.2.1", None, (b"192.0.2.1", 4001, b"192.0.2.2", 143),
                         None, Extra(5556, b"::1", 143), True)  # fmt: skip
     assert other == key  # what changes per connection is not in the key
+
+
+@pytest.mark.parametrize("header,kept", [("Auth-User", True), ("Auth-Pass", False)])
+def test_cache_keeps_the_login_a_wait_answer_left(
+    harness: Callable[..., Harness], users: AuthServer, header: str, kept: bool
+) -> None:
+    """A WAIT answer's Auth-User is the login the kept answer gives again; an Auth-Pass other
+    than the client's makes the answer one not to keep (its password would be needed)."""
+    wait = Reply([("Auth-Status", "WAIT"), ("Auth-Wait", "0"), (header, "carol")])
+    users.add_rule(lambda q: wait, times=1)
+    users.add_rule(lambda q: Reply.ok(Backend("127.0.0.1", 1143)))
+    h = cached(harness, users.port)
+    first, again = req(), req()
+    assert h.ask(first).status == "ok" and len(users.requests) == 2
+    assert h.ask(again).status == "ok"
+    assert len(users.requests) == (2 if kept else 3)
+    if kept:
+        assert first.user == again.user == b"carol" and again.passwd == b"secret"
