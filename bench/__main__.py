@@ -31,6 +31,7 @@ from bench import probes, report
 from bench.targets import (
     FASTMAIL_ONLY,
     LOGIN_MODES,
+    MODE_AUTH,
     PROTOCOLS,
     ROOT,
     TLS_GROUP,
@@ -41,6 +42,7 @@ from bench.targets import (
     Servers,
     ServersDied,
     TargetError,
+    auth_requests,
     build_loadgen,
     cpu_times,
     ensure_nginx,
@@ -54,8 +56,9 @@ from bench.targets import (
     wait_for_ports,
 )
 
-KINDS = ("login", "relay", "idle", "tls")
+KINDS = ("login", "reconnect", "relay", "idle", "tls")
 BUSY = 0.85  # a proxy below this share of a core per worker was not the bottleneck
+WARMUP = 50  # sessions before each login storm
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class Bench:
         """A warm-up, then `count` sessions at `concurrency` (split over --procs load
         generators): (results, CPU samples before and after, sessions ok, elapsed)."""
         # warm-up: code paths, auth_http cache, first allocations
-        self._loadgen([*base, "-c", "2", "-n", str(min(50, count)), "-t", "10"])
+        self._loadgen([*base, "-c", "2", "-n", str(min(WARMUP, count)), "-t", "10"])
         s0 = self._sample(proxy)
         results = self._sessions(base, count, concurrency)
         s1 = self._sample(proxy)
@@ -208,6 +211,29 @@ class Bench:
         if first and proxy.name == "fastmail" and sc.name == self.profile_name:
             out["profile"] = self._profile(proxy, base, sc)
         return out
+
+    def reconnect(self, proxy: Proxy, sc: Scenario) -> dict[str, Any]:
+        """The same user logging in again and again, each time on a new connection: fastmail
+        with auth_http_cache, nginx as always; how many logins the auth server saw."""
+        port = str(self.servers.ports.proxy[sc.proto])
+        base = ["-m", "login", "-p", port, "-P", sc.proto, "-u", "user", "-w", "pass"]
+        auth_port = self.servers.ports.auth[MODE_AUTH[sc.mode]]
+        before = auth_requests(auth_port)
+        results, s0, s1, ok, elapsed = self._storm(proxy, base, self.a.sessions, sc.concurrency)
+        after = auth_requests(auth_port)
+        per = 1e6 / ok if ok else 0.0
+        figures = {
+            "sessions_per_s": ok / elapsed if elapsed else 0.0,
+            "proxy_us_per_session": (s1["proxy"] - s0["proxy"]) * per,
+            "p99_ms": max(r["p99_us"] for r in results) / 1000,
+        }
+        if before is not None and after is not None and ok:
+            # the warm-up's logins are counted too: the first one of a run is a miss
+            logins = ok + min(WARMUP, self.a.sessions)
+            asked = after - before
+            figures["auth_per_1000"] = 1000 * asked / logins
+            figures["hit_pct"] = 100 * max(0.0, 1 - asked / logins)
+        return self._outcome(figures, results, s0, s1)
 
     def _syscalls(self, proxy: Proxy, base: list[str], sc: Scenario) -> dict[str, Any] | None:
         """A separate run of --syscalls sessions under `strace -f -c`: calls per login."""
@@ -377,6 +403,11 @@ class Bench:
                     for m in self.a.modes
                     for c in self.a.concurrency
                 ]
+            elif kind == "reconnect":
+                c = self.a.concurrency[0]
+                out += [
+                    Scenario(f"reconnect-{protos[0]}-c{c}", "reconnect", protos[0], "cached", c)
+                ]
             elif kind == "relay":
                 out += [Scenario(f"relay-{p}", "relay", p) for p in protos[:1]]
             elif kind == "idle":
@@ -422,6 +453,8 @@ class Bench:
         try:
             if sc.kind == "login":
                 out = self.login(proxy, sc, first)
+            elif sc.kind == "reconnect":
+                out = self.reconnect(proxy, sc)
             elif sc.kind in ("relay", "tls-relay"):
                 out = self.relay(proxy, sc)
             elif sc.kind in ("tls-full", "tls-resume"):

@@ -49,6 +49,13 @@ FIGURES = {
         Figure("p99_ms", "latency p99", "ms", "lower"),
         Figure("syscalls_per_login", "syscalls per login", "", "lower", plot=False),
     ],
+    "reconnect": [
+        Figure("sessions_per_s", "sessions/s", "1/s", "higher"),
+        Figure("proxy_us_per_session", "proxy CPU per login", "µs", "lower"),
+        Figure("p99_ms", "latency p99", "ms", "lower"),
+        Figure("auth_per_1000", "auth_http requests", "per 1000 logins", "lower", plot=False),
+        Figure("hit_pct", "auth_http cache hit rate", "%", "higher", plot=False),
+    ],
     "relay": [
         Figure("mb_per_s", "relay both ways", "MB/s", "higher"),
         Figure("cpu_s_per_gb", "proxy CPU per GB", "CPU-s/GB", "lower"),
@@ -77,6 +84,7 @@ PLOT_FILE = {
     "tls-full": "tls-handshake",
     "tls-resume": "tls-handshake",
     "idle-auth-tls": "idle-auth",
+    "reconnect": "login",
 }
 
 
@@ -90,6 +98,7 @@ def kind_of(run: dict[str, Any]) -> str:
         ("idle-pre", "idle-pre"),
         ("idle-auth", "idle-auth"),
         ("login", "login"),
+        ("reconnect", "reconnect"),
         ("relay", "relay"),
         ("tls-handshake-full", "tls-full"),
         ("tls-handshake-resumed", "tls-resume"),

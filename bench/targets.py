@@ -43,11 +43,14 @@ TESTING_PROTOCOLS = ("imap", "pop3", "smtp")  # what fastmail.testing's backend 
 #   http10:    the auth server that answers HTTP/1.0 and closes, as nginx-style auth scripts
 #              do; fastmail sends nginx's exact bytes to the auth server and the backend.
 # Scenarios without a mode run fastmail's defaults against the keep-alive auth server.
+#   cached:    keepalive plus fastmail's auth_http_cache: the reconnect scenario, where the
+#              same user logs in again and again (nginx asks the auth server every time).
 LOGIN_MODES = ("keepalive", "http10")
-MODE_AUTH = {"keepalive": "keepalive", "http10": "http10", None: "keepalive"}
+MODE_AUTH = {"keepalive": "keepalive", "http10": "http10", "cached": "keepalive", None: "keepalive"}
 MODE_DIRECTIVES = {
     "keepalive": ["proxy_pipelining on;"],
     "http10": ["auth_http_keepalive 0;", "proxy_pipelining off;"],
+    "cached": ["proxy_pipelining on;", "auth_http_cache 10000;"],
     None: [],
 }
 
@@ -525,6 +528,23 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 # -- shared auth_http server and backend --------------------------------------------------------
+
+
+def auth_requests(port: int) -> int | None:
+    """The requests the C auth server on `port` answered so far (its GET /stats), or None
+    when it does not say (fastmail.testing's authd)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /stats HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+    except OSError:
+        return None
+    for line in data.split(b"\r\n"):
+        if line.startswith(b"Requests: ") and line[10:].isdigit():
+            return int(line[10:])
+    return None
 
 
 class Servers:

@@ -4,12 +4,17 @@ from typing import Any
 
 from typing_extensions import disjoint_base
 
+from fastmail._authcache import AuthCache
 from fastmail._authproto import AuthResult as AuthResult
+from fastmail._authreq import Extra
+from fastmail._authurl import Target
 from fastmail._core import AuthRequest
 from fastmail._poll import Loop, Watcher
+from fastmail._tlsctx import ClientContext
 
 DEBUG_BUILD: bool
 DONE_AUTH: int
+DOWN_MS: int
 
 def live_count() -> int: ...
 
@@ -19,6 +24,9 @@ class AuthClient:
     pool_size: int
     closed: bool
     connections_made: int
+    failovers: int
+    send_client_port: bool
+    send_server_addr: bool
     def __init__(
         self,
         loop: Loop,
@@ -34,6 +42,11 @@ class AuthClient:
         pass_client_cert: bool = False,
         resolver: Any = None,
         reader_factory: Any = None,
+        tls: ClientContext | None = None,
+        tls_name: bytes | None = None,
+        more: list[Target] | None = None,
+        send: tuple[str, ...] | list[str] = (),
+        cache: AuthCache | None = None,
     ) -> None: ...
     def ask(
         self,
@@ -44,7 +57,15 @@ class AuthClient:
         proxy_protocol: tuple[bytes, int, bytes, int] | None,
         ssl_info: dict[str, bytes] | None,
         trace: Any = None,  # fastmail.debuglog.Trace
+        extra: Extra | None = None,
     ) -> object: ...
     def cancel(self, handle: object) -> None: ...
+    def forget(self, key: bytes | None) -> None: ...
     def close(self) -> None: ...
     def idle_count(self) -> int: ...
+    @property
+    def urls(self) -> list[Target]: ...
+    @property
+    def cache_hits(self) -> int: ...
+    @property
+    def cache_misses(self) -> int: ...

@@ -36,6 +36,8 @@ cdef class AuthResult:
     cdef public int wait            # Auth-Wait seconds (the session delays a "fail" reply)
     cdef public str log_message     # nginx's log line without the " while ..." context, or None
     cdef public str log_level       # "error" | "info" | None
+    cdef public list notes          # fastmail: auth_http URLs found down on the way (warn lines)
+    cdef public bytes cache_key     # fastmail: the auth_http_cache key the answer is kept under
 
 
 cdef AuthResult error_result(str msg, bytes user=*, bytes passwd=*)
@@ -59,6 +61,7 @@ cdef class AnswerReader:
     cdef int phase
     cdef str err                    # R_ERROR: "invalid response" | "invalid header" | "too big"
     cdef int minor                  # HTTP/1.<minor>
+    cdef readonly int code          # the status code (0: no status line nginx would read)
     cdef long long clen             # Content-Length, -1 without
     cdef int conn                   # Connection: 0 none, 1 close, 2 keep-alive
     cdef Py_ssize_t left            # body bytes still to drain

@@ -29,12 +29,15 @@ class AuthResult:
     log_level: str | None
     ssl_backend: bytes | None
     backend_auth: bytes | None
+    notes: list[str] | None
+    cache_key: bytes | None
     def __init__(self, status: str = "error", **fields: Any) -> None: ...
 
 @disjoint_base
 class AnswerReader:
     used_fallback: bool
     received: int
+    code: int
     def __init__(self, factory: Any) -> None: ...
     def feed(self, data: bytes) -> tuple[int, list[tuple[bytes, bytes]] | None]: ...
     def feed_body(self, data: bytes) -> str: ...

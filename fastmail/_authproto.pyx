@@ -150,6 +150,7 @@ cdef int _parse(AnswerReader r, const unsigned char *p, Py_ssize_t n) noexcept:
         i += 1
     if code == 204 or code == 304:
         return P_UNUSUAL
+    r.code = code
     if i >= lim:
         return _short(n)
     if p[i] == c' ':
@@ -278,6 +279,7 @@ cdef class AnswerReader:
         self.left = 0
         self.used_fallback = False
         self.received = 0
+        self.code = 0
 
     cdef char *recv_buf(self, Py_ssize_t *room) noexcept:
         """Where the next recv() goes (RBUF_SIZE bytes of room): in the shared buffer, behind
@@ -321,6 +323,7 @@ cdef class AnswerReader:
             self.err = self.py.error
             return R_ERROR
         self.phase = PH_BODY
+        self.code = self.py.status_code
         headers = self.py.headers
         if len(headers) > MAX_HEADERS:
             self.err = "too big"

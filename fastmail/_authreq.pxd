@@ -8,14 +8,24 @@ cdef struct Writer:
     Py_ssize_t n
 
 
+# fastmail's own lines of one request (beyond nginx, each only when configured or needed):
+# Client-Port, Server-IP/Server-Port (auth_http_send), Auth-Failed-Server and
+# Auth-Backend-Attempt (a backend failover's new question).
+cdef class Extra:
+    cdef public int client_port     # -1: no Client-Port line
+    cdef public bytes server_ip     # None: no Server-IP/Server-Port lines
+    cdef public int server_port
+    cdef public list failed         # b"ip:port" of each backend that failed, or None
+
+
 cdef class RequestTemplate:
     cdef bytes head                 # "GET <uri> HTTP/1.x\r\nHost: <host>\r\nAuth-Method: "
     cdef bytes tail                 # auth_http_header lines, keep-alive line, empty line
     cdef bint pass_client_cert
     cdef bytes build(self, AuthRequest auth, bytes client_ip, object client_host,
-                     object proxy_protocol, object ssl_info)
+                     object proxy_protocol, object ssl_info, Extra extra=*, bint key=*)
     cdef int _emit(self, Writer *w, AuthRequest auth, bytes client_ip, object client_host,
-                   object pp, object ssl) except -1
+                   object pp, object ssl, Extra extra, bint key) except -1
 
 
 # Shared with the answer's reading (_authproto.pyx), inline in each:

@@ -5,6 +5,20 @@ from typing_extensions import disjoint_base
 from fastmail._core import AuthRequest
 
 @disjoint_base
+class Extra:
+    client_port: int
+    server_ip: bytes | None
+    server_port: int
+    failed: list[bytes] | None
+    def __init__(
+        self,
+        client_port: int = -1,
+        server_ip: bytes | None = None,
+        server_port: int = 0,
+        failed: list[bytes] | None = None,
+    ) -> None: ...
+
+@disjoint_base
 class RequestTemplate:
     def __init__(
         self,
@@ -21,4 +35,6 @@ class RequestTemplate:
         client_host: bytes | None = None,
         proxy_protocol: tuple[bytes, int, bytes, int] | None = None,
         ssl_info: dict[str, bytes] | None = None,
+        extra: Extra | None = None,
+        key: bool = False,
     ) -> bytes: ...

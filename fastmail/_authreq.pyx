@@ -7,6 +7,10 @@ passes over one sequence: count, then write into a bytes object of that size). M
 sockets, clocks or DNS (fastmail/_auth.pyx does the I/O) nor read answers (_authproto.pyx).
 auth_http.build_request is the Python reference; tests/unit/test_auth_proto.py holds the two to
 the same bytes.
+Beyond nginx, and only when asked (`Extra`): Client-Port, Server-IP and Server-Port
+(auth_http_send), Auth-Failed-Server and Auth-Backend-Attempt (proxy_next_upstream_tries), after
+nginx's lines and before the auth_http_header ones; and the cache key's text (`key`: the request
+without what changes with every connection, the ports).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -70,6 +74,17 @@ cdef tuple _SSL_CERT = (("subject", b"Auth-SSL-Subject: "), ("issuer", b"Auth-SS
                         ("fingerprint", b"Auth-SSL-Fingerprint: "))
 
 
+cdef class Extra:
+    """fastmail's own request lines for one login (see _authreq.pxd)."""
+
+    def __init__(self, int client_port=-1, bytes server_ip=None, int server_port=0,
+                 list failed=None):
+        self.client_port = client_port
+        self.server_ip = server_ip
+        self.server_port = server_port
+        self.failed = failed
+
+
 cdef class RequestTemplate:
     """The request of one auth_http config, line for line as ngx_mail_auth_http_create_request
     writes it (keepalive=False gives nginx's bytes exactly; keepalive=True changes only
@@ -87,27 +102,29 @@ cdef class RequestTemplate:
         self.pass_client_cert = pass_client_cert
 
     def request(self, AuthRequest auth, bytes client_ip, client_host=None, proxy_protocol=None,
-                ssl_info=None):
-        """The request bytes (what build() gives the client)."""
-        return self.build(auth, client_ip, client_host, proxy_protocol, ssl_info)
+                ssl_info=None, Extra extra=None, bint key=False):
+        """The request bytes (what build() gives the client); `key`: the cache key's text."""
+        return self.build(auth, client_ip, client_host, proxy_protocol, ssl_info, extra, key)
 
     cdef bytes build(self, AuthRequest auth, bytes client_ip, object client_host,
-                     object proxy_protocol, object ssl_info):
+                     object proxy_protocol, object ssl_info, Extra extra=None, bint key=False):
         cdef Writer w
         cdef bytes out
         w.p = NULL
         w.n = 0
-        self._emit(&w, auth, client_ip, client_host, proxy_protocol, ssl_info)
+        self._emit(&w, auth, client_ip, client_host, proxy_protocol, ssl_info, extra, key)
         out = PyBytes_FromStringAndSize(NULL, w.n)
         w.p = PyBytes_AS_STRING(out)
         w.n = 0
-        self._emit(&w, auth, client_ip, client_host, proxy_protocol, ssl_info)
+        self._emit(&w, auth, client_ip, client_host, proxy_protocol, ssl_info, extra, key)
         return out
 
     cdef int _emit(self, Writer *w, AuthRequest auth, bytes client_ip, object client_host,
-                   object pp, object ssl) except -1:
-        """Counts (w.p NULL) or writes the request: one sequence for both passes."""
+                   object pp, object ssl, Extra extra, bint key) except -1:
+        """Counts (w.p NULL) or writes the request: one sequence for both passes. `key`
+        leaves out the ports (the PROXY header's, Client-Port) and the failover lines."""
         cdef bytes v
+        cdef Py_ssize_t i
         _put_b(w, self.head)
         _put_b(w, auth.method)
         _put(w, b"\r\nAuth-User: ", 13)
@@ -133,7 +150,7 @@ cdef class RequestTemplate:
             _put(w, b"Proxy-Protocol-Addr: ", 21)
             _put_b(w, <bytes?>pp[0])
             _put(w, b"\r\nProxy-Protocol-Port: ", 23)
-            _put_int(w, pp[1])
+            _put_int(w, 0 if key else pp[1])
             _put(w, b"\r\nProxy-Protocol-Server-Addr: ", 30)
             _put_b(w, <bytes?>pp[2])
             _put(w, b"\r\nProxy-Protocol-Server-Port: ", 30)
@@ -149,8 +166,8 @@ cdef class RequestTemplate:
             _put(w, b"\r\n", 2)
         if ssl is not None:
             _put(w, b"Auth-SSL: on\r\n", 14)
-            for key, name in _SSL_BASE:
-                v = ssl.get(key)
+            for field, name in _SSL_BASE:
+                v = ssl.get(field)
                 if v:
                     _put_b(w, name)
                     _put_b(w, v)
@@ -160,8 +177,8 @@ cdef class RequestTemplate:
                 _put(w, b"Auth-SSL-Verify: ", 17)
                 _put_b(w, v)
                 _put(w, b"\r\n", 2)
-                for key, name in _SSL_CERT:
-                    v = ssl.get(key)
+                for field, name in _SSL_CERT:
+                    v = ssl.get(field)
                     if v:
                         _put_b(w, name)
                         _put_b(w, v)
@@ -171,5 +188,24 @@ cdef class RequestTemplate:
                     _put(w, b"Auth-SSL-Cert: ", 15)
                     _put_esc(w, v)
                     _put(w, b"\r\n", 2)
+        if extra is not None:
+            if extra.client_port >= 0 and not key:
+                _put(w, b"Client-Port: ", 13)
+                _put_int(w, extra.client_port)
+                _put(w, b"\r\n", 2)
+            if extra.server_ip is not None:
+                _put(w, b"Server-IP: ", 11)
+                _put_b(w, extra.server_ip)
+                _put(w, b"\r\nServer-Port: ", 15)
+                _put_int(w, extra.server_port)
+                _put(w, b"\r\n", 2)
+            if extra.failed and not key:
+                for i in range(len(extra.failed)):
+                    _put(w, b"Auth-Failed-Server: ", 20)
+                    _put_b(w, <bytes?>extra.failed[i])
+                    _put(w, b"\r\n", 2)
+                _put(w, b"Auth-Backend-Attempt: ", 22)
+                _put_int(w, len(extra.failed) + 1)
+                _put(w, b"\r\n", 2)
         _put_b(w, self.tail)
         return 0

@@ -37,6 +37,7 @@ cdef class Server:
     cdef public int64_t proxy_timeout   # ms
     cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
     cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
+    cdef public int next_tries          # proxy_next_upstream_tries (1: nginx's)
 
 
 cdef class Entry:
@@ -72,6 +73,9 @@ cdef class Session(Upstream):
     cdef bint tls_pending               # STARTTLS: the handshake waits for the reply to go out
     cdef str shut_reason
     cdef str target                     # the backend's address text, for the debug lines
+    cdef bytes cache_key                # the auth_http_cache entry that named the backend
+    cdef bytes ask_user, ask_passwd     # the credentials asked about (a backend failover's
+                                        # new question carries them again)
     cdef int begin(self, Owner eng, Entry e, int fd, bytes ip, int port, long cid) except -1
     cdef int _to(self, int state) except -1
     cdef int _start(self) except -1
@@ -88,6 +92,7 @@ cdef class Session(Upstream):
     cdef int _tls_done(self) except -1
     cdef int _switch(self, Server srv) except -1
     cdef int _ask_auth(self) except -1
+    cdef object _extra(self)
     cdef object _ssl_info(self)
     cdef int _auth_done(self, AuthResult res) except -1
     cdef int _auth_failed(self, bint retry) except -1

@@ -39,6 +39,7 @@ class Server:
     proxy_timeout: int
     proxy_protocol: str
     tls: Any
+    next_tries: int
 
 @disjoint_base
 class Entry:

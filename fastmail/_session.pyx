@@ -58,6 +58,7 @@ from fastmail._tlsctx cimport ServerContext
 from fastmail._proxy cimport (ProxyHeader, ProxyError, TrustedNetworks, proxy_parse,
                               proxy_realip, proxy_build_v1, proxy_build_v2)
 from fastmail._auth cimport AuthClient, AuthResult
+from fastmail._authreq cimport Extra
 
 cdef extern from *:
     """
@@ -69,6 +70,7 @@ cdef extern from *:
 
 # nginx's log levels (fastmail.log)
 DEF ERROR = 4
+DEF WARN = 5
 DEF INFO = 7
 DEF DEBUG = 8
 
@@ -468,15 +470,33 @@ cdef class Session(Upstream):
     cdef int _ask_auth(self) except -1:
         cdef Server srv = self.srv
         cdef ProxyHeader h = self.pp
+        cdef AuthClient auth = srv.auth
         self._to(S_AUTH)
         timer_cancel(&self.t_main)      # nginx drops the client timer while auth_http runs
         pp = None
         if h is not None and h.src_addr is not None:
             pp = (h.src_addr, h.src_port, h.dst_addr, h.dst_port)
-        self.auth_handle = srv.auth.ask(
+        if srv.next_tries != 1 and self.up_failed_addrs is None:
+            self.ask_user = self.m.auth.user
+            self.ask_passwd = self.m.auth.passwd
+        extra = None
+        if auth.send_client_port or auth.send_server_addr or self.up_failed_addrs is not None:
+            extra = self._extra()
+        self.auth_handle = auth.ask(
             self, self.m.auth, self.client_ip, self.client_host if srv.smtp else None, pp,
-            self._ssl_info(), self.trace)
+            self._ssl_info(), self.trace, extra)
         return 0
+
+    cdef object _extra(self):
+        """fastmail's own request lines: auth_http_send's, a backend failover's."""
+        cdef AuthClient auth = self.srv.auth
+        cdef Extra e = Extra(failed=self.up_failed_addrs and list(self.up_failed_addrs))
+        if auth.send_client_port and self.client_ip != b"unix:":
+            e.client_port = self.client_port
+        local = self._local_addr() if auth.send_server_addr else None
+        if local is not None:
+            e.server_ip, e.server_port = local
+        return e
 
     cdef object _ssl_info(self):
         if self.c.ssl == NULL:
@@ -485,11 +505,22 @@ cdef class Session(Upstream):
 
     cdef int _auth_done(self, AuthResult res) except -1:
         cdef Machine m = self.m
+        if res.notes is not None:
+            for note in res.notes:
+                self._log(WARN, note, "in http auth state")
         if res.log_message:
             self._log(ERROR if res.log_level == "error" else INFO, res.log_message,
                       "in http auth state")
         status = res.status
+        if self.up_failed_addrs is not None:
+            # a backend failover's answer: another backend, or the last failure's reply
+            if status == "ok" and self.up_untried(res.addr, res.port):
+                self.cache_key = res.cache_key
+                return self._connect_backend(res)
+            self._to(S_BACKEND)
+            return self.up_give_up()
         if status == "ok":
+            self.cache_key = res.cache_key
             m.on_auth_ok()
             return self._connect_backend(res)
         if status == "fail":
@@ -549,6 +580,7 @@ cdef class Session(Upstream):
             self.tls_ctx = srv.conf.tls_backend
             self.tls_name = (srv.conf.proxy_ssl_name or res.server.decode("latin-1")).encode()
         self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
+        self.up_tries = srv.next_tries
         if self.trace is not None:
             addr = res.addr or ""
             self.target = f"[{addr}]:{res.port}" if ":" in addr else f"{addr}:{res.port}"
@@ -588,6 +620,19 @@ cdef class Session(Upstream):
     cdef int up_log(self, int level, str message, str action) except -1:
         return self._log(level, message, action)
 
+    cdef int up_unreachable(self) except -1:
+        self.srv.auth.forget(self.cache_key)    # a kept answer named this backend: dropped
+        self.cache_key = None
+        return 0
+
+    cdef int up_reask(self) except -1:
+        """Beyond nginx: auth_http is asked about the same credentials again, with the
+        backends that could not be reached."""
+        cdef AuthRequest auth = self.m.auth
+        self.eng.connections -= 1
+        auth.user, auth.passwd, auth.backend_auth = self.ask_user, self.ask_passwd, b""
+        return self._ask_auth()
+
     # --- the relay -----------------------------------------------------------------------------
 
     cdef int _logged_in(self) except -1:
@@ -601,6 +646,7 @@ cdef class Session(Upstream):
                 f"{self.entry.addr_text}, login: \"{self.user.decode('latin-1')}\", "
                 f"upstream: {self.up_server.decode('latin-1')}:{self.up_port}",
                 self.id)
+        self.ask_user = self.ask_passwd = None
         to_backend = self.m.take_input()
         to_client = self.login.take_output()
         # whatever the sockets did not take yet goes first, in order

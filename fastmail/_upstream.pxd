@@ -16,12 +16,22 @@ cdef class Upstream(Relay):
     cdef bint up_connected              # the connect completed
     cdef bint up_tls_pending            # ACT_STARTTLS seen: the handshake waits for the output
     cdef bint up_handshaking            # the backend handshake runs
+    # beyond nginx: another backend when this one cannot be reached (proxy_next_upstream_tries)
+    cdef int up_tries                   # backends a login may try (1: nginx's; 0: no limit)
+    cdef bytes up_addr                  # the backend being tried, b"ip:port" (with up_tries != 1)
+    cdef list up_failed_addrs           # the ones that failed in this login, or None
+    cdef BackendLogin up_spent          # the last failed one's machine: the client's reply
+    cdef str up_why                     # ... and why it failed
 
     cdef int up_connect(self, bytes addr, int port, BackendLogin login) except -1
     cdef int up_io(self, uint32_t events) except -1
     cdef int up_actions(self, int acts) except -1
     cdef int up_failed(self, str reason, int level) except -1
     cdef int up_drop(self) except -1
+    cdef int up_give_up(self) except -1
+    cdef int up_untried(self, str addr, object port) except -1
+    cdef int _up_next(self, str reason, int level) except -1
+    cdef int _up_close(self) except -1
     cdef int _up_read(self) except -1
     cdef int _up_tls_start(self) except -1
     cdef int _up_handshake(self) except -1
@@ -34,3 +44,5 @@ cdef class Upstream(Relay):
     cdef int up_refused(self) except -1
     cdef int up_log(self, int level, str message, str action) except -1
     cdef int up_opened(self) except -1
+    cdef int up_unreachable(self) except -1
+    cdef int up_reask(self) except -1

@@ -8,6 +8,9 @@ Owns the backend Sock between connect and relay and what the login machine write
 not decide what the client is told beyond the login machine's own replies, nor log in its own
 words except nginx's for the backend: the session (a subclass) gets the outcome through the
 up_* hooks. A session *is* its Upstream and its Relay: no object changes hands.
+Beyond nginx (proxy_next_upstream_tries): a backend that cannot be reached is logged as nginx
+logs it and recorded, its socket closed, and the session asks auth_http for another one
+(up_reask); when it has none, the last failed machine gives the client its reply (up_give_up).
 """
 
 from libc.stdint cimport uint32_t
@@ -42,6 +45,8 @@ cdef class Upstream(Relay):
     cdef int up_connect(self, bytes addr, int port, BackendLogin login) except -1:
         """Starts the connect; the login machine runs once it completes."""
         self.login = login
+        if self.up_tries != 1:
+            self.up_addr = (b"[%s]:%d" if b":" in addr else b"%s:%d") % (addr, port)
         if sock_connect(&self.b, addr, port) < 0:
             return self.up_failed(os_error("connect", self.b.err), ERROR)
         self.loop.register(self.b.fd, self, BACKEND, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
@@ -154,17 +159,60 @@ cdef class Upstream(Relay):
         cdef int acts
         if self.login is None or not self.up_active():
             return 0
+        self.up_unreachable()
+        if self.up_tries != 1 and self._up_next(reason, level):
+            return 0
         acts = self.login.on_error(reason)
         self.login.log_level = "error" if level <= ERROR else "info"
         return self.up_actions(acts)
 
     cdef int up_drop(self) except -1:
         """Closes the backend socket (no relay follows)."""
+        self._up_close()
+        self.login = None
+        self.up_spent = None
+        return 0
+
+    cdef int _up_close(self) except -1:
         if self.b.fd >= 0:
             self.loop.unregister(self)
             sock_close(&self.b)
-        self.login = None
+        self.up_connected = self.up_tls_pending = self.up_handshaking = False
         return 0
+
+    cdef int _up_next(self, str reason, int level) except -1:
+        """1 when another backend is asked for (the failure logged, the socket closed), 0
+        when no try is left."""
+        cdef list failed = self.up_failed_addrs
+        if self.up_tries and (len(failed) if failed else 0) + 1 >= self.up_tries:
+            return 0
+        self.up_log(level, reason, self.login.phase)
+        if failed is None:
+            failed = self.up_failed_addrs = []
+        failed.append(self.up_addr)
+        self.up_spent = self.login
+        self.up_why = reason
+        self.login = None
+        self._up_close()
+        self.up_reask()
+        return 1
+
+    cdef int up_untried(self, str addr, object port) except -1:
+        """The backend `addr`:`port` an auth_http answer names did not fail in this login."""
+        if addr is None:
+            return False
+        return (b"[%s]:%d" if ":" in addr else b"%s:%d") % (addr.encode(), port) not in (
+            self.up_failed_addrs or ())
+
+    cdef int up_give_up(self) except -1:
+        """No other backend: the client gets the reply of the last failure (already logged)."""
+        cdef BackendLogin login = self.up_spent
+        cdef int acts
+        self.up_spent = None
+        self.login = login
+        acts = login.on_error(self.up_why)
+        login.close_reason = None
+        return self.up_actions(acts)
 
     # --- hooks: the session's ------------------------------------------------------------------
 
@@ -184,4 +232,10 @@ cdef class Upstream(Relay):
         return 0
 
     cdef int up_opened(self) except -1:
+        return 0
+
+    cdef int up_unreachable(self) except -1:
+        return 0
+
+    cdef int up_reask(self) except -1:
         return 0

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Literal
 import httptools
 
 from fastmail._auth import AuthClient
+from fastmail._authcache import AuthCache
 from fastmail._authproto import MAX_HEADER_BLOCK
+from fastmail._authurl import Target
 
 if TYPE_CHECKING:
     from fastmail._core import AuthRequest
     from fastmail._poll import Loop
-    from fastmail.conf.model import ServerConf
+    from fastmail.conf.model import AuthHttpUrl, ServerConf
     from fastmail.resolver import Resolver
 
 # MAX_HEADER_BLOCK (from the C side, which defines the limits): nginx reads the answer into
@@ -90,6 +92,9 @@ def build_request(
     pass_client_cert: bool = False,
     keepalive: bool,
     proxy_protocol: tuple[bytes, int, bytes, int] | None = None,
+    client_port: int | None = None,
+    server_addr: tuple[bytes, int] | None = None,
+    failed: list[bytes] | None = None,
 ) -> bytes:
     """The auth_http request, line for line as ngx_mail_auth_http_create_request writes it.
 
@@ -101,6 +106,11 @@ def build_request(
     keepalive=False gives nginx's bytes exactly. keepalive=True (beyond nginx) changes only
     `HTTP/1.0` to `HTTP/1.1` and adds `Connection: keep-alive` as the last line before the
     empty line, so every nginx line keeps its place.
+
+    Beyond nginx, after nginx's lines and before the auth_http_header ones: `client_port`
+    (Client-Port), `server_addr` (Server-IP, Server-Port: where the client connected), and for
+    a backend failover `failed` (one Auth-Failed-Server per backend that failed, then
+    Auth-Backend-Attempt: the try this answer is for).
     """
     out = [
         b"GET ",
@@ -165,6 +175,13 @@ def build_request(
             cert = ssl_info.get("cert")
             if pass_client_cert and cert:
                 out += (b"Auth-SSL-Cert: ", escape(cert), b"\r\n")
+    if client_port is not None:
+        out.append(b"Client-Port: %d\r\n" % client_port)
+    if server_addr is not None:
+        out.append(b"Server-IP: %s\r\nServer-Port: %d\r\n" % server_addr)
+    if failed:
+        out += [b"Auth-Failed-Server: %s\r\n" % f for f in failed]
+        out.append(b"Auth-Backend-Attempt: %d\r\n" % (len(failed) + 1))
     for name, value in extra_headers:
         out += (name, b": ", value, b"\r\n")
     if keepalive:
@@ -201,6 +218,7 @@ class ResponseReader:
         "body_bytes",
         "keep_alive",
         "received",
+        "status_code",
         "_server_keep_alive",
     )
 
@@ -216,6 +234,7 @@ class ResponseReader:
         self.body_bytes = 0
         self.keep_alive = False
         self.received = 0
+        self.status_code = 0  # 0: no status line (nginx reads headers from the first byte)
         self._server_keep_alive = False
 
     # httptools callbacks
@@ -229,6 +248,8 @@ class ResponseReader:
         # llhttp resets this once the message is complete, so read it now.
         assert self._parser is not None
         self._server_keep_alive = self._parser.should_keep_alive()
+        if not self._synthetic:
+            self.status_code = self._parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -515,26 +536,54 @@ def parse_response(
 
 
 def client_for(loop: Loop, conf: ServerConf, resolver: Resolver | None) -> AuthClient:
-    """The C client of a server block's auth_http config, on the worker's Loop: the address the
-    config resolved at load (nginx uses the first one) or the unix socket, the request
-    template's constant parts, auth_http_timeout, the keep-alive pool (0: nginx's HTTP/1.0
-    connection per request), and this module's ResponseReader for answers it reads no other
-    way. With a resolver, Auth-Server may name a host."""
-    url = conf.auth_http
+    """The C client of a server block's auth_http config, on the worker's Loop: for each URL
+    the address the config resolved at load (nginx uses the first one) or the unix socket and
+    for https the TLS context and name, the request template's constant parts,
+    auth_http_timeout, the keep-alive pool (0: nginx's HTTP/1.0 connection per request), the
+    auth_http_send lines, the cache, and this module's ResponseReader for answers it reads no
+    other way. With a resolver, Auth-Server may name a host."""
+    first, *more = [conf.auth_http, *conf.auth_http_backups]
+    cache = None
+    if conf.auth_http_cache is not None:
+        cache = AuthCache(*conf.auth_http_cache)
     return AuthClient(
         loop,
-        url.host or None,
-        url.port,
-        url.uri.encode(),
-        url.host_header.encode(),
+        first.host or None,
+        first.port,
+        first.uri.encode(),
+        first.host_header.encode(),
         conf.auth_http_timeout,
         conf.auth_http_keepalive,
-        unix_path=url.path,
+        unix_path=first.path,
         extra_headers=[(k.encode(), v.encode()) for k, v in conf.auth_http_header],
         pass_client_cert=conf.auth_http_pass_client_cert,
         resolver=resolver,
         reader_factory=ResponseReader,
+        tls=conf.auth_http_tls if first.tls else None,
+        tls_name=_tls_name(first),
+        more=[
+            Target(
+                u.host or None,
+                u.port,
+                u.uri.encode(),
+                u.host_header.encode(),
+                unix_path=u.path,
+                tls=conf.auth_http_tls if u.tls else None,
+                tls_name=_tls_name(u),
+            )
+            for u in more
+        ],
+        send=tuple(conf.auth_http_send),
+        cache=cache,
     )
+
+
+def _tls_name(url: AuthHttpUrl) -> bytes | None:
+    """The name an https URL's certificate must hold, sent as SNI unless it is an address:
+    the URL's host ([::1] without its brackets)."""
+    if not url.tls:
+        return None
+    return url.host_header.strip("[]").encode("idna")
 
 
 __all__ = [

@@ -31,7 +31,8 @@ _SHOWN_REQUEST = frozenset(
     b"client-host auth-smtp-helo auth-smtp-from auth-smtp-to auth-ssl auth-ssl-protocol "
     b"auth-ssl-cipher auth-ssl-verify auth-ssl-subject auth-ssl-issuer auth-ssl-serial "
     b"auth-ssl-fingerprint proxy-protocol-addr proxy-protocol-port proxy-protocol-server-addr "
-    b"proxy-protocol-server-port connection".split()
+    b"proxy-protocol-server-port connection client-port server-ip server-port "
+    b"auth-failed-server auth-backend-attempt".split()
 )
 
 # the backend login step (BackendLogin.phase after it queued bytes) -> nginx's debug line

@@ -93,6 +93,7 @@ def make_server(
     srv.proxy_timeout = conf.proxy_timeout
     srv.proxy_protocol = conf.proxy_protocol
     srv.tls = conf.tls
+    srv.next_tries = conf.proxy_next_upstream_tries
     srv.resolver = None
     if conf.resolver is not None:
         from fastmail.resolver import Resolver

@@ -125,6 +125,7 @@ class AuthHttpUrl:
     path: str | None  # unix socket path
     uri: str  # "/" by default; may start with "?"
     host_header: str  # host text without the port; "localhost" for unix sockets
+    tls: bool = False  # fastmail: https://
 
 
 @dataclass(slots=True)
@@ -216,6 +217,15 @@ class ServerConf:
     proxy_ssl_name: str | None = None
     # realip
     set_real_ip_from: list[str] = field(default_factory=list)  # CIDRs ("10.0.0.0/8") and "unix:"
+    # fastmail: auth_http beyond nginx
+    auth_http_backups: list[AuthHttpUrl] = field(default_factory=list)  # auth_http's further URLs
+    auth_http_send: list[str] = field(default_factory=list)  # "client_port", "server_addr"
+    auth_http_cache: tuple[int, int, int] | None = None  # (entries, valid ms, fail ms)
+    auth_http_ssl_verify: bool = True
+    auth_http_ssl_trusted_certificate: str | None = None
+    auth_http_tls: ClientContext | None = field(default=None, repr=False, compare=False)
+    # fastmail: backend failover through auth_http (1: nginx's one backend per login)
+    proxy_next_upstream_tries: int = 1
 
 
 @dataclass(slots=True)

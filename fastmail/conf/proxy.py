@@ -17,6 +17,7 @@ from fastmail.conf.table import (
     set_enum,
     set_flag,
     set_msec,
+    set_num,
     set_size,
 )
 
@@ -162,5 +163,27 @@ DIRECTIVES: tuple[Directive, ...] = (
         "XCLIENT (where nginx sends XCLIENT anyway and fails). Dovecot honours ID and XCLIENT "
         "from its `login_trusted_networks` (its log and `doveadm who` then show the client). "
         "Off: nginx's exact bytes.",
+    ),
+    Directive(
+        "proxy_next_upstream_tries",
+        MAIL | SERVER,
+        TAKE1,
+        set_num,
+        "proxy_next_upstream_tries",
+        default=1,
+        default_doc="1",
+        syntax="number",
+        module="proxy",
+        ext=True,
+        doc="Backends a login may try, the first included (nginx's http meaning). When the "
+        "backend auth_http named cannot be reached (connect refused or failed, no greeting "
+        "within `timeout`, closed or reset before the login is through, a failed TLS "
+        "handshake; not a login the backend refused), fastmail asks auth_http again with "
+        "`Auth-Failed-Server: ip:port` (one line per backend that failed) and "
+        "`Auth-Backend-Attempt: n` (the try this answer is for) after nginx's headers, and "
+        "logs in to the backend that answer names, with a fresh `timeout`. The client sees "
+        "nothing of it; when no try is left, or the new answer is a failure or names a backend "
+        "that already failed, it gets the reply it would have had without. `1`: nginx's (the "
+        "login fails); `0`: no limit but those.",
     ),
 )

@@ -341,15 +341,20 @@ def add_user(
     authd: AuthServer,
     name: str,
     password: str,
-    backends: dict[str, tuple[str, int]],
+    backends: dict[str, tuple[str, int] | list[tuple[str, int]]],
     store_plain: bool = False,
 ) -> None:
+    """`backends` per protocol: (host, port), or a list of them (the next ones handed out
+    when the proxy reports the earlier ones down)."""
     from fastmail.testing.authd import Backend
+
+    def made(v: tuple[str, int] | list[tuple[str, int]]) -> Backend | list[Backend]:
+        return [Backend(h, p) for h, p in v] if isinstance(v, list) else Backend(*v)
 
     authd.db.add_user(
         name,
         password,
-        {p: Backend(h, port) for p, (h, port) in backends.items()},
+        {p: made(v) for p, v in backends.items()},
         store_plain=store_plain,
         scrypt_ln=4,
     )

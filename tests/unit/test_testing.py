@@ -13,6 +13,7 @@ import time
 import pytest
 
 from fastmail.testing.authd import (
+    TEMP_TEXT,
     AuthServer,
     Backend,
     Reply,
@@ -391,3 +392,63 @@ def test_proxy_protocol_headers(fake_backend, loop_thread):
     talk(port, v2 + b"a NOOP\r\n", b"a OK")
     p = fake_backend.sessions[-1].proxy
     assert (p.version, p.command, p.src) == (2, "PROXY", ("198.51.100.7", 40001))
+
+
+def test_next_backend_past_the_ones_reported_down(users):
+    """fastmail's backend failover: Auth-Failed-Server lines skip a user's backends in order;
+    past the last one the answer is the temporary failure."""
+    users.db.add_user(
+        "erin",
+        "pw",
+        {"imap": [Backend("127.0.0.1", 1), Backend("127.0.0.1", 2), Backend("::1", 3)]},
+        scrypt_ln=10,
+    )
+    failed = ""
+    ports = []
+    for down in ("127.0.0.1:1", "127.0.0.1:2", "[::1]:3"):
+        h = headers(ask(users.port, request(user="erin", password="pw", extra=failed)))
+        ports.append(h.get("Auth-Port"))
+        failed += f"Auth-Failed-Server: {down}\r\n"
+    h = headers(ask(users.port, request(user="erin", password="pw", extra=failed)))
+    assert ports == ["1", "2", "3"] and h["Auth-Status"] == TEMP_TEXT
+    assert users.requests[-1].get_all("Auth-Failed-Server") == [
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+        "[::1]:3",
+    ]
+
+
+def test_userdb_several_backends_replace_and_list(tmp_path, capsys):
+    db = str(tmp_path / "more.sqlite")
+    args = ["--db", db, "adduser", "fay", "--password", "pw", "--scrypt-ln", "10"]
+    assert main([*args, "--imap", "10.0.0.1:143", "--imap", "10.0.0.2:143"]) == 0
+    assert main(["--db", db, "default", "--pop3", "10.0.0.9:110", "--pop3", "10.0.0.8:110"]) == 0
+    assert main(["--db", db, "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "fay imap=10.0.0.1:143,10.0.0.2:143",
+        "default pop3=10.0.0.9:110,10.0.0.8:110",
+    ]
+    users = UserDB(db)
+    assert users.backends("fay", "pop3") == [Backend("10.0.0.9", 110), Backend("10.0.0.8", 110)]
+    users.add_user("fay", "pw", {"imap": Backend("10.0.0.3", 143)}, scrypt_ln=10)
+    assert users.backends("fay", "imap") == [Backend("10.0.0.3", 143)]  # the old ones gone
+    users.close()
+
+
+def test_https_service(loop_thread, tmp_path, certs):
+    db = UserDB(tmp_path / "tls.sqlite")
+    db.add_user("alice", "secret", {"imap": Backend("127.0.0.1", 1143)}, scrypt_ln=10)
+    server = AuthServer(db)
+    loop_thread.run(server.start(tls=certs.server_context()))
+    try:
+        assert server.url == f"https://127.0.0.1:{server.port}/auth"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            with certs.client_context().wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(request())
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+        assert headers(data)["Auth-Status"] == "OK"
+    finally:
+        loop_thread.run(server.stop())
+        db.close()

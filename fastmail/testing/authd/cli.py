@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import getpass
 import signal
+import ssl
 import sys
 
 from fastmail.testing.authd.messages import AuthQuery, Reply, load_rules
 from fastmail.testing.authd.server import AuthServer
-from fastmail.testing.authd.users import PROTOCOLS, Backend, UserDB
+from fastmail.testing.authd.users import DEFAULT_USER, PROTOCOLS, Backend, UserDB
 
 
 def _print_request(q: AuthQuery, reply: Reply) -> None:
@@ -35,11 +36,15 @@ async def serve(args: argparse.Namespace) -> None:
         log=_print_request if args.verbose else None,
         keep_requests=1,
     )
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     if args.listen.startswith("unix:"):
-        await server.start(path=args.listen[5:])
+        await server.start(path=args.listen[5:], tls=tls)
     else:
         be = Backend.parse(args.listen)
-        await server.start(be.host, be.port)
+        await server.start(be.host, be.port, tls=tls)
     print(f"fastmail authd: auth_http {server.url} (db {args.db})", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,8 +58,17 @@ async def serve(args: argparse.Namespace) -> None:
 def _backend_args(p: argparse.ArgumentParser) -> None:
     for proto in PROTOCOLS:
         p.add_argument(
-            f"--{proto}", type=Backend.parse, metavar="HOST:PORT", help=f"{proto} backend"
+            f"--{proto}",
+            type=Backend.parse,
+            action="append",
+            metavar="HOST:PORT",
+            help=f"{proto} backend; repeated: the next ones, handed out in order when the "
+            "proxy reports the earlier ones down (Auth-Failed-Server)",
         )
+
+
+def _shown(bes: list[Backend]) -> str:
+    return ",".join(map(str, bes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-attempts", type=int, default=3, help="no retry from this attempt on")
     p.add_argument("--rules", help="JSON file of test rules (see rule_from_json)")
+    p.add_argument("--tls-cert", help="serve https with this certificate chain (PEM)")
+    p.add_argument("--tls-key", help="the key of --tls-cert (PEM; default: in the cert file)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
     sub = p.add_subparsers(dest="command")
     a = sub.add_parser("adduser", help="add or replace a user")
@@ -114,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "default":
             for proto in PROTOCOLS:
                 if getattr(args, proto):
-                    db.set_default(proto, getattr(args, proto))
+                    db.set_backend(DEFAULT_USER, proto, getattr(args, proto))
         elif args.command == "domain":
             db.set_domain(args.domain, args.backend)
         elif args.command == "list":
             for name, plain, bes in db.users():
-                routes = " ".join(f"{k}={v}" for k, v in sorted(bes.items()))
+                routes = " ".join(f"{k}={_shown(v)}" for k, v in sorted(bes.items()))
                 print(f"{name}{' (plain stored)' if plain else ''} {routes}".rstrip())
-            for proto, be in sorted(db.defaults().items()):
-                print(f"default {proto}={be}")
+            for proto, defaults in sorted(db.defaults().items()):
+                print(f"default {proto}={_shown(defaults)}")
             for domain, be in sorted(db.domains().items()):
                 print(f"domain {domain} smtp={be}")
     finally:

@@ -42,6 +42,11 @@ class AuthQuery:
                 return v
         return default
 
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header that may come more than once, in order."""
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
         if value is None:

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import ssl
 import time
 import traceback
 from collections import deque
@@ -19,7 +20,14 @@ from typing import cast
 import httptools
 
 from fastmail.testing.authd.messages import AuthQuery, Reply, Rule, once
-from fastmail.testing.authd.users import DEFAULT_USER, PROTOCOLS, User, UserDB, verify_password
+from fastmail.testing.authd.users import (
+    DEFAULT_USER,
+    PROTOCOLS,
+    Backend,
+    User,
+    UserDB,
+    verify_password,
+)
 
 FAIL_TEXT = "Invalid login or password"
 TEMP_TEXT = "Temporary server problem, try again later"
@@ -58,6 +66,7 @@ class AuthServer:
         self.log = log
         self.host = ""
         self.port = 0
+        self.tls = False
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[_AuthConnection] = set()
         self._verified: dict[tuple[str, str], bytes] = {}
@@ -65,14 +74,25 @@ class AuthServer:
 
     # -- lifecycle
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, path: str | None = None) -> None:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """Listens on host:port (0: any free port) or the unix socket `path`; https with
+        `tls` (a server context)."""
         loop = asyncio.get_running_loop()
+        self.tls = tls is not None
         if path is not None:
-            self._server = await loop.create_unix_server(lambda: _AuthConnection(self), path)
+            self._server = await loop.create_unix_server(
+                lambda: _AuthConnection(self), path, ssl=tls
+            )
             self.host = f"unix:{path}"
         else:
             self._server = await loop.create_server(
-                lambda: _AuthConnection(self), host, port, reuse_address=True
+                lambda: _AuthConnection(self), host, port, reuse_address=True, ssl=tls
             )
             self.host, self.port = self._server.sockets[0].getsockname()[:2]
 
@@ -87,10 +107,11 @@ class AuthServer:
     @property
     def url(self) -> str:
         """What to write after `auth_http` in a mail config."""
+        scheme = "https://" if self.tls else ""
         return (
-            f"{self.host}/auth"
+            f"{scheme}{self.host}/auth"
             if self.host.startswith("unix:")
-            else f"{self.host}:{self.port}/auth"
+            else f"{scheme}{self.host}:{self.port}/auth"
         )
 
     # -- test helpers
@@ -171,10 +192,17 @@ class AuthServer:
         return done(self.deny(q))
 
     def grant(self, q: AuthQuery, user: User, password: str | None = None) -> Reply:
-        backend = self.db.backend(user.name, q.protocol)
+        backend = self.pick(self.db.backends(user.name, q.protocol), q)
         if backend is None:
             return self.temporary(q)
         return Reply.ok(backend, password=password)
+
+    @staticmethod
+    def pick(backends: list[Backend], q: AuthQuery) -> Backend | None:
+        """The first backend the proxy did not report down (fastmail's Auth-Failed-Server
+        lines, one per backend that could not be reached during this login)."""
+        failed = set(q.get_all("Auth-Failed-Server"))
+        return next((be for be in backends if str(be) not in failed), None)
 
     def deny(self, q: AuthQuery) -> Reply:
         wait = self.fail_wait if q.attempt < self.max_attempts else None
@@ -188,7 +216,8 @@ class AuthServer:
     def route_smtp(self, q: AuthQuery) -> Reply:
         """`smtp_auth none`: anyone may send; the RCPT domain picks the backend."""
         domain = rcpt_domain(q.get("Auth-SMTP-To") or "")
-        backend = self.db.domain_backend(domain) or self.db.backend(DEFAULT_USER, "smtp")
+        routed = self.db.domain_backend(domain)
+        backend = self.pick([routed] if routed else self.db.backends(DEFAULT_USER, "smtp"), q)
         if backend is None:
             return Reply.fail("Relay access denied", error_code="550 5.7.1")
         return Reply.ok(backend)

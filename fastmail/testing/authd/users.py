@@ -27,6 +27,14 @@ CREATE TABLE IF NOT EXISTS backends (
     port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
     PRIMARY KEY (name, protocol)
 );
+CREATE TABLE IF NOT EXISTS more_backends (  -- further backends, asked for in `rank` order when
+    name TEXT NOT NULL,                     -- the proxy reports one down (Auth-Failed-Server)
+    protocol TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    PRIMARY KEY (name, protocol, rank)
+);
 CREATE TABLE IF NOT EXISTS domains (   -- smtp_auth none: route by the RCPT TO domain
     domain TEXT PRIMARY KEY,
     host TEXT NOT NULL,
@@ -119,10 +127,12 @@ class UserDB:
         self,
         name: str,
         password: str,
-        backends: dict[str, Backend] | None = None,
+        backends: dict[str, Backend | list[Backend]] | None = None,
         store_plain: bool = False,
         scrypt_ln: int = 14,
     ) -> None:
+        """`backends` per protocol: one, or several in the order they are handed out (the
+        next when the proxy reports the earlier ones down)."""
         if not name or name == DEFAULT_USER:
             raise ValueError(f"invalid user name {name!r}")
         with self.conn:
@@ -131,23 +141,34 @@ class UserDB:
                 (name, hash_password(password, ln=scrypt_ln), password if store_plain else None),
             )
             self.conn.execute("DELETE FROM backends WHERE name = ?", (name,))
+            self.conn.execute("DELETE FROM more_backends WHERE name = ?", (name,))
             for proto, be in (backends or {}).items():
                 self.set_backend(name, proto, be)
 
     def delete_user(self, name: str) -> bool:
         with self.conn:
             self.conn.execute("DELETE FROM backends WHERE name = ?", (name,))
+            self.conn.execute("DELETE FROM more_backends WHERE name = ?", (name,))
             return self.conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
 
-    def set_backend(self, name: str, protocol: str, backend: Backend) -> None:
+    def set_backend(self, name: str, protocol: str, backend: Backend | list[Backend]) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
+        first, *more = backend if isinstance(backend, list) else [backend]
         self.conn.execute(
             "INSERT OR REPLACE INTO backends VALUES (?, ?, ?, ?)",
-            (name, protocol, backend.host, backend.port),
+            (name, protocol, first.host, first.port),
         )
+        self.conn.execute(
+            "DELETE FROM more_backends WHERE name = ? AND protocol = ?", (name, protocol)
+        )
+        for rank, be in enumerate(more, 1):
+            self.conn.execute(
+                "INSERT INTO more_backends VALUES (?, ?, ?, ?, ?)",
+                (name, protocol, rank, be.host, be.port),
+            )
 
-    def set_default(self, protocol: str, backend: Backend) -> None:
+    def set_default(self, protocol: str, backend: Backend | list[Backend]) -> None:
         self.set_backend(DEFAULT_USER, protocol, backend)
 
     def set_domain(self, domain: str, backend: Backend) -> None:
@@ -164,12 +185,23 @@ class UserDB:
 
     def backend(self, name: str, protocol: str) -> Backend | None:
         """The user's backend for the protocol, else the protocol's default."""
+        found = self.backends(name, protocol)
+        return found[0] if found else None
+
+    def backends(self, name: str, protocol: str) -> list[Backend]:
+        """The user's backends for the protocol in order (else the protocol's default ones)."""
         row = self.conn.execute(
-            "SELECT host, port FROM backends WHERE protocol = ? AND name IN (?, ?) "
+            "SELECT name, host, port FROM backends WHERE protocol = ? AND name IN (?, ?) "
             "ORDER BY name = ? LIMIT 1",
             (protocol, name, DEFAULT_USER, DEFAULT_USER),
         ).fetchone()
-        return Backend(row[0], row[1]) if row else None
+        if row is None:
+            return []
+        more = self.conn.execute(
+            "SELECT host, port FROM more_backends WHERE name = ? AND protocol = ? ORDER BY rank",
+            (row[0], protocol),
+        ).fetchall()
+        return [Backend(row[1], row[2])] + [Backend(h, p) for h, p in more]
 
     def domain_backend(self, domain: str) -> Backend | None:
         row = self.conn.execute(
@@ -177,27 +209,18 @@ class UserDB:
         ).fetchone()
         return Backend(row[0], row[1]) if row else None
 
-    def users(self) -> list[tuple[str, bool, dict[str, Backend]]]:
-        out = []
-        for name, plain in self.conn.execute(
-            "SELECT name, plain_password IS NOT NULL FROM users ORDER BY name"
-        ):
-            bes = {
-                proto: Backend(host, port)
-                for proto, host, port in self.conn.execute(
-                    "SELECT protocol, host, port FROM backends WHERE name = ?", (name,)
-                )
-            }
-            out.append((name, bool(plain), bes))
-        return out
+    def _own(self, name: str) -> dict[str, list[Backend]]:
+        protos = self.conn.execute("SELECT protocol FROM backends WHERE name = ?", (name,))
+        return {proto: self.backends(name, proto) for (proto,) in protos.fetchall()}
 
-    def defaults(self) -> dict[str, Backend]:
-        return {
-            proto: Backend(host, port)
-            for proto, host, port in self.conn.execute(
-                "SELECT protocol, host, port FROM backends WHERE name = ?", (DEFAULT_USER,)
-            )
-        }
+    def users(self) -> list[tuple[str, bool, dict[str, list[Backend]]]]:
+        rows = self.conn.execute(
+            "SELECT name, plain_password IS NOT NULL FROM users ORDER BY name"
+        ).fetchall()
+        return [(name, bool(plain), self._own(name)) for name, plain in rows]
+
+    def defaults(self) -> dict[str, list[Backend]]:
+        return self._own(DEFAULT_USER)
 
     def domains(self) -> dict[str, Backend]:
         return {d: Backend(h, p) for d, h, p in self.conn.execute("SELECT * FROM domains")}

@@ -98,8 +98,8 @@ EV = "events {}\n"
         (EV + "mail { resolver 127.0.0.1 valid=x; }", "invalid parameter: valid=x in F:2"),
         (EV + "mail { resolver off; resolver off; }", '"resolver" directive is duplicate in F:2'),
         (
-            EV + "mail { auth_http https://127.0.0.1/x; }",
-            'invalid port in auth_http "https://127.0.0.1/x" in F:2',
+            EV + "mail { auth_http Https://127.0.0.1/x; }",  # only "http://" and "https://"
+            'invalid port in auth_http "Https://127.0.0.1/x" in F:2',
         ),
         (EV + 'mail { auth_http ""; }', 'no host in auth_http "" in F:2'),
         (
