@@ -453,6 +453,66 @@ def test_sni_chooses_server_block(request, proxy, users, certs, free_port, tmp_p
         assert cert is not None and ("DNS", served) in cert["subjectAltName"]
 
 
+def test_sni_after_starttls_chooses_server_block(request, proxy, users, free_port, tmp_path):
+    """Beyond nginx: two STARTTLS server{} blocks share a plain address; the SNI name of the
+    STARTTLS handshake picks the block (its certificate and its capabilities), an unknown name
+    the first one declared, which also greets."""
+    fastmail_only(request.node.callspec.params["proxy"], "SNI server selection")
+    ca = trustme.CA()
+    port = free_port()
+    servers = ""
+    for name, cap in (("a.test", "XAAA"), ("b.test", "XBBB")):
+        path = tmp_path / f"{name}.pem"
+        ca.issue_cert(name).private_key_and_cert_chain_pem.write_to_path(str(path))
+        path.chmod(0o644)
+        servers += (
+            f"server {{ listen 127.0.0.1:{port}; protocol imap; server_name {name}; "
+            f"starttls on; imap_capabilities IMAP4rev1 {cap}; "
+            f"ssl_certificate {path}; ssl_certificate_key {path}; }}\n"
+        )
+    tmp_path.chmod(0o755)
+    proxy(mail_block(users, servers), greetings=[(port, b"* OK")])
+    for name, served, cap in (("b.test", "b.test", "XBBB"), ("c.test", "a.test", "XAAA")):
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            assert _read_until(s, b"\r\n").startswith(b"* OK")
+            s.sendall(b"a STARTTLS\r\n")
+            assert _read_until(s, b"\r\n").startswith(b"a OK ")
+            with ctx.wrap_socket(s, server_hostname=name) as t:
+                cert = t.getpeercert()
+                t.sendall(b"b CAPABILITY\r\n")
+                caps = _read_until(t, b"b OK")
+        assert cert is not None and ("DNS", served) in cert["subjectAltName"]
+        other = "XAAA" if cap == "XBBB" else "XBBB"
+        assert cap.encode() in caps and other.encode() not in caps
+
+
+def test_ecdh_curve_list_is_enforced(proxy, users, certs, free_port):
+    """ssl_ecdh_curve with a `:` list: a client offering only a group outside it is refused,
+    one offering a listed group gets that group (openssl s_client, TLSv1.3; it may quit at
+    its input's end before the greeting arrives, so the handshake's summary is the check)."""
+    port = free_port()
+    extra = "ssl_protocols TLSv1.2 TLSv1.3; ssl_ecdh_curve secp384r1:prime256v1;"
+    proxy(mail_block(users, tls_server(port, "imap", certs, extra)), greetings=[])
+    _wait_tls(port, certs)
+
+    def s_client(group: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+             "-groups", group, "-CAfile", str(certs.ca_cert), "-servername", "localhost",
+             "-crlf", "-brief"],
+            input="a LOGOUT\n", capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+
+    refused = s_client("X25519")
+    assert refused.returncode != 0 and "CONNECTION ESTABLISHED" not in refused.stderr
+    served = s_client("secp384r1")
+    assert served.returncode == 0, served.stderr
+    assert "Server Temp Key: ECDH, secp384r1" in served.stderr
+
+
 def test_backend_tls_to_dovecot(request, proxy, authd, dovecot, certs, free_port):
     """proxy_ssl on (Dovecot's imaps port, verified), and Auth-SSL-Backend: starttls per login
     (Dovecot's plain port, STARTTLS first)."""
