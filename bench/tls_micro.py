@@ -29,6 +29,7 @@ import trustme
 from fastmail._tls import TLS_CODES, TlsStream
 from fastmail._tlscache import zone
 from fastmail._tlsctx import ClientContext, ServerContext
+from fastmail.protocols import PROTOCOLS
 
 OK, WANT_READ, WANT_WRITE = TLS_CODES["OK"], TLS_CODES["WANT_READ"], TLS_CODES["WANT_WRITE"]
 CHUNK = 64 * 1024
@@ -45,7 +46,9 @@ class Material:
         )
 
     def ours(self, tls12: bool = False, shared: bool = False) -> ServerContext:
-        ctx = ServerContext("imap", ["TLSv1.2"] if tls12 else ["TLSv1.3"])
+        imap = PROTOCOLS["imap"]
+        ctx = ServerContext("imap", ["TLSv1.2"] if tls12 else ["TLSv1.3"], imap.alpn,
+                            imap.cert_replies)  # fmt: skip
         ctx.set_ciphers("HIGH:!aNULL:!MD5", False)
         ctx.add_certificate(str(self.pem), str(self.pem), [])
         ctx.set_ecdh_curve("X25519")

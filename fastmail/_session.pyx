@@ -437,7 +437,7 @@ cdef class Session(Upstream):
             chosen = self.eng.by_conf.get(id(owner))
             if chosen is not None:
                 fresh = self._switch(chosen)
-        rejected = tls_cert_check(ssl, tls_verify(ssl), self.srv.conf.protocol)
+        rejected = tls_cert_check(ssl, tls_verify(ssl), self.srv.tls.cert_replies)
         if rejected is not None:
             self._log(INFO, rejected[1], self._hs_action())
             self._send(rejected[0])

@@ -34,5 +34,5 @@ cdef str tls_cipher(SSL *ssl)
 cdef object tls_alpn(SSL *ssl)
 cdef object tls_chosen(SSL *ssl)
 cdef int tls_verify(SSL *ssl) noexcept
-cdef object tls_cert_check(SSL *ssl, int verify, str protocol)
+cdef object tls_cert_check(SSL *ssl, int verify, tuple replies)
 cdef dict tls_auth_info(SSL *ssl, int verify)

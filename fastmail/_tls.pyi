@@ -4,7 +4,6 @@ from fastmail._tlsctx import ClientContext, ServerContext
 
 DEBUG_BUILD: Final[bool]
 TLS_CODES: Final[dict[str, int]]  # OK, FAIL, WANT_READ, WANT_WRITE, CLOSED
-CERT_REPLIES: Final[dict[str, tuple[bytes, bytes]]]
 
 def live_count() -> int: ...
 
@@ -24,7 +23,7 @@ class TlsStream:
     def close(self) -> None: ...
     def error(self, client: bool = True) -> tuple[int, str]: ...
     def cert_check(
-        self, verify: int | None = None, protocol: str | None = None
+        self, verify: int | None = None, replies: tuple[bytes, bytes] | None = None
     ) -> tuple[bytes, str] | None: ...
     def auth_info(self, verify: int | None = None) -> dict[str, bytes]: ...
     @property

@@ -64,11 +64,6 @@ cdef long _live = 0          # SSL objects not yet freed (debug build)
 # an error OpenSSL reported after tls_read had already read bytes: returned by the next call
 cdef int _DEFERRED = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL)
 
-CERT_REPLIES = {
-    "imap": (b"* BYE SSL certificate error\r\n", b"* BYE No required SSL certificate\r\n"),
-    "pop3": (b"-ERR SSL certificate error\r\n", b"-ERR No required SSL certificate\r\n"),
-    "smtp": (b"421 4.7.1 SSL certificate error\r\n", b"421 4.7.1 No required SSL certificate\r\n"),
-}
 
 
 DEBUG_BUILD = bool(FASTMAIL_DEBUG)  # live_count() counts
@@ -464,10 +459,10 @@ cdef str _verify_text(long rc):
     return s[:strlen(s)].decode("latin-1") if s != NULL else ""
 
 
-cdef object tls_cert_check(SSL *ssl, int verify, str protocol):
+cdef object tls_cert_check(SSL *ssl, int verify, tuple replies):
     """ngx_mail_verify_cert after the handshake: None to go on, else (reply, info log text);
     the session is dropped from the caches then. `verify`: 0 off, 1 on, 2 optional,
-    3 optional_no_ca (ServerContext.verify)."""
+    3 optional_no_ca (ServerContext.verify); `replies`: ServerContext.cert_replies."""
     cdef long rc
     cdef X509 *cert
     if verify == 0:
@@ -475,13 +470,13 @@ cdef object tls_cert_check(SSL *ssl, int verify, str protocol):
     rc = SSL_get_verify_result(ssl)
     if rc != X509_V_OK and (verify != 3 or not _optional(rc)):
         remove_session(ssl)
-        return (CERT_REPLIES[protocol][0],
+        return (replies[0],
                 f"client SSL certificate verify error: ({rc}:{_verify_text(rc)})")
     if verify == 1:
         cert = SSL_get1_peer_certificate(ssl)
         if cert == NULL:
             remove_session(ssl)
-            return CERT_REPLIES[protocol][1], "client sent no required SSL certificate"
+            return replies[1], "client sent no required SSL certificate"
         X509_free(cert)
     return None
 
@@ -549,16 +544,16 @@ cdef class TlsStream:
 
     cdef SSL *ssl
     cdef object ctx
-    cdef str protocol
+    cdef tuple replies
 
     def __cinit__(self, ctx, int fd, bytes server_name=None):
         self.ctx = ctx
         if isinstance(ctx, ServerContext):
             self.ssl = tls_accept(<ServerContext>ctx, fd)
-            self.protocol = (<ServerContext>ctx).protocol
+            self.replies = (<ServerContext>ctx).cert_replies
         else:
             self.ssl = tls_connect(<ClientContext?>ctx, fd, server_name)
-            self.protocol = ""
+            self.replies = None
 
     def __dealloc__(self):
         if self.ssl != NULL:
@@ -608,10 +603,11 @@ cdef class TlsStream:
         """(level, text) of the last TLS_FAIL."""
         return tls_error_level(client), tls_error()
 
-    def cert_check(self, verify=None, str protocol=None):
-        """The verdict; `verify` defaults to the serving context's (tls_verify)."""
+    def cert_check(self, verify=None, tuple replies=None):
+        """The verdict; `verify` defaults to the serving context's (tls_verify), `replies`
+        to its protocol's."""
         return tls_cert_check(self._ssl(), tls_verify(self._ssl()) if verify is None else verify,
-                              protocol or self.protocol)
+                              replies or self.replies)
 
     def auth_info(self, verify=None) -> dict:
         return tls_auth_info(self._ssl(), tls_verify(self._ssl()) if verify is None else verify)

@@ -20,7 +20,7 @@ cdef struct CtxData:
     PyObject *zone              # the shared session cache (a SessionZone, owned) or NULL
     TicketKey *keys             # the first encrypts, all decrypt; NULL: OpenSSL's own
     int nkeys
-    unsigned char alpn[8]       # the protocol's ALPN name in wire form: b"\x04imap"
+    unsigned char alpn[16]      # the protocol's ALPN name in wire form: b"\x04imap"
     int verify                  # ssl_verify_client: 0 off, 1 on, 2 optional, 3 optional_no_ca
 
 
@@ -29,6 +29,7 @@ cdef class ServerContext:
     cdef CtxData *data
     cdef list cert_digests      # SHA-1 of each certificate (the session ID context)
     cdef readonly str protocol
+    cdef readonly tuple cert_replies    # the protocol table's (bad certificate, none) replies
     cdef readonly int verify
     cdef public object owner    # what the engine registered (tls_chosen returns it)
     cdef readonly SniMap sni    # when several server{} share this context's address

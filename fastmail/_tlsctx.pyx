@@ -37,7 +37,6 @@ cdef int CTX_IDX = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, _ctx_data_free)
 cdef int SSL_IDX = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL)
 
 _PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
-_ALPN = {"imap": b"\x04imap", "pop3": b"\x04pop3", "smtp": b"\x04smtp"}
 _VERIFY = {"off": 0, "on": 1, "optional": 2, "optional_no_ca": 3}
 
 # without ssl_session_ticket_key files: one key per master process, made at the first context
@@ -311,9 +310,10 @@ cdef class ServerContext:
     """One server{}'s SSL_CTX. Built by conf/ssl.py in nginx's order: __init__ (ssl_protocols),
     set_ciphers, add_certificate (each pair), set_client_verify, set_dhparam, set_ecdh_curve,
     set_session_cache, set_session_tickets, conf_commands. `owner` is the engine's (any
-    object: tls_chosen returns the owner of the context SNI chose)."""
+    object: tls_chosen returns the owner of the context SNI chose). `alpn` and `cert_replies`
+    come from the protocol table (fastmail.protocols)."""
 
-    def __cinit__(self, str protocol, protocols):
+    def __cinit__(self, str protocol, protocols, bytes alpn, tuple cert_replies):
         cdef uint64_t off = 0
         self.ctx = SSL_CTX_new(TLS_server_method())
         if self.ctx == NULL:
@@ -324,9 +324,12 @@ cdef class ServerContext:
         SSL_CTX_set_ex_data(self.ctx, CTX_IDX, self.data)  # freed with the SSL_CTX from now on
         self.data.pyctx = <PyObject *>self
         self.protocol = protocol
+        self.cert_replies = cert_replies
         self.cert_digests = []
-        alpn = _ALPN.get(protocol, b"\x00")
-        memcpy(self.data.alpn, <const char *>alpn, len(alpn))
+        if not 0 < len(alpn) < sizeof(self.data.alpn):
+            raise ValueError(f"ALPN id {alpn!r}")
+        self.data.alpn[0] = <unsigned char>len(alpn)
+        memcpy(&self.data.alpn[1], <const char *>alpn, len(alpn))
         # ngx_ssl_create
         for name, flag in (("SSLv3", SSL_OP_NO_SSLv3), ("TLSv1", SSL_OP_NO_TLSv1),
                            ("TLSv1.1", SSL_OP_NO_TLSv1_1), ("TLSv1.2", SSL_OP_NO_TLSv1_2),

@@ -29,6 +29,8 @@ class Protocol:
     profile: Callable[[ServerConf], Profile]
     login: Callable[[ServerConf], LoginConf]
     client_host: bool  # nginx resolves the client's name and sends Client-Host (SMTP only)
+    alpn: bytes  # the IANA ALPN id a TLS client must offer if it offers any
+    cert_replies: tuple[bytes, bytes]  # a bad client certificate's reply, a missing one's
 
 
 def _imap_profile(c: ServerConf) -> Profile:
@@ -106,12 +108,25 @@ def _smtp_login(c: ServerConf) -> LoginConf:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "imap": Protocol("imap", (143, 993), _imap_profile, _login_conf(_login.ImapLoginConf), False),
-    "pop3": Protocol("pop3", (110, 995), _pop3_profile, _login_conf(_login.Pop3LoginConf), False),
-    "smtp": Protocol("smtp", (25, 465, 587), _smtp_profile, _smtp_login, True),
-    # beyond nginx: ManageSieve (RFC 5804)
-    "sieve": Protocol("sieve", (4190,), _sieve_profile, _login_conf(_login.SieveLoginConf), False),
-}
+    "imap": Protocol(
+        "imap", (143, 993), _imap_profile, _login_conf(_login.ImapLoginConf), False, b"imap",
+        (b"* BYE SSL certificate error\r\n", b"* BYE No required SSL certificate\r\n"),
+    ),
+    "pop3": Protocol(
+        "pop3", (110, 995), _pop3_profile, _login_conf(_login.Pop3LoginConf), False, b"pop3",
+        (b"-ERR SSL certificate error\r\n", b"-ERR No required SSL certificate\r\n"),
+    ),
+    "smtp": Protocol(
+        "smtp", (25, 465, 587), _smtp_profile, _smtp_login, True, b"smtp",
+        (b"421 4.7.1 SSL certificate error\r\n", b"421 4.7.1 No required SSL certificate\r\n"),
+    ),
+    # beyond nginx: ManageSieve (RFC 5804), its BYE as RFC 5804 words it
+    "sieve": Protocol(
+        "sieve", (4190,), _sieve_profile, _login_conf(_login.SieveLoginConf), False,
+        b"managesieve",
+        (b'BYE "SSL certificate error"\r\n', b'BYE "No required SSL certificate"\r\n'),
+    ),
+}  # fmt: skip
 
 
 def for_port(port: int) -> str | None:

@@ -38,6 +38,7 @@ from fastmail.conf.table import (
     set_sec,
     set_str,
 )
+from fastmail.protocols import PROTOCOLS as MAIL_PROTOCOLS
 
 if TYPE_CHECKING:
     from fastmail._tlsctx import ClientContext, ServerContext
@@ -462,7 +463,8 @@ def build_tls(ld: Loader, out: dict[str, Any]) -> ServerContext:
     from fastmail._tlsctx import ServerContext, TlsConfigError
 
     try:
-        ctx = ServerContext(out["protocol"], out["ssl_protocols"])
+        proto = MAIL_PROTOCOLS[out["protocol"]]
+        ctx = ServerContext(proto.name, out["ssl_protocols"], proto.alpn, proto.cert_replies)
         ctx.set_ciphers(out["ssl_ciphers"], out["ssl_prefer_server_ciphers"])
         passwords = [p.encode("utf-8", "surrogateescape") if p is not None else b""
                      for p in _passwords(out["ssl_password_file"])]  # fmt: skip

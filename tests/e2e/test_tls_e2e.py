@@ -99,7 +99,7 @@ def tls_proxy(proxy, users, certs, free_port):
         if protocol == "smtp":
             extra = "smtp_auth plain login; " + extra
         srv = (tls_server if implicit else _starttls_server)(port, protocol, certs, extra)
-        greeting = {"imap": b"* OK", "pop3": b"+OK", "smtp": b"220"}[protocol]
+        greeting = {"imap": b"* OK", "pop3": b"+OK", "smtp": b"220", "sieve": b'"'}[protocol]
         p = proxy(mail_block(users, srv), greetings=[] if implicit else [(port, greeting)])
         if implicit:
             _wait_tls(port, certs)
@@ -323,14 +323,33 @@ def test_verify_client_optional_no_ca_self_signed(tls_proxy, certs, users, tmp_p
     assert verify == "FAILED:unable to verify the first certificate"
 
 
+def test_sieve_client_certificate_and_alpn(request, tls_proxy, certs, client_cert):
+    """Beyond nginx: implicit-TLS ManageSieve refuses a missing client certificate with
+    RFC 5804's BYE and takes ALPN's `managesieve` (IANA's id)."""
+    fastmail_only(request.node.callspec.params["proxy"], "ManageSieve")
+    verify = f"ssl_verify_client on; ssl_client_certificate {certs.ca_cert};"
+    p = tls_proxy("sieve", extra=verify)
+    ctx = client_ctx(certs)
+    ctx.set_alpn_protocols(["h2", "managesieve"])
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            assert t.selected_alpn_protocol() == "managesieve"
+            assert _read_until(t, b"\r\n") == b'BYE "No required SSL certificate"\r\n'
+    p.wait_log("client sent no required SSL certificate while SSL handshaking")
+    ctx = client_ctx(certs)
+    ctx.load_cert_chain(str(client_cert))
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            assert b'\r\nOK "' in _read_until(t, b'OK "')  # the capability list, then OK
+
+
 def test_alpn_mismatch_is_rejected(tls_proxy, certs):
     p = tls_proxy("imap")
     ctx = client_ctx(certs)
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
-        # nginx sends the no_application_protocol alert; fastmail closes (known gap: uvloop
-        # drops the alert of a failed handshake), so the client sees EOF: refused either way
-        with pytest.raises(ssl.SSLError):
+        # both send the no_application_protocol alert
+        with pytest.raises(ssl.SSLError, match="alert no application protocol"):
             ctx.wrap_socket(s, server_hostname="localhost")
     p.wait_log("no application protocol")
     ctx = client_ctx(certs)

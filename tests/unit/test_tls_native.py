@@ -19,6 +19,7 @@ from cryptography import x509
 
 from fastmail._tls import TlsStream
 from fastmail._tlsctx import ClientContext
+from fastmail.protocols import PROTOCOLS
 from support.tlspair import CLOSED, FAIL, OK, WANT_READ, Pair, server_conf, tcp_pair
 
 INFO, ERR = 7, 4
@@ -258,7 +259,7 @@ def test_client_certificate_verdicts(tmp_path: Path, ca, pem) -> None:
     p = Pair(srv.tls, _client(ca, stranger))
     try:
         assert p.handshake() == OK  # nginx's verify callback accepts; the verdict is a reply
-        assert p.server.cert_check(protocol="smtp") == (
+        assert p.server.cert_check(replies=PROTOCOLS["smtp"].cert_replies) == (
             b"421 4.7.1 SSL certificate error\r\n",
             "client SSL certificate verify error: (21:unable to verify the first certificate)",
         )

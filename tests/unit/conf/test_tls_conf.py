@@ -171,9 +171,11 @@ def test_conf_command_files_under_the_conf_prefix(files: Path) -> None:
     """`ssl_conf_command Certificate cert.pem` (relative) is the conf prefix's file, and it
     replaces the certificate served."""
     from fastmail._tlsctx import ServerContext
+    from fastmail.protocols import PROTOCOLS
     from support.tlspair import OK, Pair
 
-    ctx = ServerContext("imap", ["TLSv1.2", "TLSv1.3"])
+    imap = PROTOCOLS["imap"]
+    ctx = ServerContext("imap", ["TLSv1.2", "TLSv1.3"], imap.alpn, imap.cert_replies)
     ctx.add_certificate(f"{files}/other.pem", f"{files}/enc.key", [b"s3cret"])
     ctx.conf_commands([("Certificate", "cert.pem"), ("PrivateKey", "key.pem")], f"{files}/")
     client = ssl.create_default_context(cafile=f"{files}/ca.pem")
