@@ -235,7 +235,12 @@ cdef class _Ask:
                 # the login as the answers left it (a WAIT's Auth-User included)
                 cache.put(self.key, r, self.client.loop.now, self.auth.user)
             r.cache_key = self.key
-        w.completed(DONE_AUTH, r)
+        try:
+            w.completed(DONE_AUTH, r)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as e:
+            self.client.loop.fault(e, type(w).__name__, w)
         return 0
 
     def _deliver_later(self, AuthResult r):

@@ -24,6 +24,8 @@ cdef class Watcher:
     cdef int expired(self, int kind) except -1
     # an operation the watcher started finished (an auth_http answer, a DNS lookup)
     cpdef int completed(self, int kind, object result) except -1
+    # an exception escaped one of the above (it is logged): end what the watcher holds
+    cdef int failed(self) except -1
 
 
 cdef class Handle:
@@ -82,6 +84,7 @@ cdef class Loop:
     cdef void unregister_fd(self, int fd, Watcher w) noexcept
     cdef TimerQueue queue(self, int64_t delay)
     cdef int report(self, object exc, str where, object obj=*) except -1
+    cdef int fault(self, object exc, str where, Watcher w) except -1
     cdef int _timeout(self) except? -2
     cdef int _run_timers(self) except -1
     cdef int _run_ready(self) except -1

@@ -89,6 +89,9 @@ cdef class Watcher:
     cpdef int completed(self, int kind, object result) except -1:
         return 0
 
+    cdef int failed(self) except -1:
+        return 0
+
 
 # --- timers ------------------------------------------------------------------------------------
 
@@ -288,6 +291,18 @@ cdef class Loop:
         sys.stderr.write(f"fastmail: {ctx['message']}: {exc!r}\n")
         return 0
 
+    cdef int fault(self, object exc, str where, Watcher w) except -1:
+        """An exception escaped `w`: logged, then `w` ends what it holds (a session its
+        connections), so a bug costs one session, not a hung client and its fds."""
+        self.report(exc, where, w)
+        try:
+            w.failed()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as e:
+            self.report(e, where + " ending", w)
+        return 0
+
     # --- running -----------------------------------------------------------------------------
 
     def run_forever(self):
@@ -322,7 +337,7 @@ cdef class Loop:
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as e:
-                        self.report(e, type(w).__name__, w)
+                        self.fault(e, type(w).__name__, w)
                 self._run_timers()
                 self._run_ready()
                 if self._dead:
@@ -368,7 +383,7 @@ cdef class Loop:
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as e:
-                    self.report(e, type(w).__name__ + " timer", w)
+                    self.fault(e, type(w).__name__ + " timer", w)
         heap = self._heap
         while heap and heap[0][0] <= now:
             h = heapq.heappop(heap)[2]

@@ -102,6 +102,7 @@ cdef class Session(Upstream):
     cdef bytes _take_out(self, Sock *s)
     cdef int close(self) except -1
     cdef int _stop_work(self) except -1
+    cdef int failed(self) except -1
     cdef int finish(self) except -1
     cdef int shut(self, str reason) except -1
     cdef str _peer_text(self)

@@ -726,6 +726,10 @@ cdef class Session(Upstream):
         self.m = None
         return 0
 
+    cdef int failed(self) except -1:
+        self.finish()
+        return 0
+
     cdef int finish(self) except -1:
         """Ends the session now."""
         if self.state == S_CLOSED:
