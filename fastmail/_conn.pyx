@@ -71,6 +71,7 @@ cdef Py_ssize_t sock_recv(Sock *s, char *buf, Py_ssize_t n) noexcept:
     if s.ssl != NULL:
         r = tls_read(<SSL *>s.ssl, buf, n)
         if r > 0:
+            s.rx += r
             if r < n:
                 s.rd_ready = False
             return r
@@ -87,6 +88,7 @@ cdef Py_ssize_t sock_recv(Sock *s, char *buf, Py_ssize_t n) noexcept:
     while True:
         r = recv(s.fd, buf, n, 0)
         if r > 0:
+            s.rx += r
             if r < n:
                 s.rd_ready = False
             return r
@@ -127,6 +129,7 @@ cdef Py_ssize_t sock_send_some(Sock *s, const char *p, Py_ssize_t n) noexcept:
     if s.ssl != NULL:
         r = tls_write(<SSL *>s.ssl, p, n)
         if r > 0:
+            s.tx += r
             if r < n:
                 s.wr_ready = False
             return r
@@ -141,6 +144,7 @@ cdef Py_ssize_t sock_send_some(Sock *s, const char *p, Py_ssize_t n) noexcept:
     while True:
         r = send(s.fd, p, n, MSG_NOSIGNAL)
         if r > 0:
+            s.tx += r
             if r < n:
                 s.wr_ready = False
             return r

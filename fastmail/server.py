@@ -14,7 +14,7 @@ import os
 import socket
 import stat
 
-from fastmail import auth_http
+from fastmail import auth_http, metrics
 from fastmail._poll import Loop
 from fastmail._proxy import TrustedNetworks
 from fastmail._session import Entry, Server
@@ -94,6 +94,7 @@ def make_server(
     srv.proxy_protocol = conf.proxy_protocol
     srv.tls = conf.tls
     srv.next_tries = conf.proxy_next_upstream_tries
+    srv.set_series(metrics.session_series(conf))
     srv.resolver = None
     if conf.resolver is not None:
         from fastmail.resolver import Resolver

@@ -49,6 +49,7 @@ class MainConf:
     worker_priority: int = 0
     lock_file: str | None = None
     timer_resolution: int = 0  # ms
+    metrics_listen: Listen | None = None  # fastmail: the Prometheus listener; None: off
 
 
 @dataclass(slots=True)
