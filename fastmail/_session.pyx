@@ -819,8 +819,8 @@ cdef class Session(Upstream):
         cdef Server srv = self.srv
         if self.end == E_NONE:
             self.end = E_ERROR
-        mx_dec(self.mx_open)
         mx_inc(srv.mx[SM_END + self.end - 1])
+        mx_dec(self.mx_open)        # last: no open connection means every end is counted
         return 0
 
     # --- ending --------------------------------------------------------------------------------

@@ -438,7 +438,8 @@ def render(computed: dict[str, list[tuple[tuple[str, ...], float]]] | None = Non
                 value -= 1 << 64
             out.append(f"{family.name}{_labels(names, values)} {value}")
         for values, number in more:
-            out.append(f"{family.name}{_labels(names, values)} {number:g}")
+            text = str(int(number)) if number == int(number) else repr(float(number))
+            out.append(f"{family.name}{_labels(names, values)} {text}")
     return "\n".join(out) + "\n"
 
 
@@ -449,13 +450,15 @@ def scrape() -> str:
         return ""
     region = st.region
     master = int(region.master_pid)
+    pids = region.pids()
     computed: dict[str, list[tuple[tuple[str, ...], float]]] = {
-        WORKERS.name: [((), len(region.pids()))],
+        WORKERS.name: [((), len(pids))],
         START_TIME.name: [((), float(region.created))],
         BUILD_INFO.name: [((__version__,), 1)],
-        PROCESS_RSS.name: [(("master",), rss_of(master))],
-        PROCESS_FDS.name: [(("master",), region.master_fds)],
     }
+    if master not in pids:  # master_process off: the one process is a worker
+        computed[PROCESS_RSS.name] = [(("master",), rss_of(master))]
+        computed[PROCESS_FDS.name] = [(("master",), region.master_fds)]
     return render(computed)
 
 

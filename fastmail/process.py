@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastmail import uncaught, upgrade
+from fastmail import metrics, uncaught, upgrade
 from fastmail.conf import load
 from fastmail.conf.errors import ConfigError
 from fastmail.conf.model import Config, ListenSocket
@@ -50,14 +50,22 @@ MASTER_SIGNALS = {SIGHUP, SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGWINCH, 
                   signal.SIGALRM, signal.SIGIO}  # fmt: skip
 
 
+def _planned(config: Config) -> list[ListenSocket]:
+    """The sockets a config listens on: the mail ones, then metrics_listen's (a socket like
+    the others for reloads and upgrades; no server{} is served on it)."""
+    out = list(config.mail.sockets) if config.mail is not None else []
+    lst = config.main.metrics_listen
+    if lst is not None:
+        out.append(ListenSocket(lst, [lst]))
+    return out
+
+
 def _bind(config: Config, reuse: dict[upgrade.Key, socket.socket], log: ErrorLog) -> Bound:
     """Binds the config's sockets; a socket in `reuse` with the same address (the previous
     config's, or one an old master passed on) is taken from it instead."""
-    if config.mail is None:
-        return []
     bound: Bound = []
     fresh: set[socket.socket] = set()
-    for ls in config.mail.sockets:
+    for ls in _planned(config):
         sock = reuse.pop(upgrade.listen_key(ls.listen), None)
         if sock is not None:
             sock.setblocking(False)
@@ -116,12 +124,17 @@ class WorkerFatal(Exception):
 
 
 def _spawn(config: Config, sockets: Bound, log: ErrorLog, daemonized: bool) -> int:
+    slot = metrics.reserve()
+    if slot < 0 and metrics.enabled():
+        log.log(ALERT, "metrics: no slot left for a new worker, its sessions are not counted")
     pid = os.fork()
     if pid:
+        metrics.forked(slot, pid)
         return pid
     code = 0
     worker = None
     try:
+        metrics.bind(slot)
         # the master's signals stay blocked until the worker's loop handles them (worker.py):
         # one sent meanwhile (a QUIT right after a reload) waits instead of killing it
         worker = _worker(config, sockets, log, forked=True, daemonized=daemonized)
@@ -200,6 +213,7 @@ def run(
         daemonized = True
     master = Master(config, sockets, log, argv, parent, daemonized)
     master.inherited = {s for _, s in sockets if s in passed}
+    master.plan_metrics()
     try:
         _write_pid(config.main.pid)
     except OSError as e:
@@ -210,6 +224,8 @@ def run(
         log.redirect_stderr()
         log.log(NOTICE, 'using the "epoll" event method')
         if not config.main.master_process:
+            slot = metrics.reserve()
+            metrics.bind(slot)  # the one process is its own worker
             _worker(config, sockets, log, forked=False, daemonized=daemonized).run()
             return 0
         return master.run()
@@ -268,11 +284,21 @@ class Master:
                 if info is not None:
                     self._signal(info.si_signo, info.si_pid)
                 self._timers()
+                if metrics.enabled():
+                    metrics.refresh_self(0, metrics.fds_of_self())
             except Exception as e:  # noqa: BLE001 - a bug here must not orphan the workers
                 self.log.log(ALERT, f"master process: {uncaught.describe(e)}")
             if (self.quit or self.terminate) and not self.workers:
                 self.log.log(NOTICE, "exit")
                 return 0
+
+    def plan_metrics(self) -> None:
+        """The config's metric series, planned before any worker of it forks."""
+        alert = metrics.setup(self.config)
+        if alert is not None:
+            self.log.log(ALERT, alert)
+        if metrics.enabled():
+            metrics.refresh_self(0, metrics.fds_of_self())
 
     # --- signals -----------------------------------------------------------------------
 
@@ -372,6 +398,7 @@ class Master:
             self.log = log
         previous = [pid for pid, c in self.workers.items() if not c.exiting]
         self.config, self.sockets = config, sockets
+        self.plan_metrics()
         self.pending.clear()  # the new set is complete
         self.start_workers()
         for pid in previous:
@@ -402,6 +429,7 @@ class Master:
             if not pid:
                 return
             child = self.workers.pop(pid, None)
+            metrics.exited(pid)  # its counters join the retired totals
             name = (
                 "worker process"
                 if child is not None

@@ -14,11 +14,12 @@ import socket
 from dataclasses import astuple
 from typing import TYPE_CHECKING
 
-from fastmail import _relay, uncaught
+from fastmail import _relay, metrics, uncaught
 from fastmail._conn import Listener
 from fastmail._engine import Engine, debug_counters
 from fastmail._poll import Loop
 from fastmail._session import DEBUG_BUILD, Server
+from fastmail.exporter import Exporter
 from fastmail.log import ALERT, NOTICE, ErrorLog
 from fastmail.server import close_server, entries_for, make_server
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 class Worker:
     __slots__ = (
         "config", "sockets", "log", "loop", "engine", "servers", "listeners", "_logs",
-        "serving", "winch_quits",
+        "serving", "winch_quits", "exporter",
     )  # fmt: skip
 
     def __init__(
@@ -49,6 +50,7 @@ class Worker:
         self.servers: dict[int, Server] = {}
         self.listeners: list[Listener] = []
         self._logs: dict[tuple[object, ...], ErrorLog] = {}
+        self.exporter: Exporter | None = None
 
     def _server_log(self, targets: list[LogTarget]) -> ErrorLog:
         if not targets or targets == self.config.main.error_log:
@@ -64,6 +66,7 @@ class Worker:
         self.loop = loop
         loop.set_exception_handler(uncaught.loop_handler(self.log))
         self.engine = Engine(loop, self.log, self.config.events.worker_connections)
+        self.engine.mx_dropped = metrics.series(metrics.CONNECTIONS_DROPPED, "worker_connections")
         try:
             if self.config.mail is not None:
                 for s in self.config.mail.servers:
@@ -71,7 +74,11 @@ class Worker:
                         s, loop, self._server_log(s.error_log), self.log
                     )
                 self.engine.by_conf = dict(self.servers)  # keyed by id(ServerConf): SNI's choice
+            metrics_listen = self.config.main.metrics_listen
             for ls, sock in self.sockets:
+                if ls.listen is metrics_listen and metrics.enabled():
+                    self.exporter = Exporter(loop, sock, self.log)
+                    continue
                 entries = entries_for(ls, self.servers)
                 if entries:
                     self.listeners.append(Listener(loop, sock, self.engine, entries))
@@ -90,6 +97,8 @@ class Worker:
             # closing the loop restores the default actions: a late signal must not kill
             # the worker mid-exit, as nginx's never dies of its own signals
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            if self.exporter is not None:
+                self.exporter.close()
             for srv in self.servers.values():
                 close_server(srv)
             _relay.pool_clear()
@@ -120,6 +129,8 @@ class Worker:
         for lst in self.listeners:
             lst.close()
         self.listeners.clear()
+        if self.exporter is not None:
+            self.exporter.stop_listening()  # the new workers answer scrapes
         if not graceful:
             engine.close_all(None)
             self.loop.stop()
