@@ -81,6 +81,10 @@ cdef class Server:
     cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
     cdef public int next_tries          # proxy_next_upstream_tries (1: nginx's)
     cdef Py_ssize_t mx[SM_COUNT]        # metrics indices (_metrics: NONE when off)
+    cdef public tuple alog              # the access log: (Writer, Format) pairs, or None
+    cdef public bint alog_local         # its formats name the address the client reached
+    cdef public bytes alog_name         # server_name and protocol, for its lines
+    cdef public bytes alog_proto
 
 
 cdef class Entry:
@@ -130,6 +134,8 @@ cdef class Session(Upstream):
     cdef bytes a_method
     cdef const char *tls_proto          # OpenSSL's static names, once the handshake is done
     cdef const char *tls_cipher
+    cdef bytes local_ip                 # where the client connected (a wildcard listener's
+    cdef int local_port                 # getsockname()), when the access log names it
     cdef int begin(self, Owner eng, Entry e, int fd, bytes ip, int port, long cid) except -1
     cdef int _to(self, int state) except -1
     cdef int _start(self) except -1
@@ -156,6 +162,7 @@ cdef class Session(Upstream):
     cdef int _backend_over(self, bint ok) except -1
     cdef int _attempt_over(self, bint ok) except -1
     cdef int _ended(self) except -1
+    cdef int _access_log(self, Server srv) except -1
     cdef inline int _end_as(self, int why) noexcept:
         if self.end == E_NONE:
             self.end = why

@@ -41,6 +41,10 @@ class Server:
     proxy_protocol: str
     tls: Any
     next_tries: int
+    alog: tuple[tuple[Any, Any], ...] | None
+    alog_local: bool
+    alog_name: bytes
+    alog_proto: bytes
     def set_series(self, indices: list[int]) -> None: ...
     @property
     def series(self) -> list[int]: ...

@@ -34,6 +34,8 @@ reads next drains it; edge-triggered epoll sends no second notice.
 
 from libc.stdint cimport uint32_t, int64_t
 from libc.stdlib cimport free
+from libc.string cimport memset, strlen
+from posix.unistd cimport getpid
 from posix.unistd cimport close as c_close
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
@@ -57,6 +59,12 @@ from fastmail._tls cimport (tls_accept, tls_handshake, tls_error, tls_error_leve
                             tls_verify, tls_cert_check, tls_auth_info, tls_reused, tls_names,
                             TLS_OK, TLS_FAIL)
 from fastmail._metrics cimport mx_inc, mx_dec, mx_observe, mx_now_us, NONE
+from fastmail._accesslog cimport (Record, alog_write, F_REMOTE_ADDR, F_REMOTE_PORT,
+                                  F_SERVER_ADDR, F_SERVER_PORT, F_PROTOCOL, F_SERVER_NAME,
+                                  F_LOGIN, F_AUTH_METHOD, F_AUTH_RESULT, F_AUTH_REASON,
+                                  F_UPSTREAM, F_BYTES_IN, F_BYTES_OUT, F_UPSTREAM_BYTES_IN,
+                                  F_UPSTREAM_BYTES_OUT, F_DURATION, F_TLS_PROTOCOL,
+                                  F_TLS_CIPHER, F_END_REASON, F_CONNECTION, F_PID)
 from fastmail._tlsctx cimport ServerContext
 from fastmail._proxy cimport (ProxyHeader, ProxyError, TrustedNetworks, proxy_parse,
                               proxy_realip, proxy_build_v1, proxy_build_v2)
@@ -134,6 +142,28 @@ SERIES = (
 )
 assert len(SERIES) == SM_COUNT
 
+# the access log's words: E_* (index 0 unused), then SM_LOGIN_* outcomes (from SM_LOGIN_OK)
+cdef const char *_END_NAMES[10]
+_END_NAMES[:] = [b"-", b"quit", b"client_closed", b"backend_closed", b"timeout", b"error",
+                 b"auth_error", b"auth_failed", b"backend_error", b"shutdown"]
+cdef const char *_RESULTS[6]
+_RESULTS[:] = [b"ok", b"failed", b"failed", b"tempfailed", b"tempfailed", b"tempfailed"]
+cdef const char *_REASONS[6]
+_REASONS[:] = [b"none", b"credentials", b"backend", b"auth_temporary", b"auth_http",
+               b"backend"]
+
+
+cdef inline void _rec(Record *r, int f, bytes b) noexcept:
+    if b is not None:
+        r.s[f] = <const char *>b
+        r.n[f] = len(b)
+
+
+cdef inline void _rec_c(Record *r, int f, const char *p) noexcept:
+    if p != NULL:
+        r.s[f] = p
+        r.n[f] = strlen(p)
+
 
 cdef class Owner(Acceptor):
     """Base of the worker's engine (fastmail._engine.Engine): what a session reports to."""
@@ -200,6 +230,10 @@ cdef class Session(Upstream):
         if srv.log_level >= INFO:
             srv.log.log(INFO, f"client {self._peer_text()} connected to {self._local_text()}",
                         cid)
+        if srv.alog_local and e.wildcard:
+            local = self._local_addr()      # the socket is gone when the line is written
+            if local is not None:
+                self.local_ip, self.local_port = local
         self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
         if e.proxy_protocol:
             self._to(S_PROXY)
@@ -821,7 +855,51 @@ cdef class Session(Upstream):
             self.end = E_ERROR
         mx_inc(srv.mx[SM_END + self.end - 1])
         mx_dec(self.mx_open)        # last: no open connection means every end is counted
+        if srv.alog is not None:
+            self._access_log(srv)
         return 0
+
+    cdef int _access_log(self, Server srv) except -1:
+        """The session's access log line: what it knows, borrowed, in a Record."""
+        cdef Record r
+        cdef Entry e = self.entry
+        cdef bytes where = None
+        memset(&r, 0, sizeof(r))
+        r.v[F_REMOTE_PORT] = r.v[F_SERVER_PORT] = -1
+        _rec(&r, F_REMOTE_ADDR, self.client_ip)
+        if self.client_ip != b"unix:":
+            r.v[F_REMOTE_PORT] = self.client_port
+        if srv.alog_local:
+            if e.host == b"":
+                where = e.addr_text.encode()    # unix:/path
+            elif e.wildcard and self.local_ip is not None:
+                where = self.local_ip
+                r.v[F_SERVER_PORT] = self.local_port
+            else:
+                where = e.host
+                r.v[F_SERVER_PORT] = e.port
+            _rec(&r, F_SERVER_ADDR, where)
+        _rec(&r, F_PROTOCOL, srv.alog_proto)
+        _rec(&r, F_SERVER_NAME, srv.alog_name)
+        _rec(&r, F_LOGIN, self.a_login)
+        _rec(&r, F_AUTH_METHOD, self.a_method)
+        if self.a_result:
+            _rec_c(&r, F_AUTH_RESULT, _RESULTS[self.a_result - SM_LOGIN_OK])
+            _rec_c(&r, F_AUTH_REASON, _REASONS[self.a_result - SM_LOGIN_OK])
+        if self.up_server is not None:
+            _rec(&r, F_UPSTREAM, self.up_server)
+            r.v[F_UPSTREAM] = self.up_port     # formatted as an address:port
+        r.v[F_BYTES_IN] = self.c.rx
+        r.v[F_BYTES_OUT] = self.c.tx
+        r.v[F_UPSTREAM_BYTES_IN] = self.b.rx
+        r.v[F_UPSTREAM_BYTES_OUT] = self.b.tx
+        r.v[F_DURATION] = self.loop.now - self.t_begin
+        _rec_c(&r, F_TLS_PROTOCOL, self.tls_proto)
+        _rec_c(&r, F_TLS_CIPHER, self.tls_cipher)
+        _rec_c(&r, F_END_REASON, _END_NAMES[self.end])
+        r.v[F_CONNECTION] = self.id
+        r.v[F_PID] = getpid()
+        return alog_write(srv.alog, &r)
 
     # --- ending --------------------------------------------------------------------------------
 

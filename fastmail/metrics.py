@@ -132,6 +132,13 @@ SESSIONS_ENDED = Family(
           "auth_failed", "backend_error", "shutdown"),
     scope="server",
 )  # fmt: skip
+ACCESS_LOG_LINES = Family(
+    "fastmail_access_log_lines_total", COUNTER, "Access log lines made, by log.", scope="log"
+)
+ACCESS_LOG_DROPPED = Family(
+    "fastmail_access_log_dropped_lines_total", COUNTER,
+    "Access log lines lost: the file did not take them fast enough, or failed.", scope="log",
+)  # fmt: skip
 PROCESS_RSS = Family(
     "fastmail_process_resident_memory_bytes", GAUGE,
     "Resident memory of the master and of all workers (each worker's own figure, at most "
@@ -160,7 +167,8 @@ BUILD_INFO = Family(
 CATALOG: tuple[Family, ...] = (
     CONNECTIONS_ACCEPTED, CONNECTIONS_OPEN, CONNECTIONS_DROPPED, LOGINS, AUTH_SECONDS,
     BACKEND_CONNECT_SECONDS, BACKEND_LOGIN_SECONDS, BACKEND_ERRORS, RELAY_BYTES,
-    RELAYS_ACTIVE, TLS_HANDSHAKES, SESSIONS_ENDED, PROCESS_RSS, PROCESS_FDS, WORKERS,
+    RELAYS_ACTIVE, TLS_HANDSHAKES, SESSIONS_ENDED, ACCESS_LOG_LINES, ACCESS_LOG_DROPPED,
+    PROCESS_RSS, PROCESS_FDS, WORKERS,
     START_TIME, BUILD_INFO,
 )  # fmt: skip
 
@@ -263,9 +271,13 @@ def _allocate(family: Family, values: tuple[str, ...]) -> int:
 
 
 def log_labels(config: Config) -> list[str]:
-    """The `log` labels of the access logs a config writes (none yet: the access log's
-    commit plans them)."""
-    return []
+    """The `log` labels of the access logs a config writes: each target's name (its path or
+    syslog text as written)."""
+    names: dict[str, None] = {}
+    for s in config.mail.servers if config.mail is not None else []:
+        for a in s.access_log:
+            names.setdefault(a.name)
+    return list(names)
 
 
 def setup(config: Config, slots_hint: int = 0) -> str | None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastmail import metrics, uncaught, upgrade
+from fastmail.accesslog import Files
 from fastmail.conf import load
 from fastmail.conf.errors import ConfigError
 from fastmail.conf.model import Config, ListenSocket
@@ -123,7 +124,9 @@ class WorkerFatal(Exception):
     """A worker cannot start; the reason is logged already. Exit code 2, as nginx's."""
 
 
-def _spawn(config: Config, sockets: Bound, log: ErrorLog, daemonized: bool) -> int:
+def _spawn(
+    config: Config, sockets: Bound, log: ErrorLog, daemonized: bool, files: Files | None
+) -> int:
     slot = metrics.reserve()
     if slot < 0 and metrics.enabled():
         log.log(ALERT, "metrics: no slot left for a new worker, its sessions are not counted")
@@ -137,7 +140,7 @@ def _spawn(config: Config, sockets: Bound, log: ErrorLog, daemonized: bool) -> i
         metrics.bind(slot)
         # the master's signals stay blocked until the worker's loop handles them (worker.py):
         # one sent meanwhile (a QUIT right after a reload) waits instead of killing it
-        worker = _worker(config, sockets, log, forked=True, daemonized=daemonized)
+        worker = _worker(config, sockets, log, forked=True, daemonized=daemonized, files=files)
         worker.run()
     except WorkerFatal:
         code = FATAL
@@ -148,7 +151,12 @@ def _spawn(config: Config, sockets: Bound, log: ErrorLog, daemonized: bool) -> i
 
 
 def _worker(
-    config: Config, sockets: Bound, log: ErrorLog, forked: bool, daemonized: bool
+    config: Config,
+    sockets: Bound,
+    log: ErrorLog,
+    forked: bool,
+    daemonized: bool,
+    files: Files | None = None,
 ) -> Worker:
     """nginx's ngx_worker_process_init, then the Worker that serves."""
     from fastmail.worker import Worker  # noqa: PLC0415 - the master does not serve
@@ -180,7 +188,7 @@ def _worker(
         except OSError as e:
             log.log(ALERT, f'chdir("{main.working_directory}") failed ({e.errno}: {e.strerror})')
             raise WorkerFatal from None
-    return Worker(config, sockets, log, winch_quits=forked and daemonized)
+    return Worker(config, sockets, log, winch_quits=forked and daemonized, files=files)
 
 
 def run(
@@ -199,8 +207,14 @@ def run(
     reuse, inherited = upgrade.inherited_sockets(log)
     passed = set(reuse.values())
     try:
+        files = Files(config)  # access logs: opened before fork, as the error log is
+    except OSError as e:
+        log.log(EMERG, e.strerror or str(e))
+        return 1
+    try:
         sockets = _bind(config, reuse, log)
     except OSError:
+        files.close()
         return 1
     finally:
         for s in reuse.values():  # inherited ones no listen names any more
@@ -212,6 +226,7 @@ def run(
         log.pid = os.getpid()
         daemonized = True
     master = Master(config, sockets, log, argv, parent, daemonized)
+    master.files = files
     master.inherited = {s for _, s in sockets if s in passed}
     master.plan_metrics()
     try:
@@ -226,7 +241,7 @@ def run(
         if not config.main.master_process:
             slot = metrics.reserve()
             metrics.bind(slot)  # the one process is its own worker
-            _worker(config, sockets, log, forked=False, daemonized=daemonized).run()
+            _worker(config, sockets, log, False, daemonized, files).run()
             return 0
         return master.run()
     finally:
@@ -270,6 +285,7 @@ class Master:
         self.terminate = False
         self.kill_at = 0.0
         self.inherited: set[socket.socket] = set()  # passed on by an old master
+        self.files: Files | None = None  # the config's access log files
 
     def run(self) -> int:
         self.start_workers()
@@ -348,6 +364,8 @@ class Master:
         elif sig == SIGUSR1:
             self.log.log(NOTICE, "reopening logs")
             self.log.reopen()
+            if self.files is not None:
+                self.files.reopen(self.log)  # for workers forked from now on
             self._signal_workers(SIGUSR1)
         elif sig == SIGUSR2:
             self.log.log(NOTICE, "changing binary")
@@ -384,8 +402,18 @@ class Master:
         reuse = {upgrade.listen_key(ls.listen): s for ls, s in self.sockets}
         try:
             config = load(old.path, old.prefix)
+        except ConfigError as e:
+            self.log.log(EMERG, str(e))
+            return
+        try:
+            files = Files(config)
+        except OSError as e:
+            self.log.log(EMERG, e.strerror or str(e))
+            return
+        try:
             sockets = _bind(config, reuse, self.log)
-        except (ConfigError, OSError) as e:
+        except OSError as e:
+            files.close()
             self.log.log(EMERG, str(e))
             return
         for s in reuse.values():  # addresses no listen names any more
@@ -398,6 +426,9 @@ class Master:
             self.log = log
         previous = [pid for pid, c in self.workers.items() if not c.exiting]
         self.config, self.sockets = config, sockets
+        if self.files is not None:
+            self.files.close()  # the old workers have their own copies; no new one needs them
+        self.files = files
         self.plan_metrics()
         self.pending.clear()  # the new set is complete
         self.start_workers()
@@ -416,7 +447,7 @@ class Master:
             self._start_worker()
 
     def _start_worker(self) -> None:
-        pid = _spawn(self.config, self.sockets, self.log, self.daemonized)
+        pid = _spawn(self.config, self.sockets, self.log, self.daemonized, self.files)
         self.workers[pid] = Child(self.config, self.sockets, time.monotonic())
         self.log.log(NOTICE, f"start worker process {pid}")
 

@@ -19,6 +19,7 @@ from fastmail._conn import Listener
 from fastmail._engine import Engine, debug_counters
 from fastmail._poll import Loop
 from fastmail._session import DEBUG_BUILD, Server
+from fastmail.accesslog import Files, Logs
 from fastmail.exporter import Exporter
 from fastmail.log import ALERT, NOTICE, ErrorLog
 from fastmail.server import close_server, entries_for, make_server
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 class Worker:
     __slots__ = (
         "config", "sockets", "log", "loop", "engine", "servers", "listeners", "_logs",
-        "serving", "winch_quits", "exporter",
+        "serving", "winch_quits", "exporter", "files", "alogs",
     )  # fmt: skip
 
     def __init__(
@@ -39,6 +40,7 @@ class Worker:
         sockets: list[tuple[ListenSocket, socket.socket]],
         log: ErrorLog,
         winch_quits: bool = False,
+        files: Files | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -51,6 +53,8 @@ class Worker:
         self.listeners: list[Listener] = []
         self._logs: dict[tuple[object, ...], ErrorLog] = {}
         self.exporter: Exporter | None = None
+        self.files = files  # the access log files the master opened
+        self.alogs: Logs = None  # type: ignore[assignment]
 
     def _server_log(self, targets: list[LogTarget]) -> ErrorLog:
         if not targets or targets == self.config.main.error_log:
@@ -67,11 +71,12 @@ class Worker:
         loop.set_exception_handler(uncaught.loop_handler(self.log))
         self.engine = Engine(loop, self.log, self.config.events.worker_connections)
         self.engine.mx_dropped = metrics.series(metrics.CONNECTIONS_DROPPED, "worker_connections")
+        self.alogs = Logs(loop, self.files, self.log)
         try:
             if self.config.mail is not None:
                 for s in self.config.mail.servers:
                     self.servers[id(s)] = make_server(
-                        s, loop, self._server_log(s.error_log), self.log
+                        s, loop, self._server_log(s.error_log), self.log, self.alogs.for_server(s)
                     )
                 self.engine.by_conf = dict(self.servers)  # keyed by id(ServerConf): SNI's choice
             metrics_listen = self.config.main.metrics_listen
@@ -99,6 +104,7 @@ class Worker:
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
             if self.exporter is not None:
                 self.exporter.close()
+            self.alogs.close()  # what is pending is written
             for srv in self.servers.values():
                 close_server(srv)
             _relay.pool_clear()
@@ -156,6 +162,7 @@ class Worker:
         self.log.reopen()
         for log in self._logs.values():
             log.reopen()
+        self.alogs.reopen()
 
 
 # every signal the worker handles (nginx's set; SIGCHLD, SIGPIPE and SIGSYS stay ignored)

@@ -109,6 +109,13 @@ def _syslog(ld: Loader, t: LogTarget, spec: str) -> None:
         raise ld.error("no syslog server specified")
 
 
+def parse_syslog(ld: Loader, spec: str) -> LogTarget:
+    """`syslog:` parameters (after the prefix) as an error_log or access_log target."""
+    t = LogTarget(kind="syslog")
+    _syslog(ld, t, spec)
+    return t
+
+
 def parse_error_log(ld: Loader, args: list[str]) -> LogTarget:
     target = args[0]
     t = LogTarget(kind="file")
