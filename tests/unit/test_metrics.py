@@ -261,7 +261,13 @@ def test_the_scrape_text_reads_back_with_prometheus_client(tmp_path, certs):
     assert _sample(fams, "fastmail_connections_accepted_total", **other) == 0
     assert _sample(fams, "fastmail_worker_processes") == 1
     assert _sample(fams, "fastmail_build_info", version=__version__) == 1
-    assert _sample(fams, "fastmail_process_resident_memory_bytes", role="master") > 0
+    # this process bound a slot: it is its own worker (master_process off), no master figure
+    with pytest.raises(KeyError):
+        _sample(fams, "fastmail_process_resident_memory_bytes", role="master")
+    metrics.refresh_self(rss=7 << 20, fds=9)
+    fams = _families(metrics.scrape())
+    assert _sample(fams, "fastmail_process_resident_memory_bytes", role="worker") == 7 << 20
+    assert _sample(fams, "fastmail_process_open_fds", role="worker") == 9
     assert _sample(fams, "fastmail_start_time_seconds") <= time.time()
 
 
