@@ -90,6 +90,7 @@ class Setup:
         mail = f"""
             auth_http {authd.url};
             server_name mx.test;
+            access_log access.log;
             server {{ listen 127.0.0.1:{self.imap}; protocol imap; }}
             server {{ listen 127.0.0.1:{self.pop3}; protocol pop3; }}
             server {{ listen 127.0.0.1:{self.smtp}; protocol smtp; smtp_auth plain; }}
@@ -186,6 +187,11 @@ def test_counters_equal_the_sessions_made(master, authd0, fake_backend):
     assert ended == {"backend_closed": 3, "auth_failed": 2, "quit": 1}
     assert d("fastmail_sessions_ended_total", down, reason="auth_error") == 1
     assert d("fastmail_sessions_ended_total", pop3, reason="backend_closed") == 2
+    # one access log line per session, each counted (the prefix's access.log, both workers)
+    assert d("fastmail_access_log_lines_total", {"log": "access.log"}) == 10
+    assert d("fastmail_access_log_dropped_lines_total", {"log": "access.log"}) == 0
+    written = (s.m.dir / "access.log").read_text().splitlines()  # type: ignore[attr-defined]
+    assert len(written) == val(after, "fastmail_access_log_lines_total", log="access.log")
     assert val(after, "fastmail_worker_processes") == 2
     for role in ("master", "worker"):
         assert val(after, "fastmail_process_resident_memory_bytes", role=role) > 1 << 20
