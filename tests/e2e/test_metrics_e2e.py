@@ -215,6 +215,44 @@ def test_backend_failures_by_kind(master, authd0, fake_backend):
     assert delta(after, before, "fastmail_backend_connect_seconds_count", **imap) == 0
 
 
+def test_a_backend_failover_counts_each_backend_that_failed(master, authd0, fake_backend):
+    """proxy_next_upstream_tries: each backend that could not be reached is a backend error,
+    the login one outcome (ok through the next backend, or the last failure's)."""
+    imap, mport = free_port(), free_port()
+    down1, down2 = free_port(), free_port()
+    good = ("127.0.0.1", fake_backend.port("imap"))
+    add_user(authd0, "alice", "secret", {"imap": [("127.0.0.1", down1), good]}, True)
+    add_user(authd0, "erin", "secret", {"imap": [("127.0.0.1", down1), ("127.0.0.1", down2)]},
+             True)  # fmt: skip
+    m = master("fastmail", f"auth_http {authd0.url}; proxy_next_upstream_tries 2;\n"
+               f"server {{ listen 127.0.0.1:{imap}; protocol imap; }}", daemon=False,
+               workers=1, main=f"metrics_listen 127.0.0.1:{mport};")  # fmt: skip
+    m.start(greet=imap)
+    lead = {"protocol": "imap", "server": f"127.0.0.1:{imap}"}
+    before = wait_for("no open connection", lambda: all_closed(mport, [lead]))
+    with LineClient("127.0.0.1", imap) as c:
+        c.greeting()
+        c.send(b"a LOGIN alice secret\r\n")
+        assert c.read_until(b"\r\n").startswith(b"a OK")
+        c.send(b"b LOGOUT\r\n")
+        c.read_all()
+    with LineClient("127.0.0.1", imap) as c:
+        c.greeting()
+        c.send(b"a LOGIN erin secret\r\n")
+        assert c.read_all() == b"* BAD internal server error\r\n"
+    after = wait_for("no open connection", lambda: all_closed(mport, [lead]))
+
+    def d(name: str, **more: str) -> float:
+        return delta(after, before, name, **lead, **more)
+
+    assert d("fastmail_backend_errors_total", kind="connect") == 3
+    assert d("fastmail_logins_total", result="ok", reason="none") == 1
+    assert d("fastmail_logins_total", result="tempfailed", reason="backend") == 1
+    assert d("fastmail_auth_http_request_seconds_count") == 4  # each asked twice
+    assert d("fastmail_backend_connect_seconds_count") == 1  # the one that connected
+    assert d("fastmail_backend_login_seconds_count") == 1
+
+
 def test_counters_stay_monotonic_across_a_reload_and_a_killed_worker(master, authd0, fake_backend):
     s = Setup(master, authd0, fake_backend)
     imap = s.servers[0]
