@@ -17,7 +17,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memmove, memchr, strlen, memset
 from libc.stdio cimport snprintf
 from libc.stdint cimport int64_t
-from posix.unistd cimport write, close as c_close
+from posix.unistd cimport write, getpid, close as c_close
 
 from fastmail._poll cimport Loop, Watcher, TNode, timer_cancel, timer_armed
 from fastmail._metrics cimport mx_inc, mx_add
@@ -70,6 +70,7 @@ FIELDS = (
 assert len(FIELDS) == F_COUNT
 
 cdef const char *HEX = "0123456789ABCDEF"
+cdef long long _pid = 0       # this worker's (getpid() is a syscall: not once per line)
 
 # --- time strings, made once a second ----------------------------------------------------------
 
@@ -365,6 +366,7 @@ cdef char *_format(Format f, Record *r, char *o) noexcept:
 cdef int alog_write(tuple logs, Record *r) except -1:
     """Each (Writer, Format) of a server{} takes the session's line."""
     cdef Writer w
+    r.v[F_PID] = _pid
     for pair in logs:
         w = <Writer>(<tuple>pair)[0]
         w.line(<Format>(<tuple>pair)[1], r)
@@ -379,6 +381,8 @@ cdef class Writer(Watcher):
 
     def __init__(self, Loop loop, str name, log, *, int fd=-1, path=None, Py_ssize_t size=0,
                  int64_t flush_ms=0, server=None, int pri=190, bytes head=b""):
+        global _pid
+        _pid = getpid()     # writers are made in the process that writes
         self.loop = loop
         self.name = name
         self.log = log

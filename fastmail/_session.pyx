@@ -35,7 +35,6 @@ reads next drains it; edge-triggered epoll sends no second notice.
 from libc.stdint cimport uint32_t, int64_t
 from libc.stdlib cimport free
 from libc.string cimport memset, strlen
-from posix.unistd cimport getpid
 from posix.unistd cimport close as c_close
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
@@ -64,7 +63,7 @@ from fastmail._accesslog cimport (Record, alog_write, F_REMOTE_ADDR, F_REMOTE_PO
                                   F_LOGIN, F_AUTH_METHOD, F_AUTH_RESULT, F_AUTH_REASON,
                                   F_UPSTREAM, F_BYTES_IN, F_BYTES_OUT, F_UPSTREAM_BYTES_IN,
                                   F_UPSTREAM_BYTES_OUT, F_DURATION, F_TLS_PROTOCOL,
-                                  F_TLS_CIPHER, F_END_REASON, F_CONNECTION, F_PID)
+                                  F_TLS_CIPHER, F_END_REASON, F_CONNECTION)
 from fastmail._tlsctx cimport ServerContext
 from fastmail._proxy cimport (ProxyHeader, ProxyError, TrustedNetworks, proxy_parse,
                               proxy_realip, proxy_build_v1, proxy_build_v2)
@@ -898,7 +897,6 @@ cdef class Session(Upstream):
         _rec_c(&r, F_TLS_CIPHER, self.tls_cipher)
         _rec_c(&r, F_END_REASON, _END_NAMES[self.end])
         r.v[F_CONNECTION] = self.id
-        r.v[F_PID] = getpid()
         return alog_write(srv.alog, &r)
 
     # --- ending --------------------------------------------------------------------------------
