@@ -32,6 +32,7 @@ from bench.targets import (
     FASTMAIL_ONLY,
     LOGIN_MODES,
     MODE_AUTH,
+    OBSERVED,
     PROTOCOLS,
     ROOT,
     TLS_GROUP,
@@ -90,6 +91,7 @@ class Bench:
             else:
                 self.cert = made
         self.tls_seen: set[str] = set()
+        self.warm_ok = 0  # sessions the last warm-up completed
         # the probes: a reason when off (said once in the notes), and the run goes on without
         self.strace_off = "--syscalls 0" if args.syscalls <= 0 else probes.missing("strace")
         self.perf_off = probes.missing("perf")
@@ -172,7 +174,8 @@ class Bench:
         """A warm-up, then `count` sessions at `concurrency` (split over --procs load
         generators): (results, CPU samples before and after, sessions ok, elapsed)."""
         # warm-up: code paths, auth_http cache, first allocations
-        self._loadgen([*base, "-c", "2", "-n", str(min(WARMUP, count)), "-t", "10"])
+        warm = self._loadgen([*base, "-c", "2", "-n", str(min(WARMUP, count)), "-t", "10"])
+        self.warm_ok = warm["ok"]
         s0 = self._sample(proxy)
         results = self._sessions(base, count, concurrency)
         s1 = self._sample(proxy)
@@ -203,6 +206,10 @@ class Bench:
             "p99_ms": max(r["p99_us"] for r in results) / 1000,
         }
         out = self._outcome(figures, results, s0, s1)
+        if proxy.observed:
+            # it did observe: the logins made so far (warm-up and timed run) are in its
+            # metrics, and each has its access log line
+            out["observed"] = {"logins": self.warm_ok + ok, **proxy.observed_counts()}
         # the probes slow the proxy: their runs come after the timed one, once per target
         if first and not self.strace_off:
             out["syscalls"] = self._syscalls(proxy, base, sc)
@@ -493,8 +500,12 @@ class Bench:
                     for rnd in range(self.a.rounds):
                         order = targets if rnd % 2 == 0 else targets[::-1]
                         for t in order:
-                            if sc.proto in FASTMAIL_ONLY and t != "fastmail":
+                            if sc.proto in FASTMAIL_ONLY and t == "nginx":
                                 self.p.step(task, f"{t}: has no {sc.proto}")  # fastmail alone
+                                continue
+                            if t == OBSERVED and sc.kind != "login":
+                                # observability's cost is measured on logins
+                                self.p.step(task, f"{t}: logins only")
                                 continue
                             if t in dead or (sc.tls and t in dead_tls):
                                 why = "TLS failed before" if t not in dead else "failed before"
@@ -621,6 +632,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for the machine's other load to "
         "drop under a third of a core (0: do not wait)",
     )
+    p.add_argument(
+        "--observability",
+        action="store_true",
+        help=f"also run the login scenarios on {OBSERVED}: fastmail with its access log and "
+        "metrics listener on, reported beside fastmail (both off) as their CPU cost per login",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness runs")
     p.add_argument(
         "--no-install", action="store_true", help="never apt-get install nginx or libssl-dev"
@@ -668,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = report.Progress(quiet=a.quiet)
     notes: list[str] = []
     targets = [t for t in a.target.split(",") if t]
+    if a.observability and "fastmail" in targets and OBSERVED not in targets:
+        targets.insert(targets.index("fastmail") + 1, OBSERVED)
     if "nginx" in targets:
         exe = None if a.no_install and not _nginx_ready() else ensure_nginx(notes)
         if a.no_install and not exe:

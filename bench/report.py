@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import goals
+from bench.targets import OBSERVED
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,29 @@ def login_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+OBSERVABILITY_GOAL = 0.05  # issue 13: access log + metrics cost at most 5% more CPU per login
+
+
+def observability_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per login scenario run with --observability: fastmail's CPU per login with the access
+    log and metrics off and on, and what they cost."""
+    head = ["scenario", "CPU µs/login, off", "on (access log + metrics)", "cost", "goal ≤ +5%"]
+    body = []
+    for row in result["summary"]:
+        if not _is_login(row) or row["figure"] != "proxy_us_per_session":
+            continue
+        off, on = row["targets"].get("fastmail"), row["targets"].get(OBSERVED)
+        if not off or not on:
+            continue
+        if not off["median"]:  # under a clock tick of CPU in all (a smoke run)
+            body.append([row["scenario"], _cell(off), _cell(on), "—", "not measured"])
+            continue
+        cost = on["median"] / off["median"] - 1
+        verdict = "ok" if round(cost, 3) <= OBSERVABILITY_GOAL else "MISS"
+        body.append([row["scenario"], _cell(off), _cell(on), f"{cost:+.1%}", verdict])
+    return head, body
+
+
 def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Everything but the logins: a row per scenario and figure."""
     targets = result["meta"]["targets"]
@@ -408,6 +432,10 @@ def _tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         ("Login goals (fastmail/nginx, or fastmail's own figure)", *goals.login_matrix(s)),
         ("Other goals", *goals.other_table(s)),
         ("Logins: medians (min–max) over rounds", *login_table(result)),
+        (
+            "Observability: fastmail's login CPU, access log + metrics off vs on",
+            *observability_table(result),
+        ),
         ("Relay, memory, TLS: medians (min–max) over rounds", *table_rows(result)),
     ]
     calls = syscall_table(result, top=4)  # narrower than the report's: a terminal is
@@ -477,6 +505,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"{1e4 / max(1, m['params'].get('sessions') or 1):.2g} µs at "
             f"{m['params'].get('sessions')} sessions; the profile below splits user and kernel "
             "time more finely.",
+            "",
+        ]
+        lines += _md(head, body)
+    head, body = observability_table(result)
+    if body:
+        lines += ["", "## Observability cost", ""]
+        lines += [
+            f"fastmail (access log and metrics off) beside {OBSERVED}: the same config with "
+            "`access_log` (the default combined format, unbuffered: one write per login) and "
+            "`metrics_listen` on (`python -m bench --observability`). Cost: the ratio of the "
+            "medians of CPU per login, minus one.",
             "",
         ]
         lines += _md(head, body)

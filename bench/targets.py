@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,10 @@ NGINX_MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROTOCOLS = ("imap", "pop3", "smtp", "sieve")
 FASTMAIL_ONLY = ("sieve",)  # nginx has no ManageSieve: fastmail alone runs these
+# fastmail with its access log (the default `combined` format, unbuffered: one write per
+# session, as a user gets it) and its metrics listener on: the cost of observability, beside
+# "fastmail" (both off), in the login scenarios (--observability)
+OBSERVED = "fastmail-obs"
 TESTING_PROTOCOLS = ("imap", "pop3", "smtp")  # what fastmail.testing's backend speaks
 
 # Login modes: which auth_http server the proxy asks, and fastmail's settings for it (nginx
@@ -90,7 +95,7 @@ TLS_SERVERS = """
 """
 
 CONF_TEMPLATE = """\
-{load_module}
+{load_module}{main_directives}
 master_process off;
 daemon off;
 worker_processes {workers};
@@ -389,6 +394,10 @@ class Proxy:
         mode: str | None = None,
     ) -> None:
         self.name = name
+        self.fastmail = name != "nginx"
+        self.observed = name == OBSERVED
+        self.metrics_port = free_port() if self.observed else 0
+        self.access_log = workdir / name / "access.log"
         self.cert = cert  # TLS listeners only when given
         self.mode = mode  # a LOGIN_MODES value, or None: fastmail's defaults
         self.dir = workdir / name
@@ -410,7 +419,11 @@ class Proxy:
                 tls_group=TLS_GROUP,
                 **self.ports.tls,
             )
-        extra = MODE_DIRECTIVES[self.mode] if self.name == "fastmail" else []
+        extra = list(MODE_DIRECTIVES[self.mode]) if self.fastmail else []
+        main = ""
+        if self.observed:
+            extra.append(f"access_log {self.access_log};")
+            main = f"\nmetrics_listen 127.0.0.1:{self.metrics_port};"
         sieve = ""
         if self.serves("sieve") and "sieve" in self.ports.proxy:
             sieve = SIEVE_SERVER.format(sieve=self.ports.proxy["sieve"])
@@ -418,7 +431,8 @@ class Proxy:
             sieve_server=sieve,
             tls_servers=tls,
             mode_directives="".join(f"    {d}\n" for d in extra),
-            load_module=f"load_module {NGINX_MAIL_MODULE};" if self.name == "nginx" else "",
+            load_module=f"load_module {NGINX_MAIL_MODULE};" if not self.fastmail else "",
+            main_directives=main,
             workers=self.workers,
             errlog=self.errlog,
             pidfile=self.dir / f"{self.name}.pid",
@@ -428,10 +442,10 @@ class Proxy:
         )
 
     def serves(self, proto: str) -> bool:
-        return proto not in FASTMAIL_ONLY or self.name == "fastmail"
+        return proto not in FASTMAIL_ONLY or self.fastmail
 
     def command(self) -> list[str]:
-        if self.name == "nginx":
+        if not self.fastmail:
             exe = nginx_binary() or "nginx"
             return [exe, "-p", f"{self.dir}/", "-e", str(self.errlog), "-c", str(self.conf)]
         # -p and -e as for nginx: the default prefix is a system path (fastmail would make its logs/)
@@ -450,6 +464,8 @@ class Proxy:
     def start(self, timeout: float = 15.0) -> None:
         self.conf.write_text(self.render())
         self.errlog.write_text("")
+        if self.observed:
+            self.access_log.write_text("")  # this run's lines only
         out = (self.dir / "stdout.log").open("wb")
         self.proc = subprocess.Popen(
             self.command(),
@@ -463,7 +479,24 @@ class Proxy:
         ports = [port for p, port in self.ports.proxy.items() if self.serves(p)]
         if self.cert:
             ports += list(self.ports.tls.values())
+        if self.observed:
+            ports.append(self.metrics_port)
         wait_listening(self.proc, ports, timeout, self.name, self.log_tail)
+
+    def observed_counts(self) -> dict[str, int]:
+        """What the observed proxy recorded so far: access log lines, and successful logins
+        by its metrics (a scrape): both count every session the bench made."""
+        with self.access_log.open("rb") as f:
+            lines = sum(1 for _ in f)
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        ok = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("fastmail_logins_total{") and 'result="ok"' in line
+        )
+        return {"access_log_lines": lines, "metrics_logins_ok": int(ok)}
 
     def log_tail(self, n: int = 12) -> str:
         text = ""

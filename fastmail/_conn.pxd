@@ -30,6 +30,8 @@ cdef struct Sock:
     bint wr_ready            # writable: no EAGAIN since the last EPOLLOUT
     bint hup                 # the peer shut down or the socket failed (RDHUP/HUP/ERR seen)
     bint tls_flip            # TLS: a read waits for writability, or a write for readability
+    unsigned long long rx    # bytes read (plaintext with TLS), for the access log
+    unsigned long long tx    # bytes written
 
 cdef enum:
     IO_AGAIN = -1            # nothing now (EAGAIN, or TLS wants the other direction)

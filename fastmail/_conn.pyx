@@ -64,14 +64,17 @@ cdef void sock_init(Sock *s, int fd) noexcept:
 
 cdef Py_ssize_t sock_recv(Sock *s, char *buf, Py_ssize_t n) noexcept:
     """Bytes read (> 0), 0 at EOF, IO_AGAIN, or IO_ERROR with s.err set. A short read
-    clears rd_ready: a stream socket gave all it had, and the next bytes bring a new edge.
+    clears rd_ready: a stream socket gave all it had, and the next bytes bring a new edge;
+    unless the peer's FIN came with them (hup): no edge comes for it, so the next read
+    must find it.
     With TLS, plaintext: OpenSSL reads until the buffer is full or the socket is empty, so a
     short read means the same; s.err is -1 on a TLS failure (its text: _tls.tls_error())."""
     cdef ssize_t r
     if s.ssl != NULL:
         r = tls_read(<SSL *>s.ssl, buf, n)
         if r > 0:
-            if r < n:
+            s.rx += r
+            if r < n and not s.hup:
                 s.rd_ready = False
             return r
         s.rd_ready = False
@@ -87,7 +90,8 @@ cdef Py_ssize_t sock_recv(Sock *s, char *buf, Py_ssize_t n) noexcept:
     while True:
         r = recv(s.fd, buf, n, 0)
         if r > 0:
-            if r < n:
+            s.rx += r
+            if r < n and not s.hup:
                 s.rd_ready = False
             return r
         if r == 0:
@@ -127,6 +131,7 @@ cdef Py_ssize_t sock_send_some(Sock *s, const char *p, Py_ssize_t n) noexcept:
     if s.ssl != NULL:
         r = tls_write(<SSL *>s.ssl, p, n)
         if r > 0:
+            s.tx += r
             if r < n:
                 s.wr_ready = False
             return r
@@ -141,6 +146,7 @@ cdef Py_ssize_t sock_send_some(Sock *s, const char *p, Py_ssize_t n) noexcept:
     while True:
         r = send(s.fd, p, n, MSG_NOSIGNAL)
         if r > 0:
+            s.tx += r
             if r < n:
                 s.wr_ready = False
             return r

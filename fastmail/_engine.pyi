@@ -16,5 +16,6 @@ class Engine(Owner):
     log: Any
     on_idle: Any
     stopping: bool
+    mx_dropped: int
     def __init__(self, loop: Loop, log: Any, max_connections: int) -> None: ...
     def close_all(self, reason: str | None = None) -> None: ...

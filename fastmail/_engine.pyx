@@ -13,6 +13,7 @@ from posix.unistd cimport close as c_close
 from fastmail._poll cimport Loop
 from fastmail._conn cimport (Listener, sockaddr, sockaddr_storage, socklen_t, sockaddr_ip)
 from fastmail._session cimport Owner, Session, Entry
+from fastmail._metrics cimport mx_inc
 
 from fastmail import _session
 
@@ -32,6 +33,7 @@ cdef class Engine(Owner):
     cdef public object log              # the main error log (alerts)
     cdef public object on_idle          # called once stopping and the last session ended
     cdef public bint stopping
+    cdef public Py_ssize_t mx_dropped   # metrics: connections refused for worker_connections
     cdef long ids
 
     def __init__(self, Loop loop, log, long max_connections):
@@ -52,6 +54,7 @@ cdef class Engine(Owner):
         if self.connections >= self.max_connections:
             # nginx counts every socket; the alert and the refusal are its words and way
             self.log.log(2, f"{self.max_connections} worker_connections are not enough")
+            mx_inc(self.mx_dropped)
             c_close(fd)
             return 0
         e = entries[0] if len(entries) == 1 else _entry_for(entries, fd)

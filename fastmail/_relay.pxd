@@ -53,6 +53,9 @@ cdef class Relay(Watcher):
     cdef bint ended
     cdef public int why
     cdef public int error
+    cdef int first_eof           # the side whose EOF came first: CLIENT + 1 or BACKEND + 1
+    cdef Py_ssize_t mx_bytes[2]  # metrics: bytes relayed per direction (_metrics indices)
+    cdef Py_ssize_t mx_active    # metrics: relays running
 
     cdef int relay_start(self, bytes to_backend, bytes to_client) except -1
     cdef int relay_io(self, int side, uint32_t events) except -1

@@ -21,6 +21,7 @@ from fastmail._poll cimport (Loop, Watcher, TNode, TimerQueue, timer_cancel, FAS
                              EPOLLIN, EPOLLOUT, EPOLLET, EPOLLRDHUP, EPOLLERR, EPOLLHUP)
 from fastmail._conn cimport (Sock, sock_init, sock_recv, sock_send_some, sock_close,
                              IO_AGAIN, IO_ERROR)
+from fastmail._metrics cimport mx_add, mx_inc, mx_dec
 
 cdef extern from *:
     """
@@ -195,6 +196,7 @@ cdef class Relay(Watcher):
         self.d[DOWN].pend = to_client
         self.d[DOWN].pend_len = len(to_client)
         self.relaying = True
+        mx_inc(self.mx_active)
         self.last_client = self.loop.now
         if self.proxy_timeout > 0:
             self.loop.queue(self.proxy_timeout).add(&self.t_main, self, 0)
@@ -263,6 +265,7 @@ cdef class Relay(Watcher):
             if n > 0:
                 d.pend_off += n
                 d.nbytes += n
+                mx_add(self.mx_bytes[i], n)
                 continue
             if n == IO_AGAIN:
                 return 0
@@ -289,6 +292,8 @@ cdef class Relay(Watcher):
                 if n > 0:
                     d.inpipe -= n
                     d.nbytes += n
+                    dst.tx += n
+                    mx_add(self.mx_bytes[i], n)
                     continue
                 err = errno
                 if n < 0 and err == EINTR:
@@ -314,6 +319,7 @@ cdef class Relay(Watcher):
             n = splice(src.fd, NULL, d.pw, NULL, PIPE_SIZE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             if n > 0:
                 d.inpipe += n
+                src.rx += n
                 if n < _min_slots and not src.hup:
                     # Each queued buffer takes at least one pipe slot, so the pipe did not
                     # fill: the socket is empty (what arrives later is a new edge), and the
@@ -323,6 +329,8 @@ cdef class Relay(Watcher):
                 continue
             if n == 0:
                 d.eof = True
+                if self.first_eof == 0:
+                    self.first_eof = i + 1     # UP's source is the client, DOWN's the backend
                 continue
             err = errno
             if err == EINTR:
@@ -349,6 +357,7 @@ cdef class Relay(Watcher):
                     d.buf_off += n
                     d.inpipe -= n
                     d.nbytes += n
+                    mx_add(self.mx_bytes[i], n)
                     continue
                 if n == IO_AGAIN:
                     return 0
@@ -378,6 +387,8 @@ cdef class Relay(Watcher):
                 continue
             if n == 0:
                 d.eof = True
+                if self.first_eof == 0:
+                    self.first_eof = i + 1
                 continue
             if n == IO_AGAIN:
                 continue
@@ -421,6 +432,8 @@ cdef class Relay(Watcher):
         self.ended = True
         self.why = why
         self.error = err
+        if self.relaying:
+            mx_dec(self.mx_active)
         timer_cancel(&self.t_main)
         for i in range(2):
             if self.d[i].pr >= 0:

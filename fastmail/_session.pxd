@@ -14,6 +14,48 @@ from fastmail._tlsctx cimport ServerContext
 cdef class Session
 
 
+# What a session counts (fastmail/metrics.py: SESSION_SERIES names them, in this order: see
+# SERIES in _session.pyx); Server.mx holds their indices in the metrics region.
+cdef enum:
+    SM_ACCEPTED = 0
+    SM_OPEN
+    SM_LOGIN_OK
+    SM_LOGIN_FAILED_CREDENTIALS
+    SM_LOGIN_FAILED_BACKEND
+    SM_LOGIN_TEMP_AUTH                  # auth_http's 4xx Auth-Error-Code
+    SM_LOGIN_TEMP_AUTH_HTTP             # no usable auth_http answer
+    SM_LOGIN_TEMP_BACKEND
+    SM_AUTH_SECONDS                     # histograms
+    SM_CONNECT_SECONDS
+    SM_LOGIN_SECONDS
+    SM_BACKEND_ERRORS                   # + Upstream's BE_* - 1
+    SM_BYTES_UP = SM_BACKEND_ERRORS + 6
+    SM_BYTES_DOWN
+    SM_RELAYS
+    SM_TLS_CLIENT                       # + TLS_FULL/TLS_RESUMED/TLS_FAILED
+    SM_TLS_BACKEND = SM_TLS_CLIENT + 3  # + the same
+    SM_END = SM_TLS_BACKEND + 3         # + E_* - 1
+    SM_COUNT = SM_END + 9
+
+cdef enum:
+    TH_FULL = 0
+    TH_RESUMED
+    TH_FAILED
+
+# why a session ended (Session.end); the first cause found wins
+cdef enum:
+    E_NONE = 0
+    E_QUIT                              # the machine closed after the client's QUIT/LOGOUT
+    E_CLIENT_CLOSED
+    E_BACKEND_CLOSED
+    E_TIMEOUT
+    E_ERROR
+    E_AUTH_ERROR                        # auth_http gave no usable answer
+    E_AUTH_FAILED                       # the login failed without Auth-Wait: nginx closes
+    E_BACKEND_ERROR
+    E_SHUTDOWN
+
+
 cdef class Owner(Acceptor):
     # What a session needs of the worker that accepted it (fastmail._engine.Engine).
     cdef public Loop loop
@@ -38,6 +80,11 @@ cdef class Server:
     cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
     cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
     cdef public int next_tries          # proxy_next_upstream_tries (1: nginx's)
+    cdef Py_ssize_t mx[SM_COUNT]        # metrics indices (_metrics: NONE when off)
+    cdef public tuple alog              # the access log: (Writer, Format) pairs, or None
+    cdef public bint alog_local         # its formats name the address the client reached
+    cdef public bytes alog_name         # server_name and protocol, for its lines
+    cdef public bytes alog_proto
 
 
 cdef class Entry:
@@ -76,6 +123,19 @@ cdef class Session(Upstream):
     cdef bytes cache_key                # the auth_http_cache entry that named the backend
     cdef bytes ask_user, ask_passwd     # the credentials asked about (a backend failover's
                                         # new question carries them again)
+    # what the metrics and the access log read at the end
+    cdef int64_t t_begin                # loop ms at accept
+    cdef int64_t t_auth                 # µs: the running auth_http request was made
+    cdef Py_ssize_t mx_open             # the open-connections gauge counted at accept
+    cdef int end                        # E_*
+    cdef int a_result                   # the last login attempt: 0 none, SM_LOGIN_* otherwise
+    cdef bint up_counted                # this backend's failure is counted (a failover's)
+    cdef bytes a_login                  # its login and method, as the client sent them
+    cdef bytes a_method
+    cdef const char *tls_proto          # OpenSSL's static names, once the handshake is done
+    cdef const char *tls_cipher
+    cdef bytes local_ip                 # where the client connected (a wildcard listener's
+    cdef int local_port                 # getsockname()), when the access log names it
     cdef int begin(self, Owner eng, Entry e, int fd, bytes ip, int port, long cid) except -1
     cdef int _to(self, int state) except -1
     cdef int _start(self) except -1
@@ -99,6 +159,14 @@ cdef class Session(Upstream):
     cdef int _connect_backend(self, AuthResult res) except -1
     cdef bytes _backend_proxy_header(self)
     cdef int _logged_in(self) except -1
+    cdef int _backend_over(self, bint ok) except -1
+    cdef int _attempt_over(self, bint ok) except -1
+    cdef int _ended(self) except -1
+    cdef int _access_log(self, Server srv) except -1
+    cdef inline int _end_as(self, int why) noexcept:
+        if self.end == E_NONE:
+            self.end = why
+        return 0
     cdef bytes _take_out(self, Sock *s)
     cdef int close(self) except -1
     cdef int _stop_work(self) except -1

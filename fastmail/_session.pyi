@@ -14,6 +14,7 @@ from fastmail._upstream import Upstream
 from fastmail.conf.model import ServerConf
 
 DEBUG_BUILD: bool
+SERIES: tuple[str, ...]
 TLS_MODES: dict[str, int]
 
 def live_count() -> int: ...
@@ -40,6 +41,13 @@ class Server:
     proxy_protocol: str
     tls: Any
     next_tries: int
+    alog: tuple[tuple[Any, Any], ...] | None
+    alog_local: bool
+    alog_name: bytes
+    alog_proto: bytes
+    def set_series(self, indices: list[int]) -> None: ...
+    @property
+    def series(self) -> list[int]: ...
 
 @disjoint_base
 class Entry:

@@ -34,6 +34,7 @@ reads next drains it; edge-triggered epoll sends no second notice.
 
 from libc.stdint cimport uint32_t, int64_t
 from libc.stdlib cimport free
+from libc.string cimport memset, strlen
 from posix.unistd cimport close as c_close
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
@@ -50,10 +51,19 @@ from fastmail._relay cimport (Relay, UP, DOWN, CLIENT, BACKEND, END_DONE, END_RE
 from fastmail._core cimport (Machine, Profile, AuthRequest, ACT_SEND, ACT_AUTH, ACT_STARTTLS,
                              ACT_CLOSE, ACT_TIMER, ACT_BACKEND, ACT_DONE)
 from fastmail._login cimport BackendLogin, LoginConf
-from fastmail._upstream cimport Upstream
+from fastmail._upstream cimport (Upstream, BE_NONE, BE_TIMEOUT, BE_REFUSED, BE_IO, UT_NONE,
+                                 UT_FULL)
 from fastmail._openssl cimport SSL
 from fastmail._tls cimport (tls_accept, tls_handshake, tls_error, tls_error_level, tls_chosen,
-                            tls_verify, tls_cert_check, tls_auth_info, TLS_OK, TLS_FAIL)
+                            tls_verify, tls_cert_check, tls_auth_info, tls_reused, tls_names,
+                            TLS_OK, TLS_FAIL)
+from fastmail._metrics cimport mx_inc, mx_dec, mx_observe, mx_now_us, NONE
+from fastmail._accesslog cimport (Record, alog_write, F_REMOTE_ADDR, F_REMOTE_PORT,
+                                  F_SERVER_ADDR, F_SERVER_PORT, F_PROTOCOL, F_SERVER_NAME,
+                                  F_LOGIN, F_AUTH_METHOD, F_AUTH_RESULT, F_AUTH_REASON,
+                                  F_UPSTREAM, F_BYTES_IN, F_BYTES_OUT, F_UPSTREAM_BYTES_IN,
+                                  F_UPSTREAM_BYTES_OUT, F_DURATION, F_TLS_PROTOCOL,
+                                  F_TLS_CIPHER, F_END_REASON, F_CONNECTION)
 from fastmail._tlsctx cimport ServerContext
 from fastmail._proxy cimport (ProxyHeader, ProxyError, TrustedNetworks, proxy_parse,
                               proxy_realip, proxy_build_v1, proxy_build_v2)
@@ -117,6 +127,42 @@ def live_count():
 
 DEBUG_BUILD = bool(FASTMAIL_DEBUG)
 
+# the names of the SM_* series (_session.pxd), in order: fastmail/metrics.py maps them
+SERIES = (
+    "accepted", "open", "login_ok", "login_failed_credentials", "login_failed_backend",
+    "login_tempfailed_auth", "login_tempfailed_auth_http", "login_tempfailed_backend",
+    "auth_seconds", "connect_seconds", "login_seconds",
+    "backend_connect", "backend_timeout", "backend_tls", "backend_closed", "backend_io",
+    "backend_refused", "bytes_up", "bytes_down", "relays",
+    "tls_client_full", "tls_client_resumed", "tls_client_failed",
+    "tls_backend_full", "tls_backend_resumed", "tls_backend_failed",
+    "end_quit", "end_client_closed", "end_backend_closed", "end_timeout", "end_error",
+    "end_auth_error", "end_auth_failed", "end_backend_error", "end_shutdown",
+)
+assert len(SERIES) == SM_COUNT
+
+# the access log's words: E_* (index 0 unused), then SM_LOGIN_* outcomes (from SM_LOGIN_OK)
+cdef const char *_END_NAMES[10]
+_END_NAMES[:] = [b"-", b"quit", b"client_closed", b"backend_closed", b"timeout", b"error",
+                 b"auth_error", b"auth_failed", b"backend_error", b"shutdown"]
+cdef const char *_RESULTS[6]
+_RESULTS[:] = [b"ok", b"failed", b"failed", b"tempfailed", b"tempfailed", b"tempfailed"]
+cdef const char *_REASONS[6]
+_REASONS[:] = [b"none", b"credentials", b"backend", b"auth_temporary", b"auth_http",
+               b"backend"]
+
+
+cdef inline void _rec(Record *r, int f, bytes b) noexcept:
+    if b is not None:
+        r.s[f] = <const char *>b
+        r.n[f] = len(b)
+
+
+cdef inline void _rec_c(Record *r, int f, const char *p) noexcept:
+    if p != NULL:
+        r.s[f] = p
+        r.n[f] = strlen(p)
+
 
 cdef class Owner(Acceptor):
     """Base of the worker's engine (fastmail._engine.Engine): what a session reports to."""
@@ -128,6 +174,18 @@ cdef class Owner(Acceptor):
 cdef class Server:
     """What one worker needs to serve one server{} block, built once (server.py) and read by
     every session at C speed."""
+
+    def set_series(self, list indices):
+        """The metrics indices of SERIES, in order (fastmail.metrics.session_series)."""
+        cdef Py_ssize_t i
+        if len(indices) != SM_COUNT:
+            raise ValueError(f"{SM_COUNT} series expected, got {len(indices)}")
+        for i in range(SM_COUNT):
+            self.mx[i] = indices[i]
+
+    @property
+    def series(self):
+        return [self.mx[i] for i in range(SM_COUNT)]
 
 
 cdef class Entry:
@@ -156,6 +214,10 @@ cdef class Session(Upstream):
         self.client_ip = ip
         self.client_port = port
         self.client_host = b"[UNAVAILABLE]"
+        self.t_begin = eng.loop.now
+        mx_inc(srv.mx[SM_ACCEPTED])
+        self.mx_open = srv.mx[SM_OPEN]
+        mx_inc(self.mx_open)
         self.half_close = True
         self.proxy_timeout = srv.proxy_timeout
         sock_init(&self.c, fd)
@@ -167,6 +229,10 @@ cdef class Session(Upstream):
         if srv.log_level >= INFO:
             srv.log.log(INFO, f"client {self._peer_text()} connected to {self._local_text()}",
                         cid)
+        if srv.alog_local and e.wildcard:
+            local = self._local_addr()      # the socket is gone when the line is written
+            if local is not None:
+                self.local_ip, self.local_port = local
         self.loop.queue(srv.timeout).add(&self.t_main, self, T_MAIN)
         if e.proxy_protocol:
             self._to(S_PROXY)
@@ -285,6 +351,7 @@ cdef class Session(Upstream):
             if n == IO_AGAIN:
                 return 0
             # EOF or an error before the relay: the client left, nginx logs nothing
+            self._end_as(E_CLIENT_CLOSED if n == 0 else E_ERROR)
             return self.finish()
         return 0
 
@@ -301,13 +368,16 @@ cdef class Session(Upstream):
         # T_MAIN: nginx's `timeout`
         if st == S_BACKEND:
             # nginx logs the backend timeout at info, other backend failures at error
-            return self.up_failed("upstream timed out (110: Connection timed out)", INFO)
+            return self.up_failed("upstream timed out (110: Connection timed out)", INFO,
+                                  BE_TIMEOUT)
         if st == S_CLOSING:
             return self.finish()
         if st == S_HANDSHAKE:
             self._log(INFO, "client timed out (110: Connection timed out)", self._hs_action())
+            self._end_as(E_TIMEOUT)
             return self.finish()
         if st == S_PROXY or st == S_RESOLVE or st == S_DIALOGUE:
+            self._end_as(E_TIMEOUT)
             self._log(INFO, "client timed out (110: Connection timed out)",
                       "reading PROXY protocol" if st == S_PROXY else None)
             if self.m is not None:
@@ -346,7 +416,9 @@ cdef class Session(Upstream):
         if n == IO_AGAIN:
             return 0
         if n <= 0:
-            return self.finish()    # EOF or an error: the client left, nginx logs nothing
+            # EOF or an error: the client left, nginx logs nothing
+            self._end_as(E_CLIENT_CLOSED if n == 0 else E_ERROR)
+            return self.finish()
         res = proxy_parse(_rbuf, n, PROXY_HEADER_LIMIT, False)
         if res is None:
             self.c.rd_ready = False     # all that came is peeked: the next bytes are an edge
@@ -355,9 +427,11 @@ cdef class Session(Upstream):
             msg = (<ProxyError>res).message
             if msg is not None:
                 self._log(ERROR, msg, "reading PROXY protocol")
+            self._end_as(E_ERROR)
             return self.finish()
         h = <ProxyHeader>res
         if sock_recv(&self.c, _rbuf, h.consumed) != h.consumed:
+            self._end_as(E_ERROR)
             return self.finish()
         self.c.rd_ready = n > h.consumed
         self.pp = h
@@ -375,6 +449,7 @@ cdef class Session(Upstream):
         if acts & ACT_SEND:
             out = m.take_output()
             if self._send(out) < 0:
+                self._end_as(E_ERROR)
                 return self.finish()
             if self.trace is not None:
                 self.trace.client_reply(out)
@@ -386,6 +461,8 @@ cdef class Session(Upstream):
         if acts & ACT_CLOSE:
             if m.close_reason:
                 self._log(INFO, m.close_reason, None)
+            # a reason is a protocol error (too many errors, too long a line); none: QUIT
+            self._end_as(E_ERROR if m.close_reason else E_QUIT)
             return self.close()
         if acts & ACT_TIMER:
             self.loop.queue(m.timer_ms).add(&self.t_aux, self, T_AUX)
@@ -423,6 +500,8 @@ cdef class Session(Upstream):
             return self._tls_done()
         if rc == TLS_FAIL:
             self._log(tls_error_level(True), tls_error(), self._hs_action())
+            mx_inc(self.srv.mx[SM_TLS_CLIENT + TH_FAILED])
+            self._end_as(E_ERROR)
             return self.finish()
         return 0    # TLS_WANT_READ / TLS_WANT_WRITE: the next event goes on
 
@@ -437,10 +516,13 @@ cdef class Session(Upstream):
             chosen = self.eng.by_conf.get(id(owner))
             if chosen is not None:
                 fresh = self._switch(chosen)
+        mx_inc(self.srv.mx[SM_TLS_CLIENT + (TH_RESUMED if tls_reused(ssl) else TH_FULL)])
+        self.tls_proto = tls_names(ssl, &self.tls_cipher)
         rejected = tls_cert_check(ssl, tls_verify(ssl), self.srv.tls.cert_replies)
         if rejected is not None:
             self._log(INFO, rejected[1], self._hs_action())
             self._send(rejected[0])
+            self._end_as(E_ERROR)
             return self.close()
         self.c.rd_ready = True      # a record may have come with the client's last flight
         if not self.starttls:
@@ -476,6 +558,11 @@ cdef class Session(Upstream):
         pp = None
         if h is not None and h.src_addr is not None:
             pp = (h.src_addr, h.src_port, h.dst_addr, h.dst_port)
+        if self.up_failed_addrs is None:        # not a backend failover's question
+            self.a_login = self.m.auth.user     # as the client sent it (Auth-User may change it)
+            self.a_method = self.m.auth.method
+        self.a_result = 0
+        self.t_auth = mx_now_us()
         if srv.next_tries != 1 and self.up_failed_addrs is None:
             self.ask_user = self.m.auth.user
             self.ask_passwd = self.m.auth.passwd
@@ -505,6 +592,9 @@ cdef class Session(Upstream):
 
     cdef int _auth_done(self, AuthResult res) except -1:
         cdef Machine m = self.m
+        cdef Server srv = self.srv
+        cdef bytes code
+        mx_observe(srv.mx[SM_AUTH_SECONDS], mx_now_us() - self.t_auth)
         if res.notes is not None:
             for note in res.notes:
                 self._log(WARN, note, "in http auth state")
@@ -524,6 +614,13 @@ cdef class Session(Upstream):
             m.on_auth_ok()
             return self._connect_backend(res)
         if status == "fail":
+            code = res.error_code
+            # an SMTP 4xx Auth-Error-Code is a temporary failure
+            self.a_result = (SM_LOGIN_TEMP_AUTH if code and code[:1] == b"4"
+                             else SM_LOGIN_FAILED_CREDENTIALS)
+            mx_inc(srv.mx[self.a_result])
+            if res.wait <= 0:
+                self._end_as(E_AUTH_FAILED)     # the machine closes after its reply
             self.result = res
             if res.wait > 0:
                 # nginx reads nothing and answers after Auth-Wait, then takes a new login
@@ -531,6 +628,9 @@ cdef class Session(Upstream):
                 self.loop.queue(res.wait * 1000).add(&self.t_aux, self, T_AUX)
                 return 0
             return self._auth_failed(False)
+        self.a_result = SM_LOGIN_TEMP_AUTH_HTTP
+        mx_inc(srv.mx[SM_LOGIN_TEMP_AUTH_HTTP])
+        self._end_as(E_AUTH_ERROR)
         self._to(S_DIALOGUE)
         return self.run(m.on_auth_error())
 
@@ -602,6 +702,7 @@ cdef class Session(Upstream):
 
     cdef int up_opened(self) except -1:
         self.eng.connections += 1
+        self.up_counted = False
         if self.trace is not None:
             self.trace.connect(self.target, self.b.fd)
         return 0
@@ -615,6 +716,8 @@ cdef class Session(Upstream):
         return self._logged_in()
 
     cdef int up_refused(self) except -1:
+        self._backend_over(False)
+        self._end_as(E_BACKEND_ERROR)
         return self.close()
 
     cdef int up_log(self, int level, str message, str action) except -1:
@@ -629,6 +732,11 @@ cdef class Session(Upstream):
         """Beyond nginx: auth_http is asked about the same credentials again, with the
         backends that could not be reached."""
         cdef AuthRequest auth = self.m.auth
+        self._attempt_over(False)       # each backend that failed counts
+        self.up_counted = True          # (give_up's reply is this failure's)
+        self.up_err = BE_NONE
+        self.up_t1 = 0
+        self.up_tls = UT_NONE
         self.eng.connections -= 1
         auth.user, auth.passwd, auth.backend_auth = self.ask_user, self.ask_passwd, b""
         return self._ask_auth()
@@ -639,6 +747,7 @@ cdef class Session(Upstream):
         cdef Server srv = self.srv
         cdef bytes to_backend, to_client
         timer_cancel(&self.t_main)
+        self._backend_over(True)
         if srv.log_level >= INFO:
             srv.log.log(
                 INFO,
@@ -657,7 +766,39 @@ cdef class Session(Upstream):
         self.m = None
         self.login = None
         self._to(S_RELAY)
+        self.mx_bytes[UP] = srv.mx[SM_BYTES_UP]
+        self.mx_bytes[DOWN] = srv.mx[SM_BYTES_DOWN]
+        self.mx_active = srv.mx[SM_RELAYS]
         return self.relay_start(to_backend, to_client)
+
+    cdef int _backend_over(self, bint ok) except -1:
+        """The backend login ended: the attempt's figures, the login's outcome."""
+        cdef int kind = self._attempt_over(ok)
+        if ok:
+            self.a_result = SM_LOGIN_OK
+        else:
+            self.a_result = SM_LOGIN_FAILED_BACKEND if kind == BE_REFUSED else SM_LOGIN_TEMP_BACKEND
+        mx_inc(self.srv.mx[self.a_result])
+        return 0
+
+    cdef int _attempt_over(self, bint ok) except -1:
+        """One backend's attempt ended: its latencies, its TLS, its failure by kind (once:
+        a failover counted it already); returns that BE_* kind."""
+        cdef Server srv = self.srv
+        cdef int kind = self.up_err
+        if self.up_counted:
+            return kind
+        if self.up_t1:
+            mx_observe(srv.mx[SM_CONNECT_SECONDS], self.up_t1 - self.up_t0)
+        if self.up_tls != UT_NONE:
+            mx_inc(srv.mx[SM_TLS_BACKEND + self.up_tls - UT_FULL])
+        if ok:
+            mx_observe(srv.mx[SM_LOGIN_SECONDS], mx_now_us() - self.up_t1)
+            return BE_NONE
+        if kind == BE_NONE:
+            kind = BE_IO
+        mx_inc(srv.mx[SM_BACKEND_ERRORS + kind - 1])
+        return kind
 
     cdef bytes _take_out(self, Sock *s):
         cdef bytes rest = PyBytes_FromStringAndSize(s.out + s.out_off, s.out_len - s.out_off)
@@ -671,6 +812,14 @@ cdef class Session(Upstream):
         cdef Server srv = self.srv
         cdef int why = self.why
         self.state = S_CLOSED
+        if why == END_DONE:
+            self._end_as(E_CLIENT_CLOSED if self.first_eof == CLIENT + 1 else E_BACKEND_CLOSED)
+        elif why == END_TIMEOUT:
+            self._end_as(E_TIMEOUT)
+        elif why == END_CLOSED:
+            self._end_as(E_SHUTDOWN)
+        else:
+            self._end_as(E_ERROR)
         if self.trace is not None:
             self.trace.closed()
         self.eng.connections -= 2
@@ -694,8 +843,61 @@ cdef class Session(Upstream):
                 self._log(INFO, os_error("pipe2", self.error), "proxying")
             else:
                 self._log(INFO, self.shut_reason, "proxying")
+        self._ended()
         self.eng.ended(self)
         return 0
+
+    cdef int _ended(self) except -1:
+        """Once per session, at its very end: the metrics and the access log."""
+        cdef Server srv = self.srv
+        if self.end == E_NONE:
+            self.end = E_ERROR
+        mx_inc(srv.mx[SM_END + self.end - 1])
+        mx_dec(self.mx_open)        # last: no open connection means every end is counted
+        if srv.alog is not None:
+            self._access_log(srv)
+        return 0
+
+    cdef int _access_log(self, Server srv) except -1:
+        """The session's access log line: what it knows, borrowed, in a Record."""
+        cdef Record r
+        cdef Entry e = self.entry
+        cdef bytes where = None
+        memset(&r, 0, sizeof(r))
+        r.v[F_REMOTE_PORT] = r.v[F_SERVER_PORT] = -1
+        _rec(&r, F_REMOTE_ADDR, self.client_ip)
+        if self.client_ip != b"unix:":
+            r.v[F_REMOTE_PORT] = self.client_port
+        if srv.alog_local:
+            if e.host == b"":
+                where = e.addr_text.encode()    # unix:/path
+            elif e.wildcard and self.local_ip is not None:
+                where = self.local_ip
+                r.v[F_SERVER_PORT] = self.local_port
+            else:
+                where = e.host
+                r.v[F_SERVER_PORT] = e.port
+            _rec(&r, F_SERVER_ADDR, where)
+        _rec(&r, F_PROTOCOL, srv.alog_proto)
+        _rec(&r, F_SERVER_NAME, srv.alog_name)
+        _rec(&r, F_LOGIN, self.a_login)
+        _rec(&r, F_AUTH_METHOD, self.a_method)
+        if self.a_result:
+            _rec_c(&r, F_AUTH_RESULT, _RESULTS[self.a_result - SM_LOGIN_OK])
+            _rec_c(&r, F_AUTH_REASON, _REASONS[self.a_result - SM_LOGIN_OK])
+        if self.up_server is not None:
+            _rec(&r, F_UPSTREAM, self.up_server)
+            r.v[F_UPSTREAM] = self.up_port     # formatted as an address:port
+        r.v[F_BYTES_IN] = self.c.rx
+        r.v[F_BYTES_OUT] = self.c.tx
+        r.v[F_UPSTREAM_BYTES_IN] = self.b.rx
+        r.v[F_UPSTREAM_BYTES_OUT] = self.b.tx
+        r.v[F_DURATION] = self.loop.now - self.t_begin
+        _rec_c(&r, F_TLS_PROTOCOL, self.tls_proto)
+        _rec_c(&r, F_TLS_CIPHER, self.tls_cipher)
+        _rec_c(&r, F_END_REASON, _END_NAMES[self.end])
+        r.v[F_CONNECTION] = self.id
+        return alog_write(srv.alog, &r)
 
     # --- ending --------------------------------------------------------------------------------
 
@@ -744,11 +946,13 @@ cdef class Session(Upstream):
             self.loop.unregister(self)
             sock_close(&self.c)
             self.eng.connections -= 1
+        self._ended()
         self.eng.ended(self)
         return 0
 
     cdef int shut(self, str reason) except -1:
         self.shut_reason = reason
+        self._end_as(E_SHUTDOWN)
         return self.finish()
 
     # --- log lines -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ cdef str tls_error()
 cdef int tls_error_level(bint client) noexcept
 
 cdef bint tls_reused(SSL *ssl) noexcept
+cdef const char *tls_names(SSL *ssl, const char **cipher) noexcept
 cdef str tls_version(SSL *ssl)
 cdef str tls_cipher(SSL *ssl)
 cdef object tls_alpn(SSL *ssl)

@@ -409,6 +409,14 @@ cdef bint tls_reused(SSL *ssl) noexcept:
     return SSL_session_reused(ssl) != 0
 
 
+cdef const char *tls_names(SSL *ssl, const char **cipher) noexcept:
+    """The protocol's and the cipher's names: OpenSSL's static strings, valid for the
+    process's life (the access log keeps them past the connection)."""
+    cdef const SSL_CIPHER *c = SSL_get_current_cipher(ssl)
+    cipher[0] = SSL_CIPHER_get_name(c) if c != NULL else NULL
+    return SSL_get_version(ssl)
+
+
 cdef str tls_version(SSL *ssl):
     cdef const char *v = SSL_get_version(ssl)
     return v[:strlen(v)].decode() if v != NULL else ""

@@ -1,9 +1,28 @@
 # The backend side of a session before the relay: connect, TLS to the backend, the login.
 
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, int64_t
 from fastmail._relay cimport Relay
 from fastmail._login cimport BackendLogin
 from fastmail._tlsctx cimport ClientContext
+
+
+# what went wrong with the backend (Upstream.up_err), in the order of the engine's
+# SM_BACKEND_* series
+cdef enum:
+    BE_NONE = 0
+    BE_CONNECT
+    BE_TIMEOUT
+    BE_TLS
+    BE_CLOSED                           # EOF before the login ended
+    BE_IO                               # a send or recv error
+    BE_REFUSED                          # the backend's reply refused the login
+
+# TLS to the backend (Upstream.up_tls)
+cdef enum:
+    UT_NONE = 0
+    UT_FULL
+    UT_RESUMED
+    UT_FAILED
 
 
 cdef class Upstream(Relay):
@@ -22,11 +41,15 @@ cdef class Upstream(Relay):
     cdef list up_failed_addrs           # the ones that failed in this login, or None
     cdef BackendLogin up_spent          # the last failed one's machine: the client's reply
     cdef str up_why                     # ... and why it failed
+    cdef int up_err                     # BE_*: the first failure
+    cdef int up_tls                     # UT_*
+    cdef int64_t up_t0                  # µs (_metrics.mx_now_us): connect() called
+    cdef int64_t up_t1                  # µs: connected
 
     cdef int up_connect(self, bytes addr, int port, BackendLogin login) except -1
     cdef int up_io(self, uint32_t events) except -1
     cdef int up_actions(self, int acts) except -1
-    cdef int up_failed(self, str reason, int level) except -1
+    cdef int up_failed(self, str reason, int level, int kind) except -1
     cdef int up_drop(self) except -1
     cdef int up_give_up(self) except -1
     cdef int up_untried(self, str addr, object port) except -1

@@ -23,8 +23,9 @@ from fastmail._relay cimport Relay, BACKEND
 from fastmail._core cimport ACT_SEND, ACT_CLOSE, ACT_BACKEND, ACT_DONE, ACT_STARTTLS
 from fastmail._login cimport BackendLogin
 from fastmail._openssl cimport SSL
-from fastmail._tls cimport (tls_connect, tls_handshake, tls_error, tls_error_level, TLS_OK,
-                            TLS_FAIL)
+from fastmail._tls cimport (tls_connect, tls_handshake, tls_error, tls_error_level, tls_reused,
+                            TLS_OK, TLS_FAIL)
+from fastmail._metrics cimport mx_now_us
 
 cdef extern from *:
     """
@@ -47,8 +48,9 @@ cdef class Upstream(Relay):
         self.login = login
         if self.up_tries != 1:
             self.up_addr = (b"[%s]:%d" if b":" in addr else b"%s:%d") % (addr, port)
+        self.up_t0 = mx_now_us()
         if sock_connect(&self.b, addr, port) < 0:
-            return self.up_failed(os_error("connect", self.b.err), ERROR)
+            return self.up_failed(os_error("connect", self.b.err), ERROR, BE_CONNECT)
         self.loop.register(self.b.fd, self, BACKEND, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
         self.up_opened()
         return 0
@@ -62,10 +64,11 @@ cdef class Upstream(Relay):
         if not self.up_connected:
             if events & (EPOLLERR | EPOLLHUP):
                 getsockopt(self.b.fd, SOL_SOCKET, SO_ERROR, &err, &elen)
-                return self.up_failed(os_error("connect", err or 111), ERROR)
+                return self.up_failed(os_error("connect", err or 111), ERROR, BE_CONNECT)
             if not events & EPOLLOUT:
                 return 0
             self.up_connected = True
+            self.up_t1 = mx_now_us()
             self.up_actions(self.login.start())
             if not self.up_active():
                 return 0
@@ -75,7 +78,7 @@ cdef class Upstream(Relay):
             self.b.rd_ready = self.b.wr_ready = True
         if self.b.out != NULL and self.b.wr_ready:
             if sock_flush(&self.b) == IO_ERROR:
-                return self.up_failed(self._io_error("send"), ERROR)
+                return self.up_failed(self._io_error("send"), ERROR, BE_IO)
             if self.b.out == NULL and self.up_tls_pending:
                 return self._up_tls_start()
         if self.up_handshaking:
@@ -96,8 +99,8 @@ cdef class Upstream(Relay):
                 return 0
             self.login.phase = "reading response from upstream"
             if n == 0:
-                return self.up_failed("upstream prematurely closed connection", ERROR)
-            return self.up_failed(self._io_error("recv"), ERROR)
+                return self.up_failed("upstream prematurely closed connection", ERROR, BE_CLOSED)
+            return self.up_failed(self._io_error("recv"), ERROR, BE_IO)
         return 0
 
     cdef str _io_error(self, str call):
@@ -111,12 +114,14 @@ cdef class Upstream(Relay):
             if self.trace is not None:
                 self.trace.upstream_sent(login.phase, out)
             if sock_write_bytes(&self.b, out) == IO_ERROR:
-                return self.up_failed(self._io_error("send"), ERROR)
+                return self.up_failed(self._io_error("send"), ERROR, BE_IO)
         if acts & ACT_SEND and not acts & ACT_DONE:
             self.up_send_client(login.take_output())
             if not self.up_active():
                 return 0
         if acts & ACT_CLOSE:
+            if self.up_err == BE_NONE:
+                self.up_err = BE_REFUSED    # the backend's own reply ended the login
             if login.close_reason:
                 self.up_log(ERROR if login.log_level == "error" else INFO, login.close_reason,
                             login.phase)
@@ -144,21 +149,26 @@ cdef class Upstream(Relay):
         cdef int rc = tls_handshake(<SSL *>self.b.ssl)
         if rc == TLS_OK:
             self.up_handshaking = False
+            self.up_tls = UT_RESUMED if tls_reused(<SSL *>self.b.ssl) else UT_FULL
             self.b.rd_ready = True      # a record may have come with the last flight
             self.up_actions(self.login.on_tls_done())
             return self._up_read()
         if rc == TLS_FAIL:
-            return self.up_failed(tls_error(), tls_error_level(False))
+            self.up_tls = UT_FAILED
+            return self.up_failed(tls_error(), tls_error_level(False), BE_TLS)
         return 0    # TLS_WANT_READ / TLS_WANT_WRITE: the next event goes on
 
     # --- endings -------------------------------------------------------------------------------
 
-    cdef int up_failed(self, str reason, int level) except -1:
+    cdef int up_failed(self, str reason, int level, int kind) except -1:
         """The backend failed outside a reply (connect, send, recv, EOF, timeout, TLS): the
-        protocol's internal-error reply, whatever proxy_pass_error_message says (nginx)."""
+        protocol's internal-error reply, whatever proxy_pass_error_message says (nginx).
+        `kind` is the BE_* the metrics and the access log see."""
         cdef int acts
         if self.login is None or not self.up_active():
             return 0
+        if self.up_err == BE_NONE:
+            self.up_err = kind
         self.up_unreachable()
         if self.up_tries != 1 and self._up_next(reason, level):
             return 0

@@ -16,7 +16,7 @@ import time
 from typing import TextIO
 
 from fastmail import NGINX_COMPAT, __version__
-from fastmail.conf import Config, ConfigError, load
+from fastmail.conf import AccessLog, Config, ConfigError, load
 from fastmail.conf.errors import strerror
 from fastmail.conf.main import DEFAULT_CONF, DEFAULT_ERROR_LOG, DEFAULT_PID, DEFAULT_PREFIX
 
@@ -185,7 +185,8 @@ def make_default_logs(prefix: str, paths: list[str | None]) -> None:
 
 
 def open_files(cfg: Config) -> None:
-    """-t opens (and creates) the pid file and every error_log file, as nginx does."""
+    """-t opens (and creates) the pid file, every error_log and access_log file, as nginx
+    does."""
     if cfg.main.pid is not None:
         try:
             os.close(os.open(cfg.main.pid, os.O_RDWR | os.O_CREAT, 0o644))
@@ -193,20 +194,25 @@ def open_files(cfg: Config) -> None:
             raise ConfigError(
                 f'open() "{cfg.main.pid}" failed {strerror(e.errno or errno.EIO)}'
             ) from None
-    for path in log_files(cfg):
+    access = [a.path for a in cfg_access_logs(cfg) if a.path is not None]
+    for path in dict.fromkeys([*log_files(cfg), *access]):
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
         except OSError as e:
             raise ConfigError(f'open() "{path}" failed {strerror(e.errno or errno.EIO)}') from None
 
 
+def cfg_access_logs(cfg: Config) -> list[AccessLog]:
+    return [a for s in (cfg.mail.servers if cfg.mail else []) for a in s.access_log]
+
+
 def test_bind(cfg: Config) -> None:
-    """Bind, listen and close every planned socket; EADDRINUSE is ignored under -t, as nginx's
-    ngx_open_listening_sockets does with ngx_test_config."""
-    if cfg.mail is None:
-        return
-    for plan in cfg.mail.sockets:
-        ls = plan.listen
+    """Bind, listen and close every planned socket (metrics_listen's too); EADDRINUSE is
+    ignored under -t, as nginx's ngx_open_listening_sockets does with ngx_test_config."""
+    planned = [p.listen for p in cfg.mail.sockets] if cfg.mail is not None else []
+    if cfg.main.metrics_listen is not None:
+        planned.append(cfg.main.metrics_listen)
+    for ls in planned:
         s = socket.socket(ls.family, socket.SOCK_STREAM)
         try:
             if ls.family != socket.AF_UNIX:

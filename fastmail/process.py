@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastmail import uncaught, upgrade
+from fastmail import metrics, uncaught, upgrade
+from fastmail.accesslog import Files
 from fastmail.conf import load
 from fastmail.conf.errors import ConfigError
 from fastmail.conf.model import Config, ListenSocket
@@ -50,14 +51,22 @@ MASTER_SIGNALS = {SIGHUP, SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGWINCH, 
                   signal.SIGALRM, signal.SIGIO}  # fmt: skip
 
 
+def _planned(config: Config) -> list[ListenSocket]:
+    """The sockets a config listens on: the mail ones, then metrics_listen's (a socket like
+    the others for reloads and upgrades; no server{} is served on it)."""
+    out = list(config.mail.sockets) if config.mail is not None else []
+    lst = config.main.metrics_listen
+    if lst is not None:
+        out.append(ListenSocket(lst, [lst]))
+    return out
+
+
 def _bind(config: Config, reuse: dict[upgrade.Key, socket.socket], log: ErrorLog) -> Bound:
     """Binds the config's sockets; a socket in `reuse` with the same address (the previous
     config's, or one an old master passed on) is taken from it instead."""
-    if config.mail is None:
-        return []
     bound: Bound = []
     fresh: set[socket.socket] = set()
-    for ls in config.mail.sockets:
+    for ls in _planned(config):
         sock = reuse.pop(upgrade.listen_key(ls.listen), None)
         if sock is not None:
             sock.setblocking(False)
@@ -115,16 +124,23 @@ class WorkerFatal(Exception):
     """A worker cannot start; the reason is logged already. Exit code 2, as nginx's."""
 
 
-def _spawn(config: Config, sockets: Bound, log: ErrorLog, daemonized: bool) -> int:
+def _spawn(
+    config: Config, sockets: Bound, log: ErrorLog, daemonized: bool, files: Files | None
+) -> int:
+    slot = metrics.reserve()
+    if slot < 0 and metrics.enabled():
+        log.log(ALERT, "metrics: no slot left for a new worker, its sessions are not counted")
     pid = os.fork()
     if pid:
+        metrics.forked(slot, pid)
         return pid
     code = 0
     worker = None
     try:
+        metrics.bind(slot)
         # the master's signals stay blocked until the worker's loop handles them (worker.py):
         # one sent meanwhile (a QUIT right after a reload) waits instead of killing it
-        worker = _worker(config, sockets, log, forked=True, daemonized=daemonized)
+        worker = _worker(config, sockets, log, forked=True, daemonized=daemonized, files=files)
         worker.run()
     except WorkerFatal:
         code = FATAL
@@ -135,7 +151,12 @@ def _spawn(config: Config, sockets: Bound, log: ErrorLog, daemonized: bool) -> i
 
 
 def _worker(
-    config: Config, sockets: Bound, log: ErrorLog, forked: bool, daemonized: bool
+    config: Config,
+    sockets: Bound,
+    log: ErrorLog,
+    forked: bool,
+    daemonized: bool,
+    files: Files | None = None,
 ) -> Worker:
     """nginx's ngx_worker_process_init, then the Worker that serves."""
     from fastmail.worker import Worker  # noqa: PLC0415 - the master does not serve
@@ -167,7 +188,7 @@ def _worker(
         except OSError as e:
             log.log(ALERT, f'chdir("{main.working_directory}") failed ({e.errno}: {e.strerror})')
             raise WorkerFatal from None
-    return Worker(config, sockets, log, winch_quits=forked and daemonized)
+    return Worker(config, sockets, log, winch_quits=forked and daemonized, files=files)
 
 
 def run(
@@ -186,8 +207,14 @@ def run(
     reuse, inherited = upgrade.inherited_sockets(log)
     passed = set(reuse.values())
     try:
+        files = Files(config)  # access logs: opened before fork, as the error log is
+    except OSError as e:
+        log.log(EMERG, e.strerror or str(e))
+        return 1
+    try:
         sockets = _bind(config, reuse, log)
     except OSError:
+        files.close()
         return 1
     finally:
         for s in reuse.values():  # inherited ones no listen names any more
@@ -199,7 +226,9 @@ def run(
         log.pid = os.getpid()
         daemonized = True
     master = Master(config, sockets, log, argv, parent, daemonized)
+    master.files = files
     master.inherited = {s for _, s in sockets if s in passed}
+    master.plan_metrics()
     try:
         _write_pid(config.main.pid)
     except OSError as e:
@@ -210,7 +239,9 @@ def run(
         log.redirect_stderr()
         log.log(NOTICE, 'using the "epoll" event method')
         if not config.main.master_process:
-            _worker(config, sockets, log, forked=False, daemonized=daemonized).run()
+            slot = metrics.reserve()
+            metrics.bind(slot)  # the one process is its own worker
+            _worker(config, sockets, log, False, daemonized, files).run()
             return 0
         return master.run()
     finally:
@@ -254,6 +285,7 @@ class Master:
         self.terminate = False
         self.kill_at = 0.0
         self.inherited: set[socket.socket] = set()  # passed on by an old master
+        self.files: Files | None = None  # the config's access log files
 
     def run(self) -> int:
         self.start_workers()
@@ -268,11 +300,21 @@ class Master:
                 if info is not None:
                     self._signal(info.si_signo, info.si_pid)
                 self._timers()
+                if metrics.enabled():
+                    metrics.refresh_self(0, metrics.fds_of_self())
             except Exception as e:  # noqa: BLE001 - a bug here must not orphan the workers
                 self.log.log(ALERT, f"master process: {uncaught.describe(e)}")
             if (self.quit or self.terminate) and not self.workers:
                 self.log.log(NOTICE, "exit")
                 return 0
+
+    def plan_metrics(self) -> None:
+        """The config's metric series, planned before any worker of it forks."""
+        alert = metrics.setup(self.config)
+        if alert is not None:
+            self.log.log(ALERT, alert)
+        if metrics.enabled():
+            metrics.refresh_self(0, metrics.fds_of_self())
 
     # --- signals -----------------------------------------------------------------------
 
@@ -322,6 +364,8 @@ class Master:
         elif sig == SIGUSR1:
             self.log.log(NOTICE, "reopening logs")
             self.log.reopen()
+            if self.files is not None:
+                self.files.reopen(self.log)  # for workers forked from now on
             self._signal_workers(SIGUSR1)
         elif sig == SIGUSR2:
             self.log.log(NOTICE, "changing binary")
@@ -358,8 +402,18 @@ class Master:
         reuse = {upgrade.listen_key(ls.listen): s for ls, s in self.sockets}
         try:
             config = load(old.path, old.prefix)
+        except ConfigError as e:
+            self.log.log(EMERG, str(e))
+            return
+        try:
+            files = Files(config)
+        except OSError as e:
+            self.log.log(EMERG, e.strerror or str(e))
+            return
+        try:
             sockets = _bind(config, reuse, self.log)
-        except (ConfigError, OSError) as e:
+        except OSError as e:
+            files.close()
             self.log.log(EMERG, str(e))
             return
         for s in reuse.values():  # addresses no listen names any more
@@ -372,6 +426,10 @@ class Master:
             self.log = log
         previous = [pid for pid, c in self.workers.items() if not c.exiting]
         self.config, self.sockets = config, sockets
+        if self.files is not None:
+            self.files.close()  # the old workers have their own copies; no new one needs them
+        self.files = files
+        self.plan_metrics()
         self.pending.clear()  # the new set is complete
         self.start_workers()
         for pid in previous:
@@ -389,7 +447,7 @@ class Master:
             self._start_worker()
 
     def _start_worker(self) -> None:
-        pid = _spawn(self.config, self.sockets, self.log, self.daemonized)
+        pid = _spawn(self.config, self.sockets, self.log, self.daemonized, self.files)
         self.workers[pid] = Child(self.config, self.sockets, time.monotonic())
         self.log.log(NOTICE, f"start worker process {pid}")
 
@@ -402,6 +460,7 @@ class Master:
             if not pid:
                 return
             child = self.workers.pop(pid, None)
+            metrics.exited(pid)  # its counters join the retired totals
             name = (
                 "worker process"
                 if child is not None

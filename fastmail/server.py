@@ -14,7 +14,8 @@ import os
 import socket
 import stat
 
-from fastmail import auth_http
+from fastmail import auth_http, metrics
+from fastmail._accesslog import Format, Writer
 from fastmail._poll import Loop
 from fastmail._proxy import TrustedNetworks
 from fastmail._session import Entry, Server
@@ -77,10 +78,15 @@ def bind_all(config: Config) -> list[tuple[ListenSocket, socket.socket]]:
 
 
 def make_server(
-    conf: ServerConf, loop: Loop, log: ErrorLog, main_log: ErrorLog | None = None
+    conf: ServerConf,
+    loop: Loop,
+    log: ErrorLog,
+    main_log: ErrorLog | None = None,
+    alog: tuple[tuple[Writer, Format], ...] | None = None,
 ) -> Server:
     """The engine's view of one server{} block, built once per worker. `log` is the
-    server's error_log, `main_log` the main one (the resolver's, as nginx's)."""
+    server's error_log, `main_log` the main one (the resolver's, as nginx's); `alog` its
+    access logs (accesslog.Logs.for_server)."""
     proto = PROTOCOLS[conf.protocol]
     srv = Server()
     srv.conf = conf
@@ -94,6 +100,11 @@ def make_server(
     srv.proxy_protocol = conf.proxy_protocol
     srv.tls = conf.tls
     srv.next_tries = conf.proxy_next_upstream_tries
+    srv.set_series(metrics.session_series(conf))
+    srv.alog = alog
+    srv.alog_local = alog is not None and any(f.needs_local for _, f in alog)
+    srv.alog_name = conf.server_name.encode()
+    srv.alog_proto = conf.protocol.encode()
     srv.resolver = None
     if conf.resolver is not None:
         from fastmail.resolver import Resolver

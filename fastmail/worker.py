@@ -14,11 +14,13 @@ import socket
 from dataclasses import astuple
 from typing import TYPE_CHECKING
 
-from fastmail import _relay, uncaught
+from fastmail import _relay, metrics, uncaught
 from fastmail._conn import Listener
 from fastmail._engine import Engine, debug_counters
 from fastmail._poll import Loop
 from fastmail._session import DEBUG_BUILD, Server
+from fastmail.accesslog import Files, Logs
+from fastmail.exporter import Exporter
 from fastmail.log import ALERT, NOTICE, ErrorLog
 from fastmail.server import close_server, entries_for, make_server
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 class Worker:
     __slots__ = (
         "config", "sockets", "log", "loop", "engine", "servers", "listeners", "_logs",
-        "serving", "winch_quits",
+        "serving", "winch_quits", "exporter", "files", "alogs",
     )  # fmt: skip
 
     def __init__(
@@ -38,6 +40,7 @@ class Worker:
         sockets: list[tuple[ListenSocket, socket.socket]],
         log: ErrorLog,
         winch_quits: bool = False,
+        files: Files | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -49,6 +52,9 @@ class Worker:
         self.servers: dict[int, Server] = {}
         self.listeners: list[Listener] = []
         self._logs: dict[tuple[object, ...], ErrorLog] = {}
+        self.exporter: Exporter | None = None
+        self.files = files  # the access log files the master opened
+        self.alogs: Logs = None  # type: ignore[assignment]
 
     def _server_log(self, targets: list[LogTarget]) -> ErrorLog:
         if not targets or targets == self.config.main.error_log:
@@ -64,14 +70,20 @@ class Worker:
         self.loop = loop
         loop.set_exception_handler(uncaught.loop_handler(self.log))
         self.engine = Engine(loop, self.log, self.config.events.worker_connections)
+        self.engine.mx_dropped = metrics.series(metrics.CONNECTIONS_DROPPED, "worker_connections")
+        self.alogs = Logs(loop, self.files, self.log)
         try:
             if self.config.mail is not None:
                 for s in self.config.mail.servers:
                     self.servers[id(s)] = make_server(
-                        s, loop, self._server_log(s.error_log), self.log
+                        s, loop, self._server_log(s.error_log), self.log, self.alogs.for_server(s)
                     )
                 self.engine.by_conf = dict(self.servers)  # keyed by id(ServerConf): SNI's choice
+            metrics_listen = self.config.main.metrics_listen
             for ls, sock in self.sockets:
+                if ls.listen is metrics_listen and metrics.enabled():
+                    self.exporter = Exporter(loop, sock, self.log)
+                    continue
                 entries = entries_for(ls, self.servers)
                 if entries:
                     self.listeners.append(Listener(loop, sock, self.engine, entries))
@@ -90,6 +102,9 @@ class Worker:
             # closing the loop restores the default actions: a late signal must not kill
             # the worker mid-exit, as nginx's never dies of its own signals
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            if self.exporter is not None:
+                self.exporter.close()
+            self.alogs.close()  # what is pending is written
             for srv in self.servers.values():
                 close_server(srv)
             _relay.pool_clear()
@@ -120,6 +135,8 @@ class Worker:
         for lst in self.listeners:
             lst.close()
         self.listeners.clear()
+        if self.exporter is not None:
+            self.exporter.stop_listening()  # the new workers answer scrapes
         if not graceful:
             engine.close_all(None)
             self.loop.stop()
@@ -145,6 +162,7 @@ class Worker:
         self.log.reopen()
         for log in self._logs.values():
             log.reopen()
+        self.alogs.reopen()
 
 
 # every signal the worker handles (nginx's set; SIGCHLD, SIGPIPE and SIGSYS stay ignored)

@@ -31,6 +31,7 @@ SECTIONS = (
     ("sieve", "ManageSieve (fastmail)"),
     ("ssl", "ngx_mail_ssl_module"),
     ("realip", "ngx_mail_realip_module"),
+    ("accesslog", "Access log (fastmail)"),
 )
 
 

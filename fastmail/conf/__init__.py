@@ -10,6 +10,7 @@ import os
 from types import ModuleType
 
 from fastmail.conf import (
+    accesslog,
     auth_http,
     foreign,
     imap,
@@ -25,6 +26,7 @@ from fastmail.conf import (
 from fastmail.conf.errors import ConfigError
 from fastmail.conf.model import (
     LEVELS,
+    AccessLog,
     AuthHttpUrl,
     Config,
     EventsConf,
@@ -43,7 +45,9 @@ from fastmail.conf.table import MAIN, Directive, Registry
 # nginx's merge order for the mail modules (core, ssl, pop3, imap, smtp, auth_http, proxy,
 # realip: each module over every server in file order, the first failure stops), then
 # fastmail's own; main.py's directives are not merged
-MODULES: tuple[ModuleType, ...] = (mail, ssl, pop3, imap, smtp, auth_http, proxy, realip, sieve)
+MODULES: tuple[ModuleType, ...] = (
+    mail, ssl, pop3, imap, smtp, auth_http, proxy, realip, sieve, accesslog,
+)  # fmt: skip
 
 
 def _build_registry() -> Registry:
@@ -119,6 +123,7 @@ def load(path: str, prefix: str, params: str | None = None) -> Config:
 
 __all__ = [
     "LEVELS",
+    "AccessLog",
     "AuthHttpUrl",
     "Config",
     "ConfigError",

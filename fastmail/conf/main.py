@@ -12,7 +12,7 @@ import os
 import socket
 
 from fastmail.conf.errors import ConfigError
-from fastmail.conf.model import LEVELS, EventsConf, LogTarget, MainConf
+from fastmail.conf.model import LEVELS, EventsConf, Listen, LogTarget, MainConf
 from fastmail.conf.parser import Ctx, Loader
 from fastmail.conf.table import (
     BLOCK,
@@ -109,6 +109,13 @@ def _syslog(ld: Loader, t: LogTarget, spec: str) -> None:
         raise ld.error("no syslog server specified")
 
 
+def parse_syslog(ld: Loader, spec: str) -> LogTarget:
+    """`syslog:` parameters (after the prefix) as an error_log or access_log target."""
+    t = LogTarget(kind="syslog")
+    _syslog(ld, t, spec)
+    return t
+
+
 def parse_error_log(ld: Loader, args: list[str]) -> LogTarget:
     target = args[0]
     t = LogTarget(kind="file")
@@ -197,6 +204,37 @@ def set_int_field(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
     if n is None:
         raise ld.error(f'"{d.name}" directive invalid number')
     ctx.values[d.field or d.name] = -n if v.startswith("-") else n
+
+
+def metrics_listen(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
+    """`metrics_listen address[:port] | unix:path | off`: the Prometheus listener (fastmail)."""
+    from fastmail.conf.mail import addr_text, parse_url  # noqa: PLC0415 (mail.py imports us)
+
+    _dup(ld, ctx, d, "metrics_listen")
+    text = args[0]
+    if text == "off":
+        ctx.values["metrics_listen"] = None
+        return
+    try:
+        u = parse_url(text, listen=True)
+    except ValueError as e:
+        raise ld.error(f'{e} in "{text}" of the "metrics_listen" directive') from None
+    if u.last_port != u.port:
+        raise ld.error(f'invalid port range in "{text}" of the "metrics_listen" directive')
+    if not u.port and u.path is None:
+        raise ld.error(f'no port in "{text}" of the "metrics_listen" directive')
+    family, addr = u.addrs[0]
+    unix = family == socket.AF_UNIX
+    ctx.values["metrics_listen"] = Listen(
+        family=family,
+        host="" if unix else addr,
+        port=0 if unix else u.port,
+        path=addr if unix else None,
+        addr_text=addr_text(family, addr, u.port),
+        wildcard=u.wildcard,
+        file=ld.file,
+        line=ld.line,
+    )
 
 
 def set_prefix_path(ld: Loader, ctx: Ctx, d: Directive, args: list[str]) -> None:
@@ -438,6 +476,22 @@ DIRECTIVES: tuple[Directive, ...] = (
         doc="Accepted for compatibility; no effect.",
     ),
     _d(
+        "metrics_listen",
+        MAIN,
+        TAKE1,
+        metrics_listen,
+        "metrics_listen",
+        default_doc="off",
+        syntax="address[:port] | unix:path | off",
+        ext=True,
+        doc="Serves Prometheus metrics (the text format, `GET /metrics`) on this address, "
+        "bound by the master and answered by any worker with the sums of all processes: "
+        "connections, logins by outcome, auth_http and backend latencies, backend errors, "
+        "bytes relayed, TLS handshakes, sessions by how they ended, memory and fds "
+        "(docs/operations.md lists them). Anyone who reaches it reads them: bind it to "
+        "loopback or a management network.",
+    ),
+    _d(
         "events",
         MAIN,
         BLOCK | NOARGS,
@@ -536,6 +590,7 @@ def build_main(ld: Loader, ctx: Ctx) -> MainConf:
     m.worker_priority = v.get("worker_priority", 0)
     m.lock_file = v.get("lock_file")
     m.timer_resolution = v.get("timer_resolution", 0)
+    m.metrics_listen = v.get("metrics_listen")
     return m
 
 
@@ -551,6 +606,3 @@ def build_events(ld: Loader) -> EventsConf:
         accept_mutex=v.get("accept_mutex", False),
         accept_mutex_delay=v.get("accept_mutex_delay", 500),
     )
-
-
-_ = socket  # syslog addresses are resolved through mail.resolve_url

@@ -34,6 +34,28 @@ class LogTarget:
 
 
 @dataclass(slots=True)
+class LogFormat:
+    """A log_format: `parts` are literal texts and field names (e.g. "remote_addr"), in
+    order; `json` is escape=json (else nginx's default escaping)."""
+
+    name: str
+    json: bool
+    parts: list[tuple[str, str | None]]  # (text, None) or ("", field)
+
+
+@dataclass(slots=True)
+class AccessLog:
+    """One access_log: a file or a syslog server, its format, its buffering."""
+
+    name: str  # as written: the path or "syslog:..." (the `log` label of its metrics)
+    path: str | None  # absolute, for a file
+    syslog: LogTarget | None  # kind "syslog", for a syslog server
+    format: LogFormat
+    buffer: int = 0  # bytes; 0: each line is written at once
+    flush: int = 0  # ms; 0: when the buffer is full (and at exit, reopen)
+
+
+@dataclass(slots=True)
 class MainConf:
     worker_processes: int = 1  # `auto` resolved to the CPU count
     error_log: list[LogTarget] = field(default_factory=list)
@@ -49,6 +71,7 @@ class MainConf:
     worker_priority: int = 0
     lock_file: str | None = None
     timer_resolution: int = 0  # ms
+    metrics_listen: Listen | None = None  # fastmail: the Prometheus listener; None: off
 
 
 @dataclass(slots=True)
@@ -226,6 +249,8 @@ class ServerConf:
     auth_http_tls: ClientContext | None = field(default=None, repr=False, compare=False)
     # fastmail: backend failover through auth_http (1: nginx's one backend per login)
     proxy_next_upstream_tries: int = 1
+    # fastmail: the access log (empty: off)
+    access_log: list[AccessLog] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -605,3 +605,25 @@ def test_serves_tls_without_pythons_ssl_module(tmp_path, authd, fake_backend, ce
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert b"ssl" not in err.lower(), err
+
+
+def test_backend_closing_with_its_last_bytes_ends_a_tls_session(
+    proxy, authd, fake_backend, certs, free_port
+):
+    """The backend's last reply and its FIN come in one read event: the client gets both
+    at once (the proxy reads on to the EOF the event announced instead of waiting for an
+    edge that never comes), every time."""
+    add_user(authd, "alice", "secret", {"imap": ("127.0.0.1", fake_backend.port("imap"))})
+    port = free_port()
+    proxy(mail_block(authd, tls_server(port, "imap", certs)), greetings=[])
+    _wait_tls(port, certs)
+    ctx = client_ctx(certs)
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as t:
+                assert t.recv(100).startswith(b"* OK")
+                t.sendall(b"a LOGIN alice secret\r\nb LOGOUT\r\n")  # the backend closes
+                got = b""
+                while chunk := t.recv(1000):  # TimeoutError if the end never comes
+                    got += chunk
+                assert got.endswith(b"b OK LOGOUT completed\r\n")

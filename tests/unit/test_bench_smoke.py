@@ -328,3 +328,37 @@ def test_c_backend_sieve_login(backend: dict[str, int], login: bytes, user: byte
             assert f.readline() == b"LOGOUT\r\n"
         else:
             assert f.readline() == b'OK "Logout completed."\r\n'
+
+
+def test_smoke_run_with_observability_reports_its_cost(tmp_path: Path) -> None:
+    """--observability runs the login scenarios on fastmail-obs too (access log + metrics on):
+    it really observed (every login in its metrics, a line for each in its access log), and
+    the report sets its CPU per login beside fastmail's."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "login", "--smoke", "--quiet", "--no-install"]
+        + ["--target", "fastmail", "--observability", "--protocols", "imap"]
+        + ["--syscalls", "0", "--profile", "none", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["failures"] == []
+    assert result["meta"]["targets"] == ["fastmail", "fastmail-obs"]
+    runs = {(r["scenario"], r["target"]): r for r in result["runs"]}
+    expected = {f"login-imap-{m}-c4" for m in LOGIN_MODES}
+    assert set(runs) == {(sc, t) for sc in expected for t in ("fastmail", "fastmail-obs")}
+    for sc in expected:
+        off, on = runs[(sc, "fastmail")], runs[(sc, "fastmail-obs")]
+        assert "observed" not in off and on["errors"] == 0
+        seen = on["observed"]
+        assert seen["logins"] == 40 + 40  # the warm-up's and the timed run's
+        assert seen["metrics_logins_ok"] == seen["logins"]
+        # one line per session: the logins, and the harness's readiness probes (no login)
+        assert seen["logins"] <= seen["access_log_lines"] <= seen["logins"] + 5
+        assert on["figures"]["proxy_us_per_session"] >= 0
+    md = (tmp_path / "report.md").read_text()
+    assert "## Observability cost" in md
+    assert "| login-imap-keepalive-c4 | " in md.split("## Observability cost")[1]
