@@ -20,8 +20,14 @@ from fastmail import _session
 cdef extern from *:
     """
     #include <sys/socket.h>
+    #include <malloc.h>
     """
     int getsockname(int fd, sockaddr *addr, socklen_t *len) nogil
+    int malloc_trim(size_t pad) nogil
+
+# after a burst of at least TRIM_HIGH connections has fallen to a quarter, the heap's free
+# pages go back to the system: what a burst took is returned, not kept as the new baseline
+DEF TRIM_HIGH = 256
 
 
 cdef class Engine(Owner):
@@ -35,6 +41,7 @@ cdef class Engine(Owner):
     cdef public bint stopping
     cdef public Py_ssize_t mx_dropped   # metrics: connections refused for worker_connections
     cdef long ids
+    cdef long high                      # the most connections open since the last trim
 
     def __init__(self, Loop loop, log, long max_connections):
         self.loop = loop
@@ -61,12 +68,17 @@ cdef class Engine(Owner):
         s = Session.__new__(Session)
         self.ids += 1
         self.connections += 1
+        if self.connections > self.high:
+            self.high = self.connections
         self.sessions.add(s)
         s.begin(self, e, fd, ip, port, self.ids)
         return 0
 
     cdef int ended(self, Session s) except -1:
         self.sessions.discard(s)
+        if self.high >= TRIM_HIGH and self.connections <= self.high // 4:
+            malloc_trim(0)
+            self.high = self.connections
         if self.stopping and not self.sessions and self.on_idle is not None:
             cb = self.on_idle
             self.on_idle = None

@@ -114,7 +114,6 @@ cdef class Session(Upstream):
     cdef object result                  # an auth failure waiting out Auth-Wait
     cdef bytes user                     # the login, for log lines after the machine is gone
     cdef TNode t_aux
-    cdef Py_ssize_t held
     cdef bint tls                       # the client side is TLS (implicit, or after STARTTLS)
     cdef bint starttls                  # STARTTLS was used (nginx's " using starttls")
     cdef bint tls_pending               # STARTTLS: the handshake waits for the reply to go out

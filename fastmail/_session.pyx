@@ -85,7 +85,7 @@ DEF INFO = 7
 DEF DEBUG = 8
 
 DEF PROXY_HEADER_LIMIT = 4096   # mainline nginx's PROXY protocol read size
-DEF HOLD_LIMIT = 65536          # client bytes read on while auth_http or the backend runs
+DEF RESOLVE_LIMIT = 4096        # client bytes read on while the Client-Host lookup runs
 
 cdef enum:
     S_PROXY = 0
@@ -270,6 +270,7 @@ cdef class Session(Upstream):
     cdef int _start_machine(self) except -1:
         self._to(S_DIALOGUE)
         self.m = self.srv.profile.new_session(self.tls)
+        self.m.log_info = self.srv.log_level >= INFO
         self.run(self.m.start())
         if self.state == S_DIALOGUE and self.pending:
             data = bytes(self.pending)
@@ -320,20 +321,33 @@ cdef class Session(Upstream):
         return 0
 
     cdef int _read_client(self) except -1:
-        cdef Py_ssize_t n
+        """Reads what the client sent into the machine, never more than its client buffer
+        has room for (nginx reads into its buffer's free space): a connection holds at most
+        the configured buffer, however much a client streams."""
+        cdef Py_ssize_t n, room
         cdef int st
         while self.c.rd_ready:
             st = self.state
             if st == S_PROXY:
                 return self._read_proxy()
-            if st == S_DIALOGUE or st == S_RESOLVE:
-                pass
+            if st == S_DIALOGUE:
+                # a full buffer is the machine's "too long" error: one more byte shows it
+                room = self.m.room()
+                if room < 1:
+                    room = 1
+            elif st == S_RESOLVE:
+                room = RESOLVE_LIMIT - len(self.pending)
+                if room <= 0:
+                    return 0        # the rest is read once the greeting is out
             elif st == S_AUTH or st == S_AUTH_WAIT or st == S_BACKEND:
-                if self.held > HOLD_LIMIT:
+                room = self.m.room()
+                if room <= 0:
                     return 0        # read on once the login is through (the relay does)
             else:
                 return 0            # HANDSHAKE (the TLS layer reads), RELAY, CLOSING
-            n = sock_recv(&self.c, _rbuf, sizeof(_rbuf))
+            if room > <Py_ssize_t>sizeof(_rbuf):
+                room = sizeof(_rbuf)
+            n = sock_recv(&self.c, _rbuf, room)
             if n > 0:
                 data = PyBytes_FromStringAndSize(_rbuf, n)
                 if self.trace is not None and st != S_RESOLVE:
@@ -346,7 +360,6 @@ cdef class Session(Upstream):
                     # kept for the relay (or the next login after a failure); nginx leaves
                     # such bytes in the kernel: we read on to notice a client that leaves
                     self.m.feed(data)
-                    self.held += n
                 continue
             if n == IO_AGAIN:
                 return 0
@@ -545,6 +558,7 @@ cdef class Session(Upstream):
         if self.m is None:
             return 0
         self.m = srv.profile.new_session(True)
+        self.m.log_info = srv.log_level >= INFO
         return 1
 
     # --- auth_http -----------------------------------------------------------------------------
@@ -638,7 +652,6 @@ cdef class Session(Upstream):
         res = self.result
         self.result = None
         self._to(S_DIALOGUE)
-        self.held = 0
         if retry:
             self.loop.queue(self.srv.timeout).add(&self.t_main, self, T_MAIN)
         self.run(self.m.on_auth_fail(res.error_message or b"", res.error_code, retry,
