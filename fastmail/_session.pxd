@@ -77,6 +77,8 @@ cdef class Server:
     cdef public bint smtp               # Client-Host goes to auth_http (and is resolved)
     cdef public int64_t timeout         # ms
     cdef public int64_t proxy_timeout   # ms
+    cdef public int64_t auth_limit      # ms: timeout + auth_http_timeout, the whole auth_http
+                                        # phase of a login (WAIT repeats and Auth-Wait included)
     cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
     cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
     cdef public int next_tries          # proxy_next_upstream_tries (1: nginx's)
@@ -155,6 +157,7 @@ cdef class Session(Upstream):
     cdef object _ssl_info(self)
     cdef int _auth_done(self, AuthResult res) except -1
     cdef int _auth_failed(self, bint retry) except -1
+    cdef int _auth_overdue(self) except -1
     cdef int _connect_backend(self, AuthResult res) except -1
     cdef bytes _backend_proxy_header(self)
     cdef int _logged_in(self) except -1

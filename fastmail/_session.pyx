@@ -379,6 +379,8 @@ cdef class Session(Upstream):
                 return self.run(self.m.on_timer())
             return 0
         # T_MAIN: nginx's `timeout`
+        if st == S_AUTH or st == S_AUTH_WAIT:
+            return self._auth_overdue()
         if st == S_BACKEND:
             # nginx logs the backend timeout at info, other backend failures at error
             return self.up_failed("upstream timed out (110: Connection timed out)", INFO,
@@ -568,7 +570,11 @@ cdef class Session(Upstream):
         cdef ProxyHeader h = self.pp
         cdef AuthClient auth = srv.auth
         self._to(S_AUTH)
-        timer_cancel(&self.t_main)      # nginx drops the client timer while auth_http runs
+        # nginx drops the client timer while auth_http runs, and an auth server answering
+        # WAIT (or a long Auth-Wait) for ever keeps its client for ever; beyond nginx, the
+        # whole phase is bounded: one request's auth_http_timeout plus `timeout` for the rest
+        timer_cancel(&self.t_main)
+        self.loop.queue(srv.auth_limit).add(&self.t_main, self, T_MAIN)
         pp = None
         if h is not None and h.src_addr is not None:
             pp = (h.src_addr, h.src_port, h.dst_addr, h.dst_port)
@@ -647,6 +653,19 @@ cdef class Session(Upstream):
         self._end_as(E_AUTH_ERROR)
         self._to(S_DIALOGUE)
         return self.run(m.on_auth_error())
+
+    cdef int _auth_overdue(self) except -1:
+        """The auth_http phase outlasted timeout + auth_http_timeout (WAIT repeated, or a
+        long Auth-Wait): the protocol's temporary error, as for an auth server that fails."""
+        if self.auth_handle is not None:
+            self.srv.auth.cancel(self.auth_handle)
+            self.auth_handle = None
+        timer_cancel(&self.t_aux)
+        self.result = None
+        self._log(ERROR, f"auth http server {self.srv.auth.peer} kept the login waiting "
+                  f"longer than timeout", "in http auth state")
+        self._to(S_DIALOGUE)
+        return self.run(self.m.on_auth_error())
 
     cdef int _auth_failed(self, bint retry) except -1:
         res = self.result

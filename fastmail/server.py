@@ -97,6 +97,7 @@ def make_server(
     srv.smtp = proto.client_host
     srv.timeout = conf.timeout
     srv.proxy_timeout = conf.proxy_timeout
+    srv.auth_limit = conf.timeout + conf.auth_http_timeout
     srv.proxy_protocol = conf.proxy_protocol
     srv.tls = conf.tls
     srv.next_tries = conf.proxy_next_upstream_tries
