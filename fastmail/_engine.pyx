@@ -16,6 +16,7 @@ from fastmail._session cimport Owner, Session, Entry
 from fastmail._metrics cimport mx_inc
 
 from fastmail import _session
+from fastmail.guard import Guard
 
 cdef extern from *:
     """
@@ -51,6 +52,7 @@ cdef class Engine(Owner):
         self.by_conf = {}
         self.connections = 0
         self.ids = 0
+        self.guard = Guard()
 
     cdef int accepted(self, Listener lst, int fd, sockaddr *sa) except -1:
         cdef int port = 0
@@ -75,7 +77,15 @@ cdef class Engine(Owner):
         return 0
 
     cdef int ended(self, Session s) except -1:
+        cdef bytes key = s.ip_key
         self.sessions.discard(s)
+        if key is not None:
+            # limit_conn_per_ip: the address has one connection fewer
+            n = self.guard.conns[key] - 1
+            if n:
+                self.guard.conns[key] = n
+            else:
+                del self.guard.conns[key]
         if self.high >= TRIM_HIGH and self.connections <= self.high // 4:
             malloc_trim(0)
             self.high = self.connections

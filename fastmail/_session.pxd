@@ -61,6 +61,7 @@ cdef class Owner(Acceptor):
     cdef public Loop loop
     cdef public dict by_conf            # id(ServerConf) -> Server: the server{} SNI chose
     cdef public long connections        # client and backend sockets open
+    cdef public object guard            # fastmail.guard.Guard: the abuse limits' state
     cdef int ended(self, Session s) except -1
 
 
@@ -87,6 +88,10 @@ cdef class Server:
     cdef public bint alog_local         # its formats name the address the client reached
     cdef public bytes alog_name         # server_name and protocol, for its lines
     cdef public bytes alog_proto
+    cdef public object conn_limit       # conf ConnLimit (limit_conn_per_ip), or None
+    cdef public object fail_limit       # conf LoginFailLimit (login_fail_limit), or None
+    cdef public bytes busy_reply        # the protocol's reply to a connection over the limit
+    cdef public tuple throttle_reply    # (text, code) for on_auth_fail: a throttled login
 
 
 cdef class Entry:
@@ -137,6 +142,8 @@ cdef class Session(Upstream):
     cdef const char *tls_cipher
     cdef bytes local_ip                 # where the client connected (a wildcard listener's
     cdef int local_port                 # getsockname()), when the access log names it
+    cdef readonly bytes ip_key          # the address key counted for limit_conn_per_ip
+    cdef bint throttled                 # login_fail_limit delays this login (t_aux)
     cdef int begin(self, Owner eng, Entry e, int fd, bytes ip, int port, long cid) except -1
     cdef int _to(self, int state) except -1
     cdef int _start(self) except -1
@@ -154,6 +161,9 @@ cdef class Session(Upstream):
     cdef int _switch(self, Server srv) except -1
     cdef int _ask_auth(self) except -1
     cdef object _extra(self)
+    cdef int _send_ask(self) except -1
+    cdef int _throttle(self, long delay) except -1
+    cdef bint _over_conn_limit(self) except -1
     cdef object _ssl_info(self)
     cdef int _auth_done(self, AuthResult res) except -1
     cdef int _auth_failed(self, bint retry) except -1

@@ -110,6 +110,7 @@ cdef enum:
 
 from fastmail.debuglog import Trace
 from fastmail._login import TLS_MODES
+from fastmail.guard import address_key
 
 # nginx's log action of each state, for the debug lines (S_HANDSHAKE: _hs_action())
 cdef tuple _ACTIONS = (
@@ -250,6 +251,8 @@ cdef class Session(Upstream):
 
     cdef int _start(self) except -1:
         """After any PROXY header: implicit TLS, else the client lookup or the greeting."""
+        if self.srv.conn_limit is not None and self._over_conn_limit():
+            return 0
         if self.entry.ssl and self.srv.tls is not None:
             return self._start_tls(True)
         return self._resolve()
@@ -263,6 +266,29 @@ cdef class Session(Upstream):
             self.lookup = self.srv.resolver.client_host(ip, self._resolved)
             return 0
         return self._start_machine()
+
+    cdef bint _over_conn_limit(self) except -1:
+        """limit_conn_per_ip (beyond nginx), on the real address (after realip): one more
+        connection than the limit gets the protocol's temporary error (none on an implicit
+        TLS port: nothing can be said before the handshake) and an error line."""
+        lim = self.srv.conn_limit
+        guard = self.eng.guard
+        key = address_key(self.client_ip, lim.ipv6_prefix)
+        n = guard.conns.get(key, 0)
+        if n < lim.count:
+            guard.conns[key] = n + 1
+            self.ip_key = key
+            return False
+        guard.refused_conns += 1
+        if self.srv.log_level >= ERROR:
+            self.srv.log.log(
+                ERROR, f"limiting connections from {self.client_ip.decode()} "
+                f"(limit_conn_per_ip {lim.count}), client: {self.client_ip.decode()}, "
+                f"server: {self.entry.addr_text}", self.id)
+        if not self.entry.ssl:
+            self._send(self.srv.busy_reply)
+        self.close()
+        return True
 
     def _resolved(self, result):
         self.completed(DONE_CLIENT_HOST, result)
@@ -373,6 +399,9 @@ cdef class Session(Upstream):
         if st == S_RELAY:
             return self.relay_timer()
         if kind == T_AUX:
+            if st == S_AUTH and self.throttled:
+                self.throttled = False
+                return self._send_ask()
             if st == S_AUTH_WAIT:
                 return self._auth_failed(True)
             if st == S_DIALOGUE:
@@ -567,13 +596,39 @@ cdef class Session(Upstream):
 
     cdef int _ask_auth(self) except -1:
         cdef Server srv = self.srv
+        cdef long delay
+        self._to(S_AUTH)
+        timer_cancel(&self.t_main)      # nginx drops the client timer while auth_http runs
+        if srv.fail_limit is not None and self.up_failed_addrs is None:
+            # (a backend failover's new question is not a new login: never throttled)
+            delay = self.eng.guard.before(srv.fail_limit, self.client_ip, self.m.auth.user,
+                                          self.loop.now)
+            if delay != 0:
+                return self._throttle(delay)
+        return self._send_ask()
+
+    cdef int _throttle(self, long delay) except -1:
+        """login_fail_limit (beyond nginx): this login waits `delay` ms before auth_http is
+        asked (the client's bytes are held meanwhile; one that leaves ends it), or (< 0) is
+        refused with the protocol's temporary error."""
+        cdef Server srv = self.srv
+        if delay < 0:
+            self._log(ERROR, "login refused after too many failed logins", "in auth state")
+            self._to(S_DIALOGUE)
+            return self.run(self.m.on_auth_fail(srv.throttle_reply[0], srv.throttle_reply[1],
+                                                False, None))
+        self._log(INFO, f"login delayed {delay / 1000:g}s after failed logins", "in auth state")
+        self.throttled = True
+        self.loop.queue(delay).add(&self.t_aux, self, T_AUX)
+        return 0
+
+    cdef int _send_ask(self) except -1:
+        cdef Server srv = self.srv
         cdef ProxyHeader h = self.pp
         cdef AuthClient auth = srv.auth
-        self._to(S_AUTH)
         # nginx drops the client timer while auth_http runs, and an auth server answering
         # WAIT (or a long Auth-Wait) for ever keeps its client for ever; beyond nginx, the
         # whole phase is bounded: one request's auth_http_timeout plus `timeout` for the rest
-        timer_cancel(&self.t_main)
         self.loop.queue(srv.auth_limit).add(&self.t_main, self, T_MAIN)
         pp = None
         if h is not None and h.src_addr is not None:
@@ -629,6 +684,12 @@ cdef class Session(Upstream):
                 return self._connect_backend(res)
             self._to(S_BACKEND)
             return self.up_give_up()
+        if self.srv.fail_limit is not None:
+            if status == "fail":
+                self.eng.guard.failed(self.srv.fail_limit, self.client_ip, m.auth.user,
+                                      self.loop.now)
+            elif status == "ok":
+                self.eng.guard.succeeded(m.auth.user)
         if status == "ok":
             self.cache_key = res.cache_key
             m.on_auth_ok()

@@ -98,6 +98,10 @@ def make_server(
     srv.timeout = conf.timeout
     srv.proxy_timeout = conf.proxy_timeout
     srv.auth_limit = conf.timeout + conf.auth_http_timeout
+    srv.conn_limit = conf.limit_conn_per_ip
+    srv.fail_limit = conf.login_fail_limit
+    srv.busy_reply = proto.busy.replace(b"%s", conf.server_name.encode())
+    srv.throttle_reply = proto.throttled
     srv.proxy_protocol = conf.proxy_protocol
     srv.tls = conf.tls
     srv.next_tries = conf.proxy_next_upstream_tries
