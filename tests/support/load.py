@@ -9,11 +9,15 @@ FASTMAIL_SOAK=full (docs/operations.md, "Protecting it").
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import errno
 import os
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,4 +150,161 @@ def burst(
             if s is not None:
                 s.close()
         sel.close()
+    return out
+
+
+def slow_clients(
+    port: int, count: int, data: bytes, interval: float, deadline: float, host: str = "127.0.0.1"
+) -> list[float]:
+    """`count` clients at once, each sending the next byte of `data` every `interval`
+    seconds (slowloris), until the proxy closes it or `deadline` seconds passed. Returns the
+    seconds after the start at which the proxy closed each (inf: still open at the
+    deadline, then closed here)."""
+    sel = selectors.DefaultSelector()
+    socks: dict[int, socket.socket] = {}
+    sent = [0] * count
+    closed = [float("inf")] * count
+    start = time.monotonic()
+    for i in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex((host, port))
+        socks[i] = s
+        sel.register(s, selectors.EVENT_READ, i)
+    tick = start
+    try:
+        while socks and time.monotonic() - start < deadline:
+            now = time.monotonic()
+            if now >= tick:
+                tick += interval
+                for i, s in socks.items():
+                    if sent[i] < len(data):
+                        try:
+                            sent[i] += s.send(data[sent[i] : sent[i] + 1])
+                        except OSError:
+                            pass  # not connected yet, or closed: the read side tells
+            for key, _ in sel.select(max(0.0, min(0.05, tick - time.monotonic()))):
+                i = key.data
+                s = socks[i]
+                try:
+                    got = s.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    got = b""
+                if not got:
+                    closed[i] = time.monotonic() - start
+                    sel.unregister(s)
+                    s.close()
+                    del socks[i]
+    finally:
+        for s in socks.values():
+            s.close()
+        sel.close()
+    return closed
+
+
+# --- whole sessions, many at once (asyncio streams) ------------------------------------------
+
+_PLAIN = base64.b64encode(b"\0alice\0secret")
+
+
+async def _expect(r: asyncio.StreamReader, prefix: bytes, until: bytes = b"\n") -> bytes:
+    line = await r.readuntil(until)
+    if not line.startswith(prefix):
+        raise AssertionError(f"expected {prefix!r}, got {line[:200]!r}")
+    return line
+
+
+async def _session(protocol: str, port: int, relay: int) -> None:
+    """One login as alice/secret through the proxy, `relay` bytes echoed by the fake
+    backend after it (0: none), then a clean logout."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if protocol == "imap":
+            await _expect(r, b"* OK")
+            w.write(b"a LOGIN alice secret\r\n")
+            await _expect(r, b"a OK")
+            if relay:
+                w.write(b"b X-ECHO %d\r\n" % relay)
+                await _expect(r, b"+ ready")
+                data = os.urandom(relay)
+                w.write(data)
+                if await r.readexactly(relay) != data:
+                    raise AssertionError("relayed bytes differ")
+                await _expect(r, b"b OK")
+            w.write(b"c LOGOUT\r\n")
+            await _expect(r, b"* BYE")
+        elif protocol == "pop3":
+            await _expect(r, b"+OK")
+            w.write(b"USER alice\r\n")
+            await _expect(r, b"+OK")
+            w.write(b"PASS secret\r\n")
+            await _expect(r, b"+OK")
+            w.write(b"QUIT\r\n")
+            await _expect(r, b"+OK")
+        else:
+            await _expect(r, b"220 ")
+            w.write(b"EHLO load.test\r\n")
+            await _expect(r, b"250", b"\r\n250 ")
+            await r.readline()
+            w.write(b"AUTH PLAIN " + _PLAIN + b"\r\n")
+            await _expect(r, b"235")
+            w.write(b"QUIT\r\n")
+            await _expect(r, b"221")
+    finally:
+        w.close()
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+
+
+@dataclass
+class Mixed:
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+
+def mixed_sessions(
+    ports: dict[str, int],
+    total: int,
+    concurrency: int = 32,
+    relay_every: int = 4,
+    relay: int = 4096,
+    deadline: float = 600.0,
+    progress: Callable[[int], None] | None = None,
+) -> Mixed:
+    """`total` sessions, IMAP/POP3/SMTP in turn (every `relay_every`-th IMAP one relays
+    `relay` bytes), `concurrency` at a time, each bounded by 30 s and all by `deadline`.
+    `progress(done)` is called after every 1000."""
+    out = Mixed()
+    protocols = list(ports)
+
+    async def one(n: int) -> None:
+        proto = protocols[n % len(protocols)]
+        size = relay if proto == "imap" and (n // len(protocols)) % relay_every == 0 else 0
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(_session(proto, ports[proto], size), 30)
+            out.ok += 1
+            out.latencies.append(time.monotonic() - t0)
+        except (OSError, AssertionError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            out.failures.append(f"{proto} #{n}: {exc!r}")
+        if progress is not None and (n + 1) % 1000 == 0:
+            progress(n + 1)
+
+    async def main() -> None:
+        end = time.monotonic() + deadline
+        numbers = iter(range(total))
+
+        async def worker() -> None:
+            for n in numbers:
+                if time.monotonic() > end:
+                    out.failures.append(f"#{n}: not run before the deadline")
+                    continue
+                await one(n)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    asyncio.run(main())
     return out
