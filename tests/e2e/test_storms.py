@@ -41,6 +41,7 @@ def start(proxy, authd, fake_backend, free_port, protocols, extra="", **kw):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600 if FULL else 300)
 def test_soak_mixed_logins_and_relays(proxy, authd, fake_backend, free_port):
     p = start(proxy, authd, fake_backend, free_port, ["imap", "pop3", "smtp"])
     total = scale(100_000, 3_000)
