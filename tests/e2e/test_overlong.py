@@ -35,7 +35,7 @@ GREETING = {"imap": b"* OK", "pop3": b"+OK", "smtp": b"220 "}
 def test_overlong_bursts_keep_memory_bounded(proxy, authd, free_port):
     add_user(authd, "alice", "secret", {})
     authd.add_rule(
-        lambda q: Reply(Reply.fail("Invalid login").headers, delay=2) if q.user == "held" else None
+        lambda q: Reply(Reply.fail("Invalid login").headers, delay=1) if q.user == "held" else None
     )
     ports = {kind: free_port() for kind in KINDS}
     servers = "".join(server(ports[k], proto) for k, (proto, _) in KINDS.items())
