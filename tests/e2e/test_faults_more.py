@@ -53,7 +53,7 @@ def test_auth_server_trickles(proxy, authd, free_port, line_client, protocol):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_backend_never_greets(proxy, authd, free_port, line_client, protocol):
-    be = ScriptedBackend(wait_eof)
+    be = ScriptedBackend(lambda conn: None if wait_eof(conn) else None)
     try:
         add_user(authd, "alice", "secret", {protocol: ("127.0.0.1", be.port)})
         p = start(proxy, authd, free_port, protocol, "timeout 1s;")

@@ -146,9 +146,9 @@ def burst(
             if rate > 0:
                 time.sleep(0.001)
     finally:
-        for s in socks:
-            if s is not None:
-                s.close()
+        for left_open in socks:
+            if left_open is not None:
+                left_open.close()
         sel.close()
     return out
 

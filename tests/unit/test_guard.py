@@ -10,18 +10,20 @@ import pytest
 
 from fastmail import guard
 from fastmail.conf import ConfigError, load
-from fastmail.conf.model import ConnLimit, LoginFailLimit
+from fastmail.conf.model import ConnLimit, LoginFailLimit, ServerConf
 from fastmail.guard import REFUSE, Guard, address_key
 
 
-def _servers(tmp_path: Path, mail: str):
+def _servers(tmp_path: Path, text: str) -> list[ServerConf]:
     conf = tmp_path / "f.conf"
     conf.write_text(
         "events {}\nmail {\n auth_http 127.0.0.1:9/a;\n"
-        + mail
+        + text
         + "\n server { listen 127.0.0.1:1143; protocol imap; }\n}\n"
     )
-    return load(str(conf), f"{tmp_path}/").mail.servers  # type: ignore[union-attr]
+    mail = load(str(conf), f"{tmp_path}/").mail
+    assert mail is not None
+    return mail.servers
 
 
 def test_directives(tmp_path: Path) -> None:
