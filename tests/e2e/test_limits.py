@@ -34,10 +34,10 @@ FAILED = {
 PROTOCOLS = ["imap", "pop3", "smtp"]
 
 
-def start(proxy, authd, free_port, protocol: str, extra: str):
+def start(request, proxy, authd, free_port, protocol: str, extra: str):
+    fastmail_only(request.node.callspec.params["proxy"], "abuse limits")
     port = free_port()
     p = proxy(mail_block(authd, server(port, protocol), extra), [(port, GREETING[protocol])])
-    fastmail_only(p.kind, "abuse limits")
     p.port = port
     p.ignore = [authd.port]
     p.base = p.baseline(p.ignore)
@@ -64,8 +64,8 @@ def login(port: int, protocol: str, user: str, password: str, source: str = "127
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_connections_per_address(proxy, authd, free_port, protocol):
-    p = start(proxy, authd, free_port, protocol, "limit_conn_per_ip 3;")
+def test_connections_per_address(request, proxy, authd, free_port, protocol):
+    p = start(request, proxy, authd, free_port, protocol, "limit_conn_per_ip 3;")
     held = [LineClient("127.0.0.1", p.port) for _ in range(3)]
     for c in held:
         assert c.greeting().startswith(GREETING[protocol])
@@ -89,9 +89,9 @@ def test_connections_per_address(proxy, authd, free_port, protocol):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_failed_logins_are_delayed_then_refused(proxy, authd, free_port, protocol):
+def test_failed_logins_are_delayed_then_refused(request, proxy, authd, free_port, protocol):
     authd.add_rule(lambda q: Reply.fail("Invalid login"))
-    p = start(proxy, authd, free_port, protocol, "login_fail_limit 1 block=2s;")
+    p = start(request, proxy, authd, free_port, protocol, "login_fail_limit 1 block=2s;")
     reply, took = login(p.port, protocol, "alice", "wrong")
     assert reply == FAILED[protocol] and took < 0.8
     # one failure: the next login waits 1 s before auth_http hears of it
@@ -117,9 +117,9 @@ def test_failed_logins_are_delayed_then_refused(proxy, authd, free_port, protoco
     p.assert_no_leaks(p.base, p.ignore)
 
 
-def test_growing_delays_and_a_client_that_leaves(proxy, authd, free_port):
+def test_growing_delays_and_a_client_that_leaves(request, proxy, authd, free_port):
     authd.add_rule(lambda q: Reply.fail("Invalid login"))
-    p = start(proxy, authd, free_port, "imap", "login_fail_limit 2 delay=2s block=1m;")
+    p = start(request, proxy, authd, free_port, "imap", "login_fail_limit 2 delay=2s block=1m;")
     took = [login(p.port, "imap", "alice", "wrong")[1] for _ in range(4)]
     assert took[0] < 0.8 and took[1] < 0.8
     assert 0.9 < took[2] < 1.8 and 1.9 < took[3] < 3.0  # 1 s, then 2 s (the cap)
