@@ -11,7 +11,7 @@ State is per worker, not shared across workers: the throttle's point is to slow 
 client from thousands of attempts a second to about one, which it does within a factor of
 worker_processes, while a shared table would put a process-shared lock on every login;
 `limit_conn_per_ip` counts the connections a worker holds, so a client may open up to
-worker_processes times the limit in all (docs/operations.md, "Protecting it").
+worker_processes times the limit in all (docs/protecting.md).
 
 `stats()` is what the metrics show (refusals, delays, the tables' sizes); the counters are
 plain integers in this object until the metrics module reads them.

@@ -4,7 +4,7 @@ what those tests read from /proc (a process's RSS and its peak).
 
 Every load here has a count and a deadline, and targets 127.0.0.1 only. `scale()` gives the
 count a test runs with: the reduced one by default (CI), the full one with
-FASTMAIL_SOAK=full (docs/operations.md, "Protecting it").
+FASTMAIL_SOAK=full (docs/protecting.md).
 """
 
 from __future__ import annotations
