@@ -78,7 +78,7 @@ cdef class Server:
     cdef public bint smtp               # Client-Host goes to auth_http (and is resolved)
     cdef public int64_t timeout         # ms
     cdef public int64_t proxy_timeout   # ms
-    cdef public int64_t auth_limit      # ms: timeout + auth_http_timeout, the whole auth_http
+    cdef public int64_t auth_limit      # ms: timeout + auth_http_timeout per URL, the auth_http
                                         # phase of a login (WAIT repeats and Auth-Wait included)
     cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
     cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
