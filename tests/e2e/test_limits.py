@@ -13,7 +13,7 @@ import pytest
 
 from fastmail.testing.authd import Reply
 from support.clients import LineClient
-from support.fastmail import fastmail_only, mail_block, server
+from support.fastmail import add_user, fastmail_only, mail_block, server
 
 GREETING = {"imap": b"* OK", "pop3": b"+OK", "smtp": b"220 "}
 BUSY = {
@@ -134,3 +134,23 @@ def test_growing_delays_and_a_client_that_leaves(request, proxy, authd, free_por
     p.assert_no_leaks(p.base, p.ignore)
     time.sleep(2.2)
     assert len(authd.requests) == asked
+
+
+def test_a_backend_failover_is_not_throttled(request, proxy, authd, dovecot, free_port):
+    """A login delayed after a failure is delayed once: when its backend cannot be reached,
+    the failover's new question to auth_http (proxy_next_upstream_tries) is not a new login."""
+    closed = free_port()
+    add_user(
+        authd,
+        "alice",
+        "secret",
+        {"imap": [("127.0.0.1", closed), ("127.0.0.1", dovecot.imap_port)]},
+    )
+    p = start(request, proxy, authd, free_port, "imap",
+              "login_fail_limit 1 block=1m; proxy_next_upstream_tries 2;")  # fmt: skip
+    assert login(p.port, "imap", "alice", "wrong")[0].startswith(b"a NO ")
+    reply, took = login(p.port, "imap", "alice", "secret")
+    assert reply.startswith(b"a OK") or reply.startswith(b"* CAPABILITY"), reply
+    assert 0.9 < took < 1.8  # one delay of 1 s, not a second one before the failover's question
+    p.wait_log(f'login: "alice", upstream: 127.0.0.1:{dovecot.imap_port}')
+    assert p.error_log().count("login delayed") == 1
