@@ -35,7 +35,8 @@ cdef enum:
     SM_TLS_CLIENT                       # + TLS_FULL/TLS_RESUMED/TLS_FAILED
     SM_TLS_BACKEND = SM_TLS_CLIENT + 3  # + the same
     SM_END = SM_TLS_BACKEND + 3         # + E_* - 1
-    SM_COUNT = SM_END + 9
+    SM_LIMITED = SM_END + 9             # + 0 conn_per_ip, 1 login_delayed, 2 login_refused
+    SM_COUNT = SM_LIMITED + 3
 
 cdef enum:
     TH_FULL = 0

@@ -139,6 +139,7 @@ SERIES = (
     "tls_backend_full", "tls_backend_resumed", "tls_backend_failed",
     "end_quit", "end_client_closed", "end_backend_closed", "end_timeout", "end_error",
     "end_auth_error", "end_auth_failed", "end_backend_error", "end_shutdown",
+    "limited_conn_per_ip", "limited_login_delayed", "limited_login_refused",
 )
 assert len(SERIES) == SM_COUNT
 
@@ -280,6 +281,7 @@ cdef class Session(Upstream):
             self.ip_key = key
             return False
         guard.refused_conns += 1
+        mx_inc(self.srv.mx[SM_LIMITED])
         if self.srv.log_level >= ERROR:
             self.srv.log.log(
                 ERROR, f"limiting connections from {self.client_ip.decode()} "
@@ -613,10 +615,12 @@ cdef class Session(Upstream):
         refused with the protocol's temporary error."""
         cdef Server srv = self.srv
         if delay < 0:
+            mx_inc(srv.mx[SM_LIMITED + 2])
             self._log(ERROR, "login refused after too many failed logins", "in auth state")
             self._to(S_DIALOGUE)
             return self.run(self.m.on_auth_fail(srv.throttle_reply[0], srv.throttle_reply[1],
                                                 False, None))
+        mx_inc(srv.mx[SM_LIMITED + 1])
         self._log(INFO, f"login delayed {delay / 1000:g}s after failed logins", "in auth state")
         self.throttled = True
         self.loop.queue(delay).add(&self.t_aux, self, T_AUX)

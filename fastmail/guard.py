@@ -13,8 +13,8 @@ worker_processes, while a shared table would put a process-shared lock on every 
 `limit_conn_per_ip` counts the connections a worker holds, so a client may open up to
 worker_processes times the limit in all (docs/protecting.md).
 
-`stats()` is what the metrics show (refusals, delays, the tables' sizes); the counters are
-plain integers in this object until the metrics module reads them.
+The metrics count the limits at work per server{} (fastmail_limited_total, in the
+session); `stats()` has this worker's figures and the tables' sizes.
 """
 
 from __future__ import annotations
