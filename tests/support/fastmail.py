@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -346,7 +346,7 @@ def add_user(
     authd: AuthServer,
     name: str,
     password: str,
-    backends: dict[str, tuple[str, int] | list[tuple[str, int]]],
+    backends: Mapping[str, tuple[str, int] | list[tuple[str, int]]],
     store_plain: bool = False,
 ) -> None:
     """`backends` per protocol: (host, port), or a list of them (the next ones handed out
