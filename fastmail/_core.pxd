@@ -116,6 +116,8 @@ cdef class Machine:
     cdef public AuthRequest auth
     cdef public str phase          # what the session is doing, for log lines ("in auth state")
     cdef public str close_reason   # log text when the machine chose to close
+    cdef public bint log_info      # the session's log takes info lines: else close_reason's
+                                   # text quoting the client's bytes is not built
     cdef public int timer_ms
     cdef public int login_attempt
 
@@ -135,6 +137,7 @@ cdef class Machine:
     cpdef int on_timer(self)
     cpdef bytes take_output(self)
     cpdef bytes take_input(self)
+    cpdef Py_ssize_t room(self)
 
 
 cdef class Profile:

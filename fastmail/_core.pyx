@@ -46,6 +46,7 @@ cdef class Machine:
         self.max_commands = 0
         self.phase = "in auth state"
         self.close_reason = None
+        self.log_info = True
         self.auth = None
 
     cpdef int start(self):
@@ -85,6 +86,12 @@ cdef class Machine:
     cpdef bytes take_input(self):
         """Client bytes received but not consumed (pipelined after the login)."""
         return ba_take(self.buf)
+
+    cpdef Py_ssize_t room(self):
+        """How many more client bytes the machine keeps before its client buffer is full:
+        the driver reads no more than this (nginx reads into its buffer's free space), so a
+        connection never holds more than the configured buffer. <= 0: full."""
+        return self.limit - PyByteArray_GET_SIZE(self.buf)
 
 
 cdef class Profile:

@@ -16,12 +16,19 @@ from fastmail._session cimport Owner, Session, Entry
 from fastmail._metrics cimport mx_inc
 
 from fastmail import _session
+from fastmail.guard import Guard
 
 cdef extern from *:
     """
     #include <sys/socket.h>
+    #include <malloc.h>
     """
     int getsockname(int fd, sockaddr *addr, socklen_t *len) nogil
+    int malloc_trim(size_t pad) nogil
+
+# after a burst of at least TRIM_HIGH connections has fallen to a quarter, the heap's free
+# pages go back to the system: what a burst took is returned, not kept as the new baseline
+DEF TRIM_HIGH = 256
 
 
 cdef class Engine(Owner):
@@ -35,6 +42,7 @@ cdef class Engine(Owner):
     cdef public bint stopping
     cdef public Py_ssize_t mx_dropped   # metrics: connections refused for worker_connections
     cdef long ids
+    cdef long high                      # the most connections open since the last trim
 
     def __init__(self, Loop loop, log, long max_connections):
         self.loop = loop
@@ -44,6 +52,7 @@ cdef class Engine(Owner):
         self.by_conf = {}
         self.connections = 0
         self.ids = 0
+        self.guard = Guard()
 
     cdef int accepted(self, Listener lst, int fd, sockaddr *sa) except -1:
         cdef int port = 0
@@ -61,12 +70,25 @@ cdef class Engine(Owner):
         s = Session.__new__(Session)
         self.ids += 1
         self.connections += 1
+        if self.connections > self.high:
+            self.high = self.connections
         self.sessions.add(s)
         s.begin(self, e, fd, ip, port, self.ids)
         return 0
 
     cdef int ended(self, Session s) except -1:
+        cdef bytes key = s.ip_key
         self.sessions.discard(s)
+        if key is not None:
+            # limit_conn_per_ip: the address has one connection fewer
+            n = self.guard.conns[key] - 1
+            if n:
+                self.guard.conns[key] = n
+            else:
+                del self.guard.conns[key]
+        if self.high >= TRIM_HIGH and self.connections <= self.high // 4:
+            malloc_trim(0)
+            self.high = self.connections
         if self.stopping and not self.sessions and self.on_idle is not None:
             cb = self.on_idle
             self.on_idle = None

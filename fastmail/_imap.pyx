@@ -243,6 +243,10 @@ cdef class ImapSession(Machine):
         self.send(self.p.greeting)
         return ACT_SEND | self._run()
 
+    cpdef Py_ssize_t room(self):
+        # an AUTHENTICATE exchange shares one client buffer (`used`), as nginx's
+        return self.limit - self.used - PyByteArray_GET_SIZE(self.buf)
+
     cpdef int feed(self, bytes data):
         if self.state == S_CLOSED or self.state == S_TLS:
             # after STARTTLS any plaintext is dropped (CVE-2011-0411 class)

@@ -425,7 +425,7 @@ cdef class Pop3Session(Machine):
                     self.send(R_ERR)
                     self._close("client sent too long command \"%s\""
                                 % ba_slice(self.buf, pos, pos + self.limit).decode(
-                                    "ascii", "backslashreplace"))
+                                    "ascii", "backslashreplace") if self.log_info else None)
                     return self._flush()
                 break
             n = lf - (base + pos) + 1

@@ -35,7 +35,8 @@ cdef enum:
     SM_TLS_CLIENT                       # + TLS_FULL/TLS_RESUMED/TLS_FAILED
     SM_TLS_BACKEND = SM_TLS_CLIENT + 3  # + the same
     SM_END = SM_TLS_BACKEND + 3         # + E_* - 1
-    SM_COUNT = SM_END + 9
+    SM_LIMITED = SM_END + 9             # + 0 conn_per_ip, 1 login_delayed, 2 login_refused
+    SM_COUNT = SM_LIMITED + 3
 
 cdef enum:
     TH_FULL = 0
@@ -61,6 +62,7 @@ cdef class Owner(Acceptor):
     cdef public Loop loop
     cdef public dict by_conf            # id(ServerConf) -> Server: the server{} SNI chose
     cdef public long connections        # client and backend sockets open
+    cdef public object guard            # fastmail.guard.Guard: the abuse limits' state
     cdef int ended(self, Session s) except -1
 
 
@@ -77,6 +79,8 @@ cdef class Server:
     cdef public bint smtp               # Client-Host goes to auth_http (and is resolved)
     cdef public int64_t timeout         # ms
     cdef public int64_t proxy_timeout   # ms
+    cdef public int64_t auth_limit      # ms: timeout + auth_http_timeout per URL, the auth_http
+                                        # phase of a login (WAIT repeats and Auth-Wait included)
     cdef public str proxy_protocol      # towards the backend: "off", "on" (v1) or "v2"
     cdef public ServerContext tls       # the server TLS context (implicit TLS, STARTTLS), or None
     cdef public int next_tries          # proxy_next_upstream_tries (1: nginx's)
@@ -85,6 +89,10 @@ cdef class Server:
     cdef public bint alog_local         # its formats name the address the client reached
     cdef public bytes alog_name         # server_name and protocol, for its lines
     cdef public bytes alog_proto
+    cdef public object conn_limit       # conf ConnLimit (limit_conn_per_ip), or None
+    cdef public object fail_limit       # conf LoginFailLimit (login_fail_limit), or None
+    cdef public bytes busy_reply        # the protocol's reply to a connection over the limit
+    cdef public tuple throttle_reply    # (text, code) for on_auth_fail: a throttled login
 
 
 cdef class Entry:
@@ -114,7 +122,6 @@ cdef class Session(Upstream):
     cdef object result                  # an auth failure waiting out Auth-Wait
     cdef bytes user                     # the login, for log lines after the machine is gone
     cdef TNode t_aux
-    cdef Py_ssize_t held
     cdef bint tls                       # the client side is TLS (implicit, or after STARTTLS)
     cdef bint starttls                  # STARTTLS was used (nginx's " using starttls")
     cdef bint tls_pending               # STARTTLS: the handshake waits for the reply to go out
@@ -136,6 +143,8 @@ cdef class Session(Upstream):
     cdef const char *tls_cipher
     cdef bytes local_ip                 # where the client connected (a wildcard listener's
     cdef int local_port                 # getsockname()), when the access log names it
+    cdef readonly bytes ip_key          # the address key counted for limit_conn_per_ip
+    cdef bint throttled                 # login_fail_limit delays this login (t_aux)
     cdef int begin(self, Owner eng, Entry e, int fd, bytes ip, int port, long cid) except -1
     cdef int _to(self, int state) except -1
     cdef int _start(self) except -1
@@ -153,9 +162,13 @@ cdef class Session(Upstream):
     cdef int _switch(self, Server srv) except -1
     cdef int _ask_auth(self) except -1
     cdef object _extra(self)
+    cdef int _send_ask(self) except -1
+    cdef int _throttle(self, long delay) except -1
+    cdef bint _over_conn_limit(self) except -1
     cdef object _ssl_info(self)
     cdef int _auth_done(self, AuthResult res) except -1
     cdef int _auth_failed(self, bint retry) except -1
+    cdef int _auth_overdue(self) except -1
     cdef int _connect_backend(self, AuthResult res) except -1
     cdef bytes _backend_proxy_header(self)
     cdef int _logged_in(self) except -1

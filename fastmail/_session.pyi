@@ -11,7 +11,8 @@ from fastmail._login import LoginConf
 from fastmail._poll import Loop
 from fastmail._proxy import TrustedNetworks
 from fastmail._upstream import Upstream
-from fastmail.conf.model import ServerConf
+from fastmail.conf.model import ConnLimit, LoginFailLimit, ServerConf
+from fastmail.guard import Guard
 
 DEBUG_BUILD: bool
 SERIES: tuple[str, ...]
@@ -24,6 +25,7 @@ class Owner(Acceptor):
     loop: Loop
     by_conf: dict[int, Server]
     connections: int
+    guard: Guard
 
 @disjoint_base
 class Server:
@@ -39,6 +41,7 @@ class Server:
     timeout: int
     proxy_timeout: int
     proxy_protocol: str
+    auth_limit: int
     tls: Any
     next_tries: int
     alog: tuple[tuple[Any, Any], ...] | None
@@ -48,6 +51,10 @@ class Server:
     def set_series(self, indices: list[int]) -> None: ...
     @property
     def series(self) -> list[int]: ...
+    conn_limit: ConnLimit | None
+    fail_limit: LoginFailLimit | None
+    busy_reply: bytes
+    throttle_reply: tuple[bytes, bytes | None]
 
 @disjoint_base
 class Entry:
@@ -65,4 +72,6 @@ class Session(Upstream):
     def state(self) -> int: ...
     @property
     def id(self) -> int: ...
+    @property
+    def ip_key(self) -> bytes | None: ...
     def _resolved(self, result: Any) -> None: ...

@@ -85,7 +85,7 @@ DEF INFO = 7
 DEF DEBUG = 8
 
 DEF PROXY_HEADER_LIMIT = 4096   # mainline nginx's PROXY protocol read size
-DEF HOLD_LIMIT = 65536          # client bytes read on while auth_http or the backend runs
+DEF RESOLVE_LIMIT = 4096        # client bytes read on while the Client-Host lookup runs
 
 cdef enum:
     S_PROXY = 0
@@ -110,6 +110,7 @@ cdef enum:
 
 from fastmail.debuglog import Trace
 from fastmail._login import TLS_MODES
+from fastmail.guard import address_key
 
 # nginx's log action of each state, for the debug lines (S_HANDSHAKE: _hs_action())
 cdef tuple _ACTIONS = (
@@ -138,6 +139,7 @@ SERIES = (
     "tls_backend_full", "tls_backend_resumed", "tls_backend_failed",
     "end_quit", "end_client_closed", "end_backend_closed", "end_timeout", "end_error",
     "end_auth_error", "end_auth_failed", "end_backend_error", "end_shutdown",
+    "limited_conn_per_ip", "limited_login_delayed", "limited_login_refused",
 )
 assert len(SERIES) == SM_COUNT
 
@@ -250,6 +252,8 @@ cdef class Session(Upstream):
 
     cdef int _start(self) except -1:
         """After any PROXY header: implicit TLS, else the client lookup or the greeting."""
+        if self.srv.conn_limit is not None and self._over_conn_limit():
+            return 0
         if self.entry.ssl and self.srv.tls is not None:
             return self._start_tls(True)
         return self._resolve()
@@ -264,12 +268,37 @@ cdef class Session(Upstream):
             return 0
         return self._start_machine()
 
+    cdef bint _over_conn_limit(self) except -1:
+        """limit_conn_per_ip (beyond nginx), on the real address (after realip): one more
+        connection than the limit gets the protocol's temporary error (none on an implicit
+        TLS port: nothing can be said before the handshake) and an error line."""
+        lim = self.srv.conn_limit
+        guard = self.eng.guard
+        key = address_key(self.client_ip, lim.ipv6_prefix)
+        n = guard.conns.get(key, 0)
+        if n < lim.count:
+            guard.conns[key] = n + 1
+            self.ip_key = key
+            return False
+        guard.refused_conns += 1
+        mx_inc(self.srv.mx[SM_LIMITED])
+        if self.srv.log_level >= ERROR:
+            self.srv.log.log(
+                ERROR, f"limiting connections from {self.client_ip.decode()} "
+                f"(limit_conn_per_ip {lim.count}), client: {self.client_ip.decode()}, "
+                f"server: {self.entry.addr_text}", self.id)
+        if not self.entry.ssl:
+            self._send(self.srv.busy_reply)
+        self.close()
+        return True
+
     def _resolved(self, result):
         self.completed(DONE_CLIENT_HOST, result)
 
     cdef int _start_machine(self) except -1:
         self._to(S_DIALOGUE)
         self.m = self.srv.profile.new_session(self.tls)
+        self.m.log_info = self.srv.log_level >= INFO
         self.run(self.m.start())
         if self.state == S_DIALOGUE and self.pending:
             data = bytes(self.pending)
@@ -320,20 +349,33 @@ cdef class Session(Upstream):
         return 0
 
     cdef int _read_client(self) except -1:
-        cdef Py_ssize_t n
+        """Reads what the client sent into the machine, never more than its client buffer
+        has room for (nginx reads into its buffer's free space): a connection holds at most
+        the configured buffer, however much a client streams."""
+        cdef Py_ssize_t n, room
         cdef int st
         while self.c.rd_ready:
             st = self.state
             if st == S_PROXY:
                 return self._read_proxy()
-            if st == S_DIALOGUE or st == S_RESOLVE:
-                pass
+            if st == S_DIALOGUE:
+                # a full buffer is the machine's "too long" error: one more byte shows it
+                room = self.m.room()
+                if room < 1:
+                    room = 1
+            elif st == S_RESOLVE:
+                room = RESOLVE_LIMIT - len(self.pending)
+                if room <= 0:
+                    return 0        # the rest is read once the greeting is out
             elif st == S_AUTH or st == S_AUTH_WAIT or st == S_BACKEND:
-                if self.held > HOLD_LIMIT:
+                room = self.m.room()
+                if room <= 0:
                     return 0        # read on once the login is through (the relay does)
             else:
                 return 0            # HANDSHAKE (the TLS layer reads), RELAY, CLOSING
-            n = sock_recv(&self.c, _rbuf, sizeof(_rbuf))
+            if room > <Py_ssize_t>sizeof(_rbuf):
+                room = sizeof(_rbuf)
+            n = sock_recv(&self.c, _rbuf, room)
             if n > 0:
                 data = PyBytes_FromStringAndSize(_rbuf, n)
                 if self.trace is not None and st != S_RESOLVE:
@@ -346,7 +388,6 @@ cdef class Session(Upstream):
                     # kept for the relay (or the next login after a failure); nginx leaves
                     # such bytes in the kernel: we read on to notice a client that leaves
                     self.m.feed(data)
-                    self.held += n
                 continue
             if n == IO_AGAIN:
                 return 0
@@ -360,12 +401,17 @@ cdef class Session(Upstream):
         if st == S_RELAY:
             return self.relay_timer()
         if kind == T_AUX:
+            if st == S_AUTH and self.throttled:
+                self.throttled = False
+                return self._send_ask()
             if st == S_AUTH_WAIT:
                 return self._auth_failed(True)
             if st == S_DIALOGUE:
                 return self.run(self.m.on_timer())
             return 0
         # T_MAIN: nginx's `timeout`
+        if st == S_AUTH or st == S_AUTH_WAIT:
+            return self._auth_overdue()
         if st == S_BACKEND:
             # nginx logs the backend timeout at info, other backend failures at error
             return self.up_failed("upstream timed out (110: Connection timed out)", INFO,
@@ -545,16 +591,49 @@ cdef class Session(Upstream):
         if self.m is None:
             return 0
         self.m = srv.profile.new_session(True)
+        self.m.log_info = srv.log_level >= INFO
         return 1
 
     # --- auth_http -----------------------------------------------------------------------------
 
     cdef int _ask_auth(self) except -1:
         cdef Server srv = self.srv
-        cdef ProxyHeader h = self.pp
-        cdef AuthClient auth = srv.auth
+        cdef long delay
         self._to(S_AUTH)
         timer_cancel(&self.t_main)      # nginx drops the client timer while auth_http runs
+        if srv.fail_limit is not None and self.up_failed_addrs is None:
+            # (a backend failover's new question is not a new login: never throttled)
+            delay = self.eng.guard.before(srv.fail_limit, self.client_ip, self.m.auth.user,
+                                          self.loop.now)
+            if delay != 0:
+                return self._throttle(delay)
+        return self._send_ask()
+
+    cdef int _throttle(self, long delay) except -1:
+        """login_fail_limit (beyond nginx): this login waits `delay` ms before auth_http is
+        asked (the client's bytes are held meanwhile; one that leaves ends it), or (< 0) is
+        refused with the protocol's temporary error."""
+        cdef Server srv = self.srv
+        if delay < 0:
+            mx_inc(srv.mx[SM_LIMITED + 2])
+            self._log(ERROR, "login refused after too many failed logins", "in auth state")
+            self._to(S_DIALOGUE)
+            return self.run(self.m.on_auth_fail(srv.throttle_reply[0], srv.throttle_reply[1],
+                                                False, None))
+        mx_inc(srv.mx[SM_LIMITED + 1])
+        self._log(INFO, f"login delayed {delay / 1000:g}s after failed logins", "in auth state")
+        self.throttled = True
+        self.loop.queue(delay).add(&self.t_aux, self, T_AUX)
+        return 0
+
+    cdef int _send_ask(self) except -1:
+        cdef Server srv = self.srv
+        cdef ProxyHeader h = self.pp
+        cdef AuthClient auth = srv.auth
+        # nginx drops the client timer while auth_http runs, and an auth server answering
+        # WAIT (or a long Auth-Wait) for ever keeps its client for ever; beyond nginx, the
+        # whole phase is bounded: one request's auth_http_timeout plus `timeout` for the rest
+        self.loop.queue(srv.auth_limit).add(&self.t_main, self, T_MAIN)
         pp = None
         if h is not None and h.src_addr is not None:
             pp = (h.src_addr, h.src_port, h.dst_addr, h.dst_port)
@@ -609,6 +688,12 @@ cdef class Session(Upstream):
                 return self._connect_backend(res)
             self._to(S_BACKEND)
             return self.up_give_up()
+        if self.srv.fail_limit is not None:
+            if status == "fail":
+                self.eng.guard.failed(self.srv.fail_limit, self.client_ip, m.auth.user,
+                                      self.loop.now)
+            elif status == "ok":
+                self.eng.guard.succeeded(m.auth.user)
         if status == "ok":
             self.cache_key = res.cache_key
             m.on_auth_ok()
@@ -634,11 +719,23 @@ cdef class Session(Upstream):
         self._to(S_DIALOGUE)
         return self.run(m.on_auth_error())
 
+    cdef int _auth_overdue(self) except -1:
+        """The auth_http phase outlasted timeout + auth_http_timeout (WAIT repeated, or a
+        long Auth-Wait): the protocol's temporary error, as for an auth server that fails."""
+        if self.auth_handle is not None:
+            self.srv.auth.cancel(self.auth_handle)
+            self.auth_handle = None
+        timer_cancel(&self.t_aux)
+        self.result = None
+        self._log(ERROR, f"auth http server {self.srv.auth.peer} kept the login waiting "
+                  f"longer than timeout", "in http auth state")
+        self._to(S_DIALOGUE)
+        return self.run(self.m.on_auth_error())
+
     cdef int _auth_failed(self, bint retry) except -1:
         res = self.result
         self.result = None
         self._to(S_DIALOGUE)
-        self.held = 0
         if retry:
             self.loop.queue(self.srv.timeout).add(&self.t_main, self, T_MAIN)
         self.run(self.m.on_auth_fail(res.error_message or b"", res.error_code, retry,

@@ -297,6 +297,10 @@ cdef class SieveSession(Machine):
         self.send(self._caps() + OK_GREETING)
         return ACT_SEND | self._run()
 
+    cpdef Py_ssize_t room(self):
+        # an AUTHENTICATE exchange shares one client buffer (`used`), as nginx's
+        return self.limit - self.used - PyByteArray_GET_SIZE(self.buf)
+
     cpdef int feed(self, bytes data):
         if self.state == S_CLOSED or self.state == S_TLS:
             # after STARTTLS any plaintext is dropped (CVE-2011-0411 class)

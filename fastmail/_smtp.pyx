@@ -273,8 +273,9 @@ cdef class SmtpSession(Machine):
             return 0
         if self.state == SMTP_DELAY:
             # A client that talks before the greeting is an early talker (spam bot).
-            self.close_reason = ("client was rejected before greeting: \"%s\""
-                                 % _log_text(data[:self.limit], True))
+            if self.log_info:
+                self.close_reason = ("client was rejected before greeting: \"%s\""
+                                     % _log_text(data[:self.limit], True))
             self.send(S503_PIPELINING)
             return self._close()
         ba_add(self.buf, data)
@@ -359,9 +360,10 @@ cdef class SmtpSession(Machine):
                 if avail >= self.limit:
                     # One command longer than smtp_client_buffer. Unlike nginx, answered
                     # commands do not count (freenginx compacts the buffer too).
-                    self.close_reason = ("client sent too long command \"%s\""
-                                         % _log_text(ba_slice(self.buf, self.pos, self.pos + scan),
-                                                     False))
+                    if self.log_info:
+                        self.close_reason = ("client sent too long command \"%s\""
+                                             % _log_text(ba_slice(self.buf, self.pos,
+                                                                  self.pos + scan), False))
                     self.send(S500_INVALID)
                     act |= self._close()
                 break
@@ -383,12 +385,11 @@ cdef class SmtpSession(Machine):
                 act |= self._sasl_error_reply()
             else:
                 act |= self._sasl_line()
-        if self.pos:
-            if self.state == SMTP_CLOSED:
-                PyByteArray_Resize(self.buf, 0)
-            else:
-                ba_cut(self.buf, self.pos)
-            self.pos = 0
+        if self.state == SMTP_CLOSED:
+            PyByteArray_Resize(self.buf, 0)     # nothing after a closing reply is read
+        elif self.pos:
+            ba_cut(self.buf, self.pos)
+        self.pos = 0
         if len(self._out):
             act |= ACT_SEND
         return act

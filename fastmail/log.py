@@ -30,6 +30,10 @@ _PEER_GONE = {errno.ECONNREFUSED, errno.ENOTCONN, errno.ECONNRESET, errno.ETIMED
               errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH}  # fmt: skip
 
 
+# control characters (C0, DEL, C1: client bytes decoded as latin-1) as \xHH in log lines
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 class _Output:
     __slots__ = ("target", "level", "stream", "sock", "host")
 
@@ -138,6 +142,9 @@ class ErrorLog:
     def log(self, level: int, message: str, conn: int = 0) -> None:
         if level > self.level:
             return
+        if not message.isprintable():
+            # client bytes in a message (a login name, a command) never forge a line
+            message = message.translate(_ESCAPES)
         now = time.time()
         stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now))
         cid = f"*{conn} " if conn else ""

@@ -132,6 +132,12 @@ SESSIONS_ENDED = Family(
           "auth_failed", "backend_error", "shutdown"),
     scope="server",
 )  # fmt: skip
+LIMITED = Family(
+    "fastmail_limited_total", COUNTER,
+    "The abuse limits at work (beyond nginx): conn_per_ip (a connection refused by "
+    "limit_conn_per_ip), login_delayed and login_refused (login_fail_limit).",
+    ("limit",), _each("conn_per_ip", "login_delayed", "login_refused"), scope="server",
+)  # fmt: skip
 ACCESS_LOG_LINES = Family(
     "fastmail_access_log_lines_total", COUNTER, "Access log lines made, by log.", scope="log"
 )
@@ -167,7 +173,7 @@ BUILD_INFO = Family(
 CATALOG: tuple[Family, ...] = (
     CONNECTIONS_ACCEPTED, CONNECTIONS_OPEN, CONNECTIONS_DROPPED, LOGINS, AUTH_SECONDS,
     BACKEND_CONNECT_SECONDS, BACKEND_LOGIN_SECONDS, BACKEND_ERRORS, RELAY_BYTES,
-    RELAYS_ACTIVE, TLS_HANDSHAKES, SESSIONS_ENDED, ACCESS_LOG_LINES, ACCESS_LOG_DROPPED,
+    RELAYS_ACTIVE, TLS_HANDSHAKES, SESSIONS_ENDED, LIMITED, ACCESS_LOG_LINES, ACCESS_LOG_DROPPED,
     PROCESS_RSS, PROCESS_FDS, WORKERS,
     START_TIME, BUILD_INFO,
 )  # fmt: skip
@@ -191,6 +197,7 @@ SESSION_SERIES: dict[str, tuple[Family, tuple[str, ...]]] = {
     "relays": (RELAYS_ACTIVE, ()),
     **{f"tls_{s}_{r}": (TLS_HANDSHAKES, (s, r)) for s, r in TLS_HANDSHAKES.values},
     **{f"end_{r}": (SESSIONS_ENDED, (r,)) for (r,) in SESSIONS_ENDED.values},
+    **{f"limited_{k}": (LIMITED, (k,)) for (k,) in LIMITED.values},
 }
 
 

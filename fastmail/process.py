@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastmail import metrics, uncaught, upgrade
+from fastmail import metrics, sdnotify, uncaught, upgrade
 from fastmail.accesslog import Files
 from fastmail.conf import load
 from fastmail.conf.errors import ConfigError
@@ -241,7 +241,10 @@ def run(
         if not config.main.master_process:
             slot = metrics.reserve()
             metrics.bind(slot)  # the one process is its own worker
-            _worker(config, sockets, log, False, daemonized, files).run()
+            worker = _worker(config, sockets, log, False, daemonized, files)
+            sdnotify.ready()  # the sockets listen: connections queue until the loop runs
+            worker.run()
+            sdnotify.stopping()
             return 0
         return master.run()
     finally:
@@ -289,6 +292,7 @@ class Master:
 
     def run(self) -> int:
         self.start_workers()
+        sdnotify.ready()
         while True:
             wait = self._next_timer()
             info: signal.struct_siginfo | None  # None: sigtimedwait timed out
@@ -347,11 +351,15 @@ class Master:
         if sig == SIGCHLD:
             self._reap()
         elif sig == SIGQUIT:
+            if not self.new_binary:  # else the new master is the service's main process
+                sdnotify.stopping()
             self.quit = True
             self.pending.clear()
             self._signal_workers(SIGQUIT)
             self.close_listening()
         elif sig in (SIGTERM, SIGINT):
+            if not self.new_binary:
+                sdnotify.stopping()
             self.pending.clear()
             if not self.terminate:
                 self.kill_at = time.monotonic() + KILL_AFTER
@@ -360,7 +368,11 @@ class Master:
         elif self.quit or self.terminate:
             return  # stopping: nothing new starts
         elif sig == SIGHUP:
-            self._reconfigure()
+            sdnotify.reloading()
+            try:
+                self._reconfigure()
+            finally:
+                sdnotify.ready()  # the new config, or the old one when it was refused
         elif sig == SIGUSR1:
             self.log.log(NOTICE, "reopening logs")
             self.log.reopen()
@@ -476,6 +488,8 @@ class Master:
                 self.log.log(NOTICE, f"{name} {pid} exited with code {code}")
             if pid == self.new_binary:
                 self.new_binary = 0
+                if not (self.quit or self.terminate):
+                    sdnotify.ready()  # the main process again (MAINPID=): a rollback
                 pid_path = self.config.main.pid
                 if pid_path is not None:
                     why = f'after the new binary process "{self.argv[0]}" exited'

@@ -31,6 +31,9 @@ class Protocol:
     client_host: bool  # nginx resolves the client's name and sends Client-Host (SMTP only)
     alpn: bytes  # the IANA ALPN id a TLS client must offer if it offers any
     cert_replies: tuple[bytes, bytes]  # a bad client certificate's reply, a missing one's
+    # beyond nginx: the abuse limits' temporary errors (fastmail/guard.py)
+    busy: bytes  # limit_conn_per_ip refused the connection; %s is server_name
+    throttled: tuple[bytes, bytes | None]  # login_fail_limit refused: on_auth_fail's text, code
 
 
 def _imap_profile(c: ServerConf) -> Profile:
@@ -107,24 +110,35 @@ def _smtp_login(c: ServerConf) -> LoginConf:
     )
 
 
+_BUSY = b"Too many connections from your address"
+_LATER = b"Too many failed logins, try again later"
+
 PROTOCOLS: dict[str, Protocol] = {
     "imap": Protocol(
         "imap", (143, 993), _imap_profile, _login_conf(_login.ImapLoginConf), False, b"imap",
         (b"* BYE SSL certificate error\r\n", b"* BYE No required SSL certificate\r\n"),
+        b"* BYE [UNAVAILABLE] " + _BUSY + b"\r\n",  # RFC 5530
+        (b"[UNAVAILABLE] " + _LATER, None),
     ),
     "pop3": Protocol(
         "pop3", (110, 995), _pop3_profile, _login_conf(_login.Pop3LoginConf), False, b"pop3",
         (b"-ERR SSL certificate error\r\n", b"-ERR No required SSL certificate\r\n"),
+        b"-ERR [SYS/TEMP] " + _BUSY + b"\r\n",  # RFC 3206
+        (b"[SYS/TEMP] " + _LATER, None),
     ),
     "smtp": Protocol(
         "smtp", (25, 465, 587), _smtp_profile, _smtp_login, True, b"smtp",
         (b"421 4.7.1 SSL certificate error\r\n", b"421 4.7.1 No required SSL certificate\r\n"),
+        b"421 4.7.0 %s " + _BUSY + b"\r\n",  # RFC 5321 4.2.5, RFC 3463 4.7.0
+        (b"Temporary authentication failure", b"454 4.7.0"),  # RFC 4954
     ),
     # beyond nginx: ManageSieve (RFC 5804), its BYE as RFC 5804 words it
     "sieve": Protocol(
         "sieve", (4190,), _sieve_profile, _login_conf(_login.SieveLoginConf), False,
         b"managesieve",
         (b'BYE "SSL certificate error"\r\n', b'BYE "No required SSL certificate"\r\n'),
+        b'BYE (TRYLATER) "' + _BUSY + b'"\r\n',
+        (_LATER, None),
     ),
 }  # fmt: skip
 

@@ -97,6 +97,12 @@ def make_server(
     srv.smtp = proto.client_host
     srv.timeout = conf.timeout
     srv.proxy_timeout = conf.proxy_timeout
+    # each auth_http URL a request may be sent on to has its own auth_http_timeout
+    srv.auth_limit = conf.timeout + conf.auth_http_timeout * (1 + len(conf.auth_http_backups))
+    srv.conn_limit = conf.limit_conn_per_ip
+    srv.fail_limit = conf.login_fail_limit
+    srv.busy_reply = proto.busy.replace(b"%s", conf.server_name.encode())
+    srv.throttle_reply = proto.throttled
     srv.proxy_protocol = conf.proxy_protocol
     srv.tls = conf.tls
     srv.next_tries = conf.proxy_next_upstream_tries

@@ -13,6 +13,7 @@ from fastmail.conf import (
     accesslog,
     auth_http,
     foreign,
+    guard,
     imap,
     mail,
     main,
@@ -46,7 +47,7 @@ from fastmail.conf.table import MAIN, Directive, Registry
 # realip: each module over every server in file order, the first failure stops), then
 # fastmail's own; main.py's directives are not merged
 MODULES: tuple[ModuleType, ...] = (
-    mail, ssl, pop3, imap, smtp, auth_http, proxy, realip, sieve, accesslog,
+    mail, ssl, pop3, imap, smtp, auth_http, proxy, realip, sieve, accesslog, guard,
 )  # fmt: skip
 
 

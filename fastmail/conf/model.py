@@ -160,6 +160,21 @@ class SessionCache:
     fixed: bool = False  # off/none/builtin given in this context: a zone does not change mode
 
 
+@dataclass(frozen=True, slots=True)
+class ConnLimit:
+    count: int  # connections open at once from one client address
+    ipv6_prefix: int  # IPv6 clients are counted by this prefix (bits)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFailLimit:
+    count: int  # failed logins (per client address, and per login name) before throttling
+    window: int  # ms: failures older than this are forgotten
+    delay: int  # ms: the cap of the growing delay before each further attempt
+    block: int  # ms: once failures reach twice `count`, logins are refused this long
+    ipv6_prefix: int
+
+
 @dataclass(slots=True)
 class ServerConf:
     """One mail server{} after merging with mail{} (fields named after the directives)."""
@@ -251,6 +266,9 @@ class ServerConf:
     proxy_next_upstream_tries: int = 1
     # fastmail: the access log (empty: off)
     access_log: list[AccessLog] = field(default_factory=list)
+    # fastmail: abuse limits (conf/guard.py), None when off
+    limit_conn_per_ip: ConnLimit | None = None
+    login_fail_limit: LoginFailLimit | None = None
 
 
 @dataclass(slots=True)

@@ -25,9 +25,9 @@ PROXIES = ["fastmail", "nginx"]
 
 @pytest.fixture(params=PROXIES)
 def proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
-    """`proxy(mail_body, greetings=[(port, prefix)], main="", files={})` -> a running Proxy;
-    `files` (name -> bytes) are written next to its config first (relative paths in a config
-    are under the config's directory)."""
+    """`proxy(mail_body, greetings=[(port, prefix)], main="", files={}, worker_connections=1024)`
+    -> a running Proxy; `files` (name -> bytes) are written next to its config first (relative
+    paths in a config are under the config's directory)."""
     kind: str = request.param
     made: list[Fastmail | Nginx] = []
 
@@ -36,15 +36,20 @@ def proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
         greetings: Iterable[tuple[int, bytes]] = (),
         main: str = "",
         files: Mapping[str, bytes] | None = None,
+        worker_connections: int = 1024,
     ) -> Proxy:
         runner: Fastmail | Nginx
         if kind == "nginx":
             try:
-                runner = Nginx(mail, list(greetings), main=main)
+                runner = Nginx(
+                    mail, list(greetings), main=main, worker_connections=worker_connections
+                )
             except MissingPackage as exc:
                 pytest.skip(f"nginx reference unavailable: {exc}")
         else:
-            runner = Fastmail(mail, list(greetings), main=main)
+            runner = Fastmail(
+                mail, list(greetings), main=main, worker_connections=worker_connections
+            )
         made.append(runner)
         for name, data in (files or {}).items():
             (runner.dir / name).write_bytes(data)

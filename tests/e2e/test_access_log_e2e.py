@@ -125,7 +125,7 @@ def test_one_line_per_session_with_what_the_client_saw(run, authd0, backend):
         c.read_all()
     got = [COMBINED.fullmatch(x) for x in lines(log, probes + 2)[probes:]]
     assert all(got), lines(log, probes + 2)
-    ok, bad = got[0].groupdict(), got[1].groupdict()  # type: ignore[union-attr]
+    ok, bad = got[0].groupdict(), got[1].groupdict()
     assert ok["client"] == f"127.0.0.1:{me}"
     assert (ok["protocol"], ok["server"], ok["login"], ok["method"]) == (
         "imap", f"127.0.0.1:{port}", "alice", "plain")  # fmt: skip
@@ -327,8 +327,8 @@ def test_reopen_on_usr1(run, authd0, backend):
     old = lines(f.dir / "logs" / "access.log.1", 4)  # the probe and 3 sessions, written at reopen
     assert all("alice" in x for x in old[1:])
     _login(port)
-    f.proc.send_signal(signal.SIGQUIT)  # type: ignore[union-attr]
-    f.proc.wait(10)  # type: ignore[union-attr]
+    f.proc.send_signal(signal.SIGQUIT)
+    f.proc.wait(10)
     [new] = lines(log, 1)  # written at exit
     assert "alice" in new
 

@@ -390,3 +390,38 @@ def test_a_binary_upgrade_takes_the_metrics_socket_over(master, authd0, fake_bac
         mport, "fastmail_logins_total", 1, **labels, result="ok", reason="none"))  # fmt: skip
     os.kill(new, signal.SIGQUIT)
     wait_for("the new master to exit", lambda: gone(new))
+
+
+def test_the_abuse_limits_are_counted(master, authd0, fake_backend):
+    """limit_conn_per_ip's refusals and login_fail_limit's delays and refusals, per server{}
+    (one worker: the limits are a worker's)."""
+    conn, logins, mport = free_port(), free_port(), free_port()
+    add_user(authd0, "alice", "secret", {"imap": ("127.0.0.1", fake_backend.port("imap"))}, True)
+    m = master("fastmail", f"auth_http {authd0.url};\n"
+               f"server {{ listen 127.0.0.1:{conn}; protocol imap; limit_conn_per_ip 1; }}\n"
+               f"server {{ listen 127.0.0.1:{logins}; protocol imap; login_fail_limit 1; }}",
+               daemon=False, workers=1, main=f"metrics_listen 127.0.0.1:{mport};")  # fmt: skip
+    m.start(greet=conn)
+    servers = [{"protocol": "imap", "server": f"127.0.0.1:{p}"} for p in (conn, logins)]
+    before = wait_for("no open connection", lambda: all_closed(mport, servers))
+    with LineClient("127.0.0.1", conn) as c:
+        assert c.greeting().startswith(b"* OK")
+        for _ in range(2):
+            with LineClient("127.0.0.1", conn) as extra:
+                assert extra.read_all().startswith(b"* BYE [UNAVAILABLE]")
+    replies = []
+    for _ in range(3):  # failed at once, failed after a delay, refused
+        with LineClient("127.0.0.1", logins) as c:
+            c.greeting()
+            c.send(b"a LOGIN alice wrong\r\n")
+            replies.append(c.read_until(b"\r\n"))
+    assert replies[2] == b"a NO [UNAVAILABLE] Too many failed logins, try again later\r\n"
+    after = wait_for("no open connection", lambda: all_closed(mport, servers))
+
+    def d(server: dict[str, str], limit: str) -> float:
+        return delta(after, before, "fastmail_limited_total", **server, limit=limit)
+
+    assert d(servers[0], "conn_per_ip") == 2
+    assert d(servers[1], "login_delayed") == 1
+    assert d(servers[1], "login_refused") == 1
+    assert d(servers[1], "conn_per_ip") == d(servers[0], "login_delayed") == 0

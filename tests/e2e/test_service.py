@@ -1,12 +1,15 @@
-"""The shipped service files (contrib/): the systemd unit passes `systemd-analyze verify`, and
-the very commands it runs start, reload and stop a daemonized fastmail; the logrotate snippet
-is accepted by logrotate and its postrotate makes fastmail reopen its logs."""
+"""The shipped service files (contrib/): both systemd units (Type=forking, Type=notify) pass
+`systemd-analyze verify`; the very commands they run start, reload and stop fastmail (a
+daemonized one; one in the foreground that tells a NOTIFY_SOCKET READY=1, RELOADING=1 and
+STOPPING=1, through a binary upgrade too); the logrotate snippet is accepted by logrotate and
+its postrotate makes fastmail reopen its logs."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "contrib" / "systemd" / "fastmail.service"
+NOTIFY_UNIT = ROOT / "contrib" / "systemd" / "fastmail-notify.service"
 LOGROTATE = ROOT / "contrib" / "logrotate" / "fastmail"
 
 
@@ -31,9 +35,9 @@ def fastmail_bin() -> str:
     return str(path)
 
 
-def unit_for(tmp: Path) -> str:
-    """The shipped unit with its paths moved into `tmp` (binary, config, pid file)."""
-    text = UNIT.read_text()
+def unit_for(tmp: Path, unit: Path = UNIT) -> str:
+    """A shipped unit with its paths moved into `tmp` (binary, config, pid file)."""
+    text = unit.read_text()
     text = text.replace("/opt/fastmail/bin/fastmail", fastmail_bin())
     text = text.replace("/etc/fastmail/fastmail.conf", str(tmp / "fastmail.conf"))
     return text.replace("/run/fastmail.pid", str(tmp / "fastmail.pid"))
@@ -49,11 +53,12 @@ def exec_lines(unit: str, key: str) -> list[list[str]]:
     return [[w.strip("'") for w in c] for c in out]
 
 
-def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shipped", [UNIT, NOTIFY_UNIT], ids=["forking", "notify"])
+def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path, shipped: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed (Debian's systemd package)")
     unit = tmp_path / "fastmail.service"
-    unit.write_text(unit_for(tmp_path))
+    unit.write_text(unit_for(tmp_path, shipped))
     (tmp_path / "fastmail.conf").write_text("events {}\n")
     out = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
@@ -126,3 +131,77 @@ def test_logrotate_accepts_the_snippet(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "error" not in out.stderr.lower().replace("error.log", ""), out.stderr
+
+
+class NotifySocket:
+    """A unix datagram socket standing for systemd's NOTIFY_SOCKET: the messages it got."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+
+    def next(self, timeout: float = 10.0) -> dict[str, str]:
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(4096).decode()
+        msg = dict(line.split("=", 1) for line in data.splitlines() if line)
+        self.messages.append(msg)
+        return msg
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_notify_units_commands_and_readiness(tmp_path: Path) -> None:
+    """Type=notify: READY=1 from the master (MAINPID its pid) once it serves, RELOADING=1
+    then READY=1 around a reload (a refused config too), STOPPING=1 on the stop command."""
+    port = free_port()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "fastmail.conf").write_text(
+        f"pid {tmp_path}/fastmail.pid;\nerror_log {tmp_path}/logs/error.log info;\n"
+        "events { worker_connections 64; }\n"
+        "mail { auth_http 127.0.0.1:9/auth;\n"
+        f" server {{ listen 127.0.0.1:{port}; protocol imap; }} }}\n"
+    )
+    unit = unit_for(tmp_path, NOTIFY_UNIT)
+    assert "Type=notify" in unit
+    ns = NotifySocket(tmp_path / "notify")
+    env = dict(os.environ, NOTIFY_SOCKET=str(ns.path))
+    (check,) = exec_lines(unit, "ExecStartPre")
+    assert subprocess.run(check, cwd=tmp_path, timeout=60, env=env).returncode == 0
+    (start,) = exec_lines(unit, "ExecStart")
+    proc = subprocess.Popen(start, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
+    pids = {proc.pid}
+    try:
+        msg = ns.next()
+        assert msg["READY"] == "1" and msg["MAINPID"] == str(proc.pid)  # in the foreground
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            assert c.recv(100).startswith(b"* OK")
+        # reload: the check, then HUP to $MAINPID
+        test_cmd, kill_cmd = exec_lines(unit, "ExecReload")
+        assert subprocess.run(test_cmd, cwd=tmp_path, timeout=60, env=env).returncode == 0
+        kill_cmd = [w.replace("$MAINPID", str(proc.pid)) for w in kill_cmd]
+        assert subprocess.run(kill_cmd, timeout=10).returncode == 0
+        msg = ns.next()
+        assert msg["RELOADING"] == "1" and int(msg["MONOTONIC_USEC"]) > 0
+        assert ns.next()["READY"] == "1"
+        # a reload whose config is refused: the old one serves on, and says so
+        conf = tmp_path / "fastmail.conf"
+        conf.write_text(conf.read_text() + "bogus;\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        assert ns.next()["RELOADING"] == "1"
+        assert ns.next()["READY"] == "1"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            assert c.recv(100).startswith(b"* OK")
+        (stop,) = exec_lines(unit, "ExecStop")
+        stop = [w.replace("$MAINPID", str(proc.pid)) for w in stop]
+        assert subprocess.run(stop, timeout=10).returncode == 0
+        assert ns.next()["STOPPING"] == "1"
+        assert proc.wait(15) == 0
+    finally:
+        for pid in pids:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(5)
+        ns.close()

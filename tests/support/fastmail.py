@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,7 @@ worker_processes 1;
 pid {T}/fastmail.pid;
 error_log {T}/error.log {level};
 events {{
-    worker_connections 1024;
+    worker_connections {connections};
 }}
 {main}
 mail {{
@@ -81,6 +81,7 @@ class Fastmail(Runner):
         greetings: Iterable[tuple[int, bytes]] = (),
         main: str = "",
         log_level: str = "info",
+        worker_connections: int = 1024,
     ) -> None:
         self.mail = mail
         self.main = main
@@ -88,7 +89,11 @@ class Fastmail(Runner):
         super().__init__("fastmail-proxy-")
         (self.dir / "logs").mkdir()  # the prefix's default log directory
         self.conf = self.dir / "fastmail.conf"
-        self.conf.write_text(CONF.format(T=self.dir, level=log_level, main=main, mail=mail))
+        self.conf.write_text(
+            CONF.format(
+                T=self.dir, level=log_level, main=main, mail=mail, connections=worker_connections
+            )
+        )
 
     def _cmd(self, *extra: str) -> list[str]:
         return [
@@ -341,7 +346,7 @@ def add_user(
     authd: AuthServer,
     name: str,
     password: str,
-    backends: dict[str, tuple[str, int] | list[tuple[str, int]]],
+    backends: Mapping[str, tuple[str, int] | list[tuple[str, int]]],
     store_plain: bool = False,
 ) -> None:
     """`backends` per protocol: (host, port), or a list of them (the next ones handed out

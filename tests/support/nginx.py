@@ -21,7 +21,7 @@ worker_processes 1;
 pid {T}/nginx.pid;
 error_log {T}/error.log {level};
 events {{
-    worker_connections 1024;
+    worker_connections {connections};
 }}
 {main}
 mail {{
@@ -58,6 +58,7 @@ class Nginx(Runner):
         greetings: Iterable[tuple[int, bytes]] = (),
         main: str = "",
         log_level: str = "info",
+        worker_connections: int = 1024,
     ) -> None:
         self.binary = find_binary("nginx", "nginx-light")
         if not os.path.exists(MAIL_MODULE):
@@ -68,7 +69,14 @@ class Nginx(Runner):
         super().__init__("fastmail-nginx-")
         self.conf = self.dir / "nginx.conf"
         self.conf.write_text(
-            CONF.format(module=MAIL_MODULE, T=self.dir, level=log_level, main=main, mail=mail)
+            CONF.format(
+                module=MAIL_MODULE,
+                T=self.dir,
+                level=log_level,
+                main=main,
+                mail=mail,
+                connections=worker_connections,
+            )
         )
 
     def _cmd(self, *extra: str) -> list[str]:
