@@ -216,7 +216,14 @@ UNIT_ANSWERS = [
     b"HTTP/1.1 200 OK\r\nAuth-Status: Invalid login or password\r\nAuth-Wait: 1\r\n"
     b"Auth-Error-Code: 535 5.7.8\r\nContent-Length: 0\r\n\r\n",
 ]
-ANSWERS = UNIT_ANSWERS + READ_CASES
+ANSWERS = (
+    UNIT_ANSWERS
+    + READ_CASES
+    + [
+        # hypothesis: an empty line after a 204's header block (kept whole, closed when alone)
+        b"HTTP/1.1 204 No Content\r\nAuth-Status: OK\r\nAuth-Status: \n\r\n\r\n",
+    ]
+)
 AUTHS = [
     req(),
     req(protocol=b"imap"),
@@ -282,6 +289,12 @@ def check_splits(data: bytes) -> None:
         split = read_split([data[:k], data[k:]])[:4]
         if whole[0] == P.R_HEAD and whole[3] == "close" and split[3] == "drain":
             # the header block came first: the body is still owed, so it drains
+            continue
+        if whole[3] == "keep" and split[3] == "close" and not data[k:].strip(b"\r\n"):
+            # empty lines after a whole answer: read with it, httptools lets them pass (as
+            # RFC 9112 2.2 lets a recipient); arriving alone on an idle connection, they close
+            # it. Either way no byte of them is taken for the next answer.
+            assert split[:3] == whole[:3]
             continue
         assert split == whole, k
 
