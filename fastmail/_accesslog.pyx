@@ -9,7 +9,7 @@ buffer=, when the buffer fills and every flush= (a timer on the worker's loop), 
 server sent one datagram per line. A file that refuses (a full pipe, EAGAIN) keeps lines
 pending up to a bound, then loses them; an error loses what is pending; lost lines are
 counted (metrics) and said once per outage ([alert]), and again when the log recovers
-([notice]). Must not know a session: it gets a Record (fastmail._session fills it).
+([notice]). Must not know a session: it gets a Record (fastmail._report fills it).
 """
 
 from libc.errno cimport errno, EAGAIN, EINTR

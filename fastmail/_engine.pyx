@@ -12,7 +12,8 @@ from posix.unistd cimport close as c_close
 
 from fastmail._poll cimport Loop
 from fastmail._conn cimport (Listener, sockaddr, sockaddr_storage, socklen_t, sockaddr_ip)
-from fastmail._session cimport Owner, Session, Entry
+from fastmail._report cimport Entry
+from fastmail._session cimport Owner, Session
 from fastmail._metrics cimport mx_inc
 
 from fastmail import _session

@@ -34,49 +34,27 @@ reads next drains it; edge-triggered epoll sends no second notice.
 
 from libc.stdint cimport uint32_t, int64_t
 from libc.stdlib cimport free
-from libc.string cimport memset, strlen
-from posix.unistd cimport close as c_close
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from fastmail._poll cimport (Loop, Watcher, TNode, TimerQueue, timer_cancel, timer_armed,
-                             FASTMAIL_DEBUG, EPOLLIN, EPOLLOUT, EPOLLET, EPOLLRDHUP,
-                             EPOLLERR, EPOLLHUP)
+from fastmail._poll cimport (TNode, timer_cancel, FASTMAIL_DEBUG, EPOLLIN, EPOLLOUT, EPOLLET,
+                             EPOLLRDHUP, EPOLLERR, EPOLLHUP)
 from fastmail._conn cimport (Sock, sock_init, sock_recv, sock_peek, sock_write_bytes, sock_flush,
-                             sock_close, sock_connect, sock_pending, os_error, sockaddr_ip,
-                             Acceptor, Listener, sockaddr, sockaddr_storage, socklen_t,
-                             IO_AGAIN, IO_ERROR)
-from fastmail._relay cimport (Relay, UP, DOWN, CLIENT, BACKEND, END_DONE, END_READ_CLIENT,
-                              END_READ_BACKEND, END_SEND_CLIENT, END_SEND_BACKEND, END_PIPE,
-                              END_TIMEOUT, END_CLOSED)
-from fastmail._core cimport (Machine, Profile, AuthRequest, ACT_SEND, ACT_AUTH, ACT_STARTTLS,
-                             ACT_CLOSE, ACT_TIMER, ACT_BACKEND, ACT_DONE)
-from fastmail._login cimport BackendLogin, LoginConf
-from fastmail._upstream cimport (Upstream, BE_NONE, BE_TIMEOUT, BE_REFUSED, BE_IO, UT_NONE,
-                                 UT_FULL)
+                             sock_close, IO_AGAIN, IO_ERROR)
+from fastmail._relay cimport UP, DOWN, CLIENT, BACKEND, END_DONE, END_TIMEOUT, END_CLOSED
+from fastmail._core cimport (Machine, AuthRequest, ACT_SEND, ACT_AUTH, ACT_STARTTLS, ACT_CLOSE,
+                             ACT_TIMER, ACT_BACKEND, ACT_DONE)
+from fastmail._login cimport BackendLogin
+from fastmail._report cimport *
+from fastmail._upstream cimport BE_NONE, BE_TIMEOUT, UT_NONE
 from fastmail._openssl cimport SSL
 from fastmail._tls cimport (tls_accept, tls_handshake, tls_error, tls_error_level, tls_chosen,
                             tls_verify, tls_cert_check, tls_auth_info, tls_reused, tls_names,
                             TLS_OK, TLS_FAIL)
-from fastmail._metrics cimport mx_inc, mx_dec, mx_observe, mx_now_us, NONE
-from fastmail._accesslog cimport (Record, alog_write, F_REMOTE_ADDR, F_REMOTE_PORT,
-                                  F_SERVER_ADDR, F_SERVER_PORT, F_PROTOCOL, F_SERVER_NAME,
-                                  F_LOGIN, F_AUTH_METHOD, F_AUTH_RESULT, F_AUTH_REASON,
-                                  F_UPSTREAM, F_BYTES_IN, F_BYTES_OUT, F_UPSTREAM_BYTES_IN,
-                                  F_UPSTREAM_BYTES_OUT, F_DURATION, F_TLS_PROTOCOL,
-                                  F_TLS_CIPHER, F_END_REASON, F_CONNECTION)
-from fastmail._tlsctx cimport ServerContext
-from fastmail._proxy cimport (ProxyHeader, ProxyError, TrustedNetworks, proxy_parse,
-                              proxy_realip, proxy_build_v1, proxy_build_v2)
+from fastmail._metrics cimport mx_inc, mx_observe, mx_now_us
+from fastmail._proxy cimport (ProxyHeader, ProxyError, proxy_parse, proxy_realip,
+                              proxy_build_v1, proxy_build_v2)
 from fastmail._auth cimport AuthClient, AuthResult
 from fastmail._authreq cimport Extra
-
-cdef extern from *:
-    """
-    #include <sys/socket.h>
-    """
-    int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
-    int getsockname(int fd, sockaddr *addr, socklen_t *len) nogil
-    int SOL_SOCKET, SO_ERROR
 
 # nginx's log levels (fastmail.log)
 DEF ERROR = 4
@@ -128,44 +106,6 @@ def live_count():
 
 DEBUG_BUILD = bool(FASTMAIL_DEBUG)
 
-# the names of the SM_* series (_session.pxd), in order: fastmail/metrics.py maps them
-SERIES = (
-    "accepted", "open", "login_ok", "login_failed_credentials", "login_failed_backend",
-    "login_tempfailed_auth", "login_tempfailed_auth_http", "login_tempfailed_backend",
-    "auth_seconds", "connect_seconds", "login_seconds",
-    "backend_connect", "backend_timeout", "backend_tls", "backend_closed", "backend_io",
-    "backend_refused", "bytes_up", "bytes_down", "relays",
-    "tls_client_full", "tls_client_resumed", "tls_client_failed",
-    "tls_backend_full", "tls_backend_resumed", "tls_backend_failed",
-    "end_quit", "end_client_closed", "end_backend_closed", "end_timeout", "end_error",
-    "end_auth_error", "end_auth_failed", "end_backend_error", "end_shutdown",
-    "limited_conn_per_ip", "limited_login_delayed", "limited_login_refused",
-)
-assert len(SERIES) == SM_COUNT
-
-# the access log's words: E_* (index 0 unused), then SM_LOGIN_* outcomes (from SM_LOGIN_OK)
-cdef const char *_END_NAMES[10]
-_END_NAMES[:] = [b"-", b"quit", b"client_closed", b"backend_closed", b"timeout", b"error",
-                 b"auth_error", b"auth_failed", b"backend_error", b"shutdown"]
-cdef const char *_RESULTS[6]
-_RESULTS[:] = [b"ok", b"failed", b"failed", b"tempfailed", b"tempfailed", b"tempfailed"]
-cdef const char *_REASONS[6]
-_REASONS[:] = [b"none", b"credentials", b"backend", b"auth_temporary", b"auth_http",
-               b"backend"]
-
-
-cdef inline void _rec(Record *r, int f, bytes b) noexcept:
-    if b is not None:
-        r.s[f] = <const char *>b
-        r.n[f] = len(b)
-
-
-cdef inline void _rec_c(Record *r, int f, const char *p) noexcept:
-    if p != NULL:
-        r.s[f] = p
-        r.n[f] = strlen(p)
-
-
 cdef class Owner(Acceptor):
     """Base of the worker's engine (fastmail._engine.Engine): what a session reports to."""
 
@@ -173,28 +113,7 @@ cdef class Owner(Acceptor):
         return 0
 
 
-cdef class Server:
-    """What one worker needs to serve one server{} block, built once (server.py) and read by
-    every session at C speed."""
-
-    def set_series(self, list indices):
-        """The metrics indices of SERIES, in order (fastmail.metrics.session_series)."""
-        cdef Py_ssize_t i
-        if len(indices) != SM_COUNT:
-            raise ValueError(f"{SM_COUNT} series expected, got {len(indices)}")
-        for i in range(SM_COUNT):
-            self.mx[i] = indices[i]
-
-    @property
-    def series(self):
-        return [self.mx[i] for i in range(SM_COUNT)]
-
-
-cdef class Entry:
-    """One address a listening socket serves: which server{}, and its listen flags."""
-
-
-cdef class Session(Upstream):
+cdef class Session(Reporter):
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -868,35 +787,6 @@ cdef class Session(Upstream):
         self.mx_active = srv.mx[SM_RELAYS]
         return self.relay_start(to_backend, to_client)
 
-    cdef int _backend_over(self, bint ok) except -1:
-        """The backend login ended: the attempt's figures, the login's outcome."""
-        cdef int kind = self._attempt_over(ok)
-        if ok:
-            self.a_result = SM_LOGIN_OK
-        else:
-            self.a_result = SM_LOGIN_FAILED_BACKEND if kind == BE_REFUSED else SM_LOGIN_TEMP_BACKEND
-        mx_inc(self.srv.mx[self.a_result])
-        return 0
-
-    cdef int _attempt_over(self, bint ok) except -1:
-        """One backend's attempt ended: its latencies, its TLS, its failure by kind (once:
-        a failover counted it already); returns that BE_* kind."""
-        cdef Server srv = self.srv
-        cdef int kind = self.up_err
-        if self.up_counted:
-            return kind
-        if self.up_t1:
-            mx_observe(srv.mx[SM_CONNECT_SECONDS], self.up_t1 - self.up_t0)
-        if self.up_tls != UT_NONE:
-            mx_inc(srv.mx[SM_TLS_BACKEND + self.up_tls - UT_FULL])
-        if ok:
-            mx_observe(srv.mx[SM_LOGIN_SECONDS], mx_now_us() - self.up_t1)
-            return BE_NONE
-        if kind == BE_NONE:
-            kind = BE_IO
-        mx_inc(srv.mx[SM_BACKEND_ERRORS + kind - 1])
-        return kind
-
     cdef bytes _take_out(self, Sock *s):
         cdef bytes rest = PyBytes_FromStringAndSize(s.out + s.out_off, s.out_len - s.out_off)
         if s.out != NULL:
@@ -921,80 +811,10 @@ cdef class Session(Upstream):
             self.trace.closed()
         self.eng.connections -= 2
         if srv.log_level >= INFO:
-            if why == END_DONE or (why == END_CLOSED and self.shut_reason is None):
-                # nginx's usual suffix, login and upstream included, only without " while"
-                ctx = self._context("-")
-                srv.log.log(INFO, "proxied session done" + ctx[ctx.index(","):], self.id)
-            elif why == END_TIMEOUT:
-                self._log(INFO, "client timed out (110: Connection timed out)", "proxying")
-            elif why == END_READ_CLIENT:
-                self._log(INFO, os_error("recv", self.error), "proxying and reading from client")
-            elif why == END_READ_BACKEND:
-                self._log(INFO, os_error("recv", self.error),
-                          "proxying and reading from upstream")
-            elif why == END_SEND_CLIENT:
-                self._log(INFO, os_error("send", self.error), "proxying and sending to client")
-            elif why == END_SEND_BACKEND:
-                self._log(INFO, os_error("send", self.error), "proxying and sending to upstream")
-            elif why == END_PIPE:
-                self._log(INFO, os_error("pipe2", self.error), "proxying")
-            else:
-                self._log(INFO, self.shut_reason, "proxying")
+            self._relay_log(why)
         self._ended()
         self.eng.ended(self)
         return 0
-
-    cdef int _ended(self) except -1:
-        """Once per session, at its very end: the metrics and the access log."""
-        cdef Server srv = self.srv
-        if self.end == E_NONE:
-            self.end = E_ERROR
-        mx_inc(srv.mx[SM_END + self.end - 1])
-        mx_dec(self.mx_open)        # last: no open connection means every end is counted
-        if srv.alog is not None:
-            self._access_log(srv)
-        return 0
-
-    cdef int _access_log(self, Server srv) except -1:
-        """The session's access log line: what it knows, borrowed, in a Record."""
-        cdef Record r
-        cdef Entry e = self.entry
-        cdef bytes where = None
-        memset(&r, 0, sizeof(r))
-        r.v[F_REMOTE_PORT] = r.v[F_SERVER_PORT] = -1
-        _rec(&r, F_REMOTE_ADDR, self.client_ip)
-        if self.client_ip != b"unix:":
-            r.v[F_REMOTE_PORT] = self.client_port
-        if srv.alog_local:
-            if e.host == b"":
-                where = e.addr_text.encode()    # unix:/path
-            elif e.wildcard and self.local_ip is not None:
-                where = self.local_ip
-                r.v[F_SERVER_PORT] = self.local_port
-            else:
-                where = e.host
-                r.v[F_SERVER_PORT] = e.port
-            _rec(&r, F_SERVER_ADDR, where)
-        _rec(&r, F_PROTOCOL, srv.alog_proto)
-        _rec(&r, F_SERVER_NAME, srv.alog_name)
-        _rec(&r, F_LOGIN, self.a_login)
-        _rec(&r, F_AUTH_METHOD, self.a_method)
-        if self.a_result:
-            _rec_c(&r, F_AUTH_RESULT, _RESULTS[self.a_result - SM_LOGIN_OK])
-            _rec_c(&r, F_AUTH_REASON, _REASONS[self.a_result - SM_LOGIN_OK])
-        if self.up_server is not None:
-            _rec(&r, F_UPSTREAM, self.up_server)
-            r.v[F_UPSTREAM] = self.up_port     # formatted as an address:port
-        r.v[F_BYTES_IN] = self.c.rx
-        r.v[F_BYTES_OUT] = self.c.tx
-        r.v[F_UPSTREAM_BYTES_IN] = self.b.rx
-        r.v[F_UPSTREAM_BYTES_OUT] = self.b.tx
-        r.v[F_DURATION] = self.loop.now - self.t_begin
-        _rec_c(&r, F_TLS_PROTOCOL, self.tls_proto)
-        _rec_c(&r, F_TLS_CIPHER, self.tls_cipher)
-        _rec_c(&r, F_END_REASON, _END_NAMES[self.end])
-        r.v[F_CONNECTION] = self.id
-        return alog_write(srv.alog, &r)
 
     # --- ending --------------------------------------------------------------------------------
 
@@ -1051,56 +871,3 @@ cdef class Session(Upstream):
         self.shut_reason = reason
         self._end_as(E_SHUTDOWN)
         return self.finish()
-
-    # --- log lines -----------------------------------------------------------------------------
-
-    cdef str _peer_text(self):
-        if self.client_ip == b"unix:":
-            return "unix:"
-        return f"{self.client_ip.decode()}:{self.client_port}"
-
-    cdef object _local_addr(self):
-        """(address text bytes, port) where the client reached us; None for unix sockets."""
-        cdef sockaddr_storage ss
-        cdef socklen_t n = sizeof(ss)
-        cdef int port = 0
-        if self.entry.host == b"" or self.c.fd < 0:
-            return None
-        if not self.entry.wildcard:
-            return (self.entry.host, self.entry.port)
-        if getsockname(self.c.fd, <sockaddr *>&ss, &n) != 0:
-            return None
-        ip = sockaddr_ip(<sockaddr *>&ss, &port)
-        return (ip, port)
-
-    cdef str _local_text(self):
-        local = self._local_addr()
-        if local is None:
-            return self.entry.addr_text
-        ip = (<bytes>local[0]).decode()
-        if ":" in ip:
-            return f"[{ip}]:{local[1]}"
-        return f"{ip}:{local[1]}"
-
-    cdef str _context(self, str action):
-        """nginx's ` while ACTION, client: ..., server: ...[, login: "..."]` suffix."""
-        cdef str text
-        if action is None:
-            action = self.m.phase if self.m is not None else "in auth state"
-        text = (f" while {action}, client: {self.client_ip.decode()}"
-                f"{' using starttls' if self.starttls else ''}, server: {self.entry.addr_text}")
-        user = self.user
-        if user is None and self.m is not None and self.m.auth is not None:
-            user = self.m.auth.user
-        if user:
-            text += f', login: "{user.decode("latin-1")}"'
-        if self.up_server is not None:
-            text += f", upstream: {self.up_server.decode('latin-1')}:{self.up_port}"
-        return text
-
-    cdef int _log(self, int level, str message, str action) except -1:
-        cdef Server srv = self.srv
-        if srv.log_level >= level:
-            srv.log.log(level, message + self._context(action), self.id)
-        return 0
-

@@ -6,7 +6,7 @@ a reload, with nginx's `open() ... failed`), reopening the master's copies on US
 workers forked later), and in a worker: one Writer per target (shared by the server{}
 blocks that name it) with its metrics, the Formats, each server's (Writer, Format) pairs the
 engine reads, reopening and the last flush. Must not format a line (fastmail/_accesslog.pyx
-does) nor decide what a session logs (fastmail/_session.pyx fills the record).
+does) nor decide what a session logs (fastmail/_report.pyx fills the record).
 """
 
 from __future__ import annotations

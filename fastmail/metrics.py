@@ -178,7 +178,7 @@ CATALOG: tuple[Family, ...] = (
     START_TIME, BUILD_INFO,
 )  # fmt: skip
 
-# What a session counts, in the order of fastmail._session.SERIES (the engine's SM_* enum)
+# What a session counts, in the order of fastmail._report.SERIES (the engine's SM_* enum)
 SESSION_SERIES: dict[str, tuple[Family, tuple[str, ...]]] = {
     "accepted": (CONNECTIONS_ACCEPTED, ()),
     "open": (CONNECTIONS_OPEN, ()),
@@ -340,8 +340,8 @@ def series(family: Family, *values: str) -> int:
 
 
 def session_series(conf: ServerConf) -> list[int]:
-    """A server{}'s indices in the order of the engine's SM_* enum (_session.SERIES)."""
-    from fastmail._session import SERIES  # noqa: PLC0415 - the engine imports this module
+    """A server{}'s indices in the order of the engine's SM_* enum (_report.SERIES)."""
+    from fastmail._report import SERIES  # noqa: PLC0415 - the engine imports this module
 
     lead = server_labels(conf)
     return [series(SESSION_SERIES[name][0], *lead, *SESSION_SERIES[name][1]) for name in SERIES]

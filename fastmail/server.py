@@ -18,7 +18,7 @@ from fastmail import auth_http, metrics
 from fastmail._accesslog import Format, Writer
 from fastmail._poll import Loop
 from fastmail._proxy import TrustedNetworks
-from fastmail._session import Entry, Server
+from fastmail._report import Entry, Server
 from fastmail.conf.model import Config, ListenSocket, ServerConf
 from fastmail.log import ErrorLog
 from fastmail.protocols import PROTOCOLS

@@ -18,7 +18,8 @@ from fastmail import _relay, metrics, uncaught
 from fastmail._conn import Listener
 from fastmail._engine import Engine, debug_counters
 from fastmail._poll import Loop
-from fastmail._session import DEBUG_BUILD, Server
+from fastmail._report import Server
+from fastmail._session import DEBUG_BUILD
 from fastmail.accesslog import Files, Logs
 from fastmail.exporter import Exporter
 from fastmail.log import ALERT, NOTICE, ErrorLog

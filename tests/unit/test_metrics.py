@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmail import __version__, _metrics, _session, metrics
+from fastmail import __version__, _metrics, _report, metrics
 from fastmail.conf import ConfigError, load
 
 EV = "events {}\n"
@@ -144,7 +144,7 @@ def test_a_scrape_during_retirements_never_goes_backwards():
 
 
 def test_session_series_names_match_the_engine():
-    assert tuple(metrics.SESSION_SERIES) == _session.SERIES
+    assert tuple(metrics.SESSION_SERIES) == _report.SERIES
 
 
 def test_metrics_listen_directive(tmp_path):
@@ -235,7 +235,7 @@ def test_the_scrape_text_reads_back_with_prometheus_client(tmp_path, certs):
     slot = metrics.reserve()
     metrics.bind(slot)
     srv = c.mail.servers[0]
-    idx = dict(zip(_session.SERIES, metrics.session_series(srv), strict=True))
+    idx = dict(zip(_report.SERIES, metrics.session_series(srv), strict=True))
     _metrics.add(idx["accepted"], 3)
     _metrics.add(idx["open"], 1)
     _metrics.add(idx["login_ok"], 2)
@@ -277,7 +277,7 @@ def test_a_worker_that_exits_keeps_its_counts(tmp_path):
     c = conf(tmp_path, "server { listen 127.0.0.1:1143; protocol imap; }")
     metrics.setup(c)
     srv = c.mail.servers[0]
-    idx = dict(zip(_session.SERIES, metrics.session_series(srv), strict=True))
+    idx = dict(zip(_report.SERIES, metrics.session_series(srv), strict=True))
     lead = {"protocol": "imap", "server": "127.0.0.1:1143"}
     for n in range(3):
         slot = metrics.reserve()
