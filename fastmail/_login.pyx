@@ -277,10 +277,12 @@ cdef class BackendLogin:
         self.rbuf += data
         while True:
             end = _reply_end(self.stls_proto, self.tls_stage, self.rbuf)
+            # a reply longer than proxy_buffer is refused whether it came in one read or in
+            # many (found by tests/fuzz: one read used to let it through)
+            if end > self.limit or (end < 0 and len(self.rbuf) > self.limit):
+                return self._internal(
+                    "upstream sent too long response line during STARTTLS", "error")
             if end < 0:
-                if len(self.rbuf) > self.limit:
-                    return self._internal(
-                        "upstream sent too long response line during STARTTLS", "error")
                 return act
             reply = bytes(self.rbuf[:end])
             del self.rbuf[:end]

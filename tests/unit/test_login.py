@@ -485,6 +485,27 @@ def test_backend_starttls_refused_is_an_internal_error(make, greeting, refusal):
     )
 
 
+@pytest.mark.parametrize("pieces", [1, 2, 40])
+def test_backend_starttls_greeting_longer_than_proxy_buffer_is_refused_however_it_arrives(
+    pieces: int,
+) -> None:
+    # found by tests/fuzz (login): in one read such a greeting used to pass the size check
+    greeting = b"* OK " + b"x" * 30 + b"\r\n"
+    m = ImapLogin(req(b"imap", tag=b"a1 "), proxy_buffer=16)
+    m.tls_mode = 2
+    m.start()
+    step = -(-len(greeting) // pieces)
+    acts = 0
+    for i in range(0, len(greeting), step):
+        acts = m.feed(greeting[i : i + step])
+        if acts:
+            break
+    assert acts == ACT_SEND | ACT_CLOSE
+    assert m.close_reason == "upstream sent too long response line during STARTTLS"
+    assert m.take_output() == IMAP_INTERNAL_ERROR
+    assert m.take_backend_output() == b""
+
+
 def test_backend_tls_on_starts_tls_after_the_proxy_header():
     m = ImapLogin(req(b"imap", tag=b"a1 "), proxy_header=b"PROXY UNKNOWN\r\n")
     m.tls_mode = 1
