@@ -180,7 +180,7 @@ def main() -> int:
         print(res.line(), flush=True)
         print(f"{target}: {res.seconds:.0f} s (log: {log})", file=sys.stderr)
         failed |= bool(res.crashes or res.hangs)
-        if args.minimize and not failed:
+        if args.minimize and not (res.crashes or res.hangs):
             minimize(sys.executable, env, target, log)
     return 1 if failed else 0
 

@@ -233,7 +233,8 @@ class Driver:
                 self.timer = True
             if acts & ACT_AUTH:
                 auth = m.auth
-                check(isinstance(auth, AuthRequest), "ACT_AUTH without an AuthRequest")
+                if not isinstance(auth, AuthRequest):
+                    raise Broken("ACT_AUTH without an AuthRequest")
                 self.spec.check_auth(auth)
                 check_request(auth, self.spec.client_host)
                 if self.spec.on_auth is not None:

@@ -12,10 +12,12 @@ resolve to 127.0.0.1 for `localhost` and to nothing else. Invariants, on every i
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import ipaddress
 import socket
 import types
+from collections.abc import Iterator
 from typing import Any
 
 from fastmail import conf
@@ -56,19 +58,34 @@ def _getaddrinfo(host: Any, port: Any, *args: Any, **kw: Any) -> list[Any]:
     return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (str(ip), 0, 0, 0))]
 
 
-conf.Loader = MemLoader  # type: ignore[misc]
-parser.glob = types.SimpleNamespace(glob=_glob)  # type: ignore[assignment]
-socket.getaddrinfo = _getaddrinfo  # type: ignore[assignment]
+@contextlib.contextmanager
+def in_memory() -> Iterator[None]:
+    """Files from FILES, globs among them, names resolved without DNS; undone after (the
+    replay tests run in the suite's process)."""
+    patches = (
+        (conf, "Loader", MemLoader),
+        (parser, "glob", types.SimpleNamespace(glob=_glob)),
+        (socket, "getaddrinfo", _getaddrinfo),
+    )
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    for mod, name, value in patches:
+        setattr(mod, name, value)
+    try:
+        yield
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
 
 
 def test_one_input(data: bytes) -> None:
     FILES.clear()
     for name, text in zip(NAMES, data.split(common.SEP), strict=False):
         FILES[DIR + name] = text
-    try:
-        conf.load(DIR + NAMES[0], "/nonexistent-fuzz/")
-    except ConfigError as e:
-        common.check(isinstance(e.message, str) and e.message, "an empty ConfigError", e)
+    with in_memory():
+        try:
+            conf.load(DIR + NAMES[0], "/nonexistent-fuzz/")
+        except ConfigError as e:
+            common.check(isinstance(e.message, str) and e.message, "an empty ConfigError", e)
 
 
 def seeds() -> list[bytes]:

@@ -34,7 +34,7 @@ METHOD_SETS = (
 BUFFERS = (4096, 64, 24, 256)
 ERRORS = (5, 0, 1, 3)
 COMMANDS = (1000, 0, 3, 10)
-PROFILES = {}
+PROFILES: dict[tuple[int, int], ImapProfile] = {}
 
 TAG = rb"[A-Za-z0-9._-]{0,32}"  # nginx takes an empty tag (" NOOP")
 LINE = re.compile(

@@ -91,7 +91,8 @@ def new_login(knobs: bytes) -> tuple[BackendLogin, int]:
                 smtp_auth_method=(b"plain", b"login")[(k1 >> 5) & 1],
             )
         else:
-            conf = (ImapLoginConf, Pop3LoginConf, None, SieveLoginConf)[proto](**common_args)
+            make = (ImapLoginConf, Pop3LoginConf, SieveLoginConf)[proto - (proto == 3)]
+            conf = make(**common_args)
         CONFS[knobs[:2]] = conf
     user, passwd = CREDS[k2 & 7]
     auth = AuthRequest(PROTOCOLS[proto], METHODS[(k2 >> 3) % len(METHODS)], user, passwd)

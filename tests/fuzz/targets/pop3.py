@@ -24,7 +24,7 @@ from . import common
 METHOD_SETS = (
     ["plain"],
     ["plain", "apop", "cram-md5"],
-    ["user", "external"],
+    ["apop", "external"],
     ["xoauth2", "oauthbearer"],
     ["plain", "apop", "cram-md5", "external", "xoauth2", "oauthbearer"],
     ["apop"],
@@ -34,7 +34,7 @@ METHOD_SETS = (
 BUFFERS = (128, 16, 40, 4096)
 ERRORS = (5, 0, 1, 3)
 COMMANDS = (1000, 0, 3, 10)
-PROFILES = {}
+PROFILES: dict[tuple[int, int], Pop3Profile] = {}
 SALT = b"<1896.697170952@mail.example.com>\r\n"
 
 # +OK/-ERR status lines, CAPA's and AUTH's list lines and their ".", SASL challenges

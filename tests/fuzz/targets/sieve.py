@@ -36,7 +36,7 @@ METHOD_SETS = (
 BUFFERS = (4096, 32, 64, 256)
 ERRORS = (5, 0, 1, 3)
 COMMANDS = (1000, 0, 3, 10)
-PROFILES = {}
+PROFILES: dict[tuple[int, int], SieveProfile] = {}
 METHODS = {b"plain", b"login", b"external", b"xoauth2", b"oauthbearer"}
 
 QUOTED = re.compile(rb'"(?:[^"\\\r\n\0]|\\["\\])*"')

@@ -36,7 +36,7 @@ METHOD_SETS = (
 BUFFERS = (4096, 24, 64, 512)
 ERRORS = (5, 0, 1, 3)
 COMMANDS = (1000, 0, 3, 10)
-PROFILES = {}
+PROFILES: dict[tuple[int, int], SmtpProfile] = {}
 
 REPLY = re.compile(rb"(?:[2-5]\d\d[ -][^\r\n]*\r\n)+")
 METHODS = {b"plain", b"login", b"cram-md5", b"external", b"none", b"xoauth2", b"oauthbearer"}
