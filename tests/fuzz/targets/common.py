@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastmail._authproto import RequestTemplate
+from fastmail._authreq import RequestTemplate
 from fastmail._core import (
     ACT_AUTH,
     ACT_CLOSE,

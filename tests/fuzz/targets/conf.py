@@ -92,6 +92,7 @@ def seeds() -> list[bytes]:
     import ast
 
     out = [(common.TESTS.parent / "fastmail/conf/example.conf").read_bytes()]
+    out += [p.read_bytes() for p in sorted((common.TESTS / "data/real-world").glob("**/*.conf"))]
     files = ["unit/conf/test_conf.py", "unit/conf/test_tls_conf.py", "unit/test_cli.py",
              "e2e/test_real_world_configs.py", "e2e/test_nginx_conf_compat.py"]  # fmt: skip
     for name in files:

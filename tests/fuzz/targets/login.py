@@ -33,15 +33,15 @@ from fastmail._login import (
     IMAP_INTERNAL_ERROR,
     POP3_INTERNAL_ERROR,
     SIEVE_INTERNAL_ERROR,
-    SMTP_INTERNAL_ERROR,
     TLS_MODES,
     BackendLogin,
     ImapLoginConf,
     LoginConf,
     Pop3LoginConf,
     SieveLoginConf,
-    SmtpLoginConf,
 )
+
+from fastmail._smtplogin import SMTP_INTERNAL_ERROR, SmtpLoginConf
 
 from . import common
 
