@@ -40,7 +40,6 @@ from fastmail._login import (
     Pop3LoginConf,
     SieveLoginConf,
 )
-
 from fastmail._smtplogin import SMTP_INTERNAL_ERROR, SmtpLoginConf
 
 from . import common
