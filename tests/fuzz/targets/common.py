@@ -11,6 +11,7 @@ give the same replies, the same actions, the same auth requests and the same rel
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,17 @@ ANSWERS = ("retry", "fail", "error", "ok", "sasl", "code", "retry-quiet", "fail-
 MESSAGES = (b"Invalid login or password", b"", b"Temporary \xff failure", b"nope")
 CODES = (b"535 5.7.8", b"454 4.7.0", b"")
 SASL = b"eyJzdGF0dXMiOiI0MDEifQ=="
+
+
+_B64 = re.compile(rb"[A-Za-z0-9+/]{20,}={0,2}")
+_SALT = re.compile(rb"<\d+\.\d+@[^>]*>(\r\n)?")
+
+
+def _unsalt(m: re.Match[bytes]) -> bytes:
+    try:
+        return b"SALT" if _SALT.fullmatch(base64.b64decode(m.group(), validate=True)) else m.group()
+    except ValueError:
+        return m.group()
 
 
 class Broken(AssertionError):
@@ -139,10 +151,13 @@ class Run:
     fed: int = 0
 
     def same(self) -> tuple[Any, ...]:
+        # CRAM-MD5's challenge is a fresh salt each time (make_salt): equal once masked;
         # a close reason quotes the client's bytes as one read brought them (nginx's "client
         # was rejected before greeting"): only its words before the quote must agree
         reason = self.close_reason.split('"')[0] if self.close_reason else self.close_reason
-        return (bytes(self.out), self.events, self.closed, reason, self.relay)
+        out = _B64.sub(_unsalt, bytes(self.out))
+        events = [(*e[:4], bool(e[4]), *e[5:]) if isinstance(e, tuple) else e for e in self.events]
+        return (out, events, self.closed, reason, self.relay)
 
 
 @dataclass
