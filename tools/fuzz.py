@@ -151,6 +151,9 @@ def minimize(py: str, env: dict[str, str], target: str, log: Path) -> None:
     cmd += [f"-timeout={TIMEOUT}", str(fresh), str(committed), str(WORK / "corpus" / target)]
     with log.open("a") as out:
         subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
+    if not any(fresh.iterdir()):
+        print(f"{target}: the merge kept nothing; corpus left as it was (log: {log})")
+        return
     shutil.rmtree(committed)
     shutil.copytree(fresh, committed)
     print(f"{target}: corpus {len(list(committed.iterdir()))} inputs", file=sys.stderr)

@@ -34,6 +34,9 @@ def main() -> None:
         import fastmail._core
 
         assert os.environ["FASTMAIL_FUZZ_CHECK_BUILD"] in fastmail._core.__file__
+    # libFuzzer's -merge (and -fork) run argv[0] again through sh: this interpreter, this
+    # script and the target, with the environment as it is
+    sys.argv[0] = f"{sys.executable} {Path(__file__).resolve()} {name}"
     atheris.Setup(sys.argv, mod.test_one_input)
     atheris.Fuzz()
 
