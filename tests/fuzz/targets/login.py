@@ -10,7 +10,9 @@ segment, one byte per read and cut at every offset:
   output (but with ACT_DONE, whose reply the relay takes), ACT_BACKEND exactly when there are
   backend bytes;
 - what goes to the backend is the PROXY header and whole CRLF lines with no CR, LF or NUL
-  inside (credentials with such bytes are refused with the internal-error reply);
+  inside (credentials with such bytes are refused with the internal-error reply), but for
+  an IMAP literal's bytes, which are data (docs/differences.md; a NUL goes there as nginx
+  sends it);
 - what the client gets on a failure is the protocol's internal-error line, or with
   proxy_pass_error_message the backend's reply line; on success a CRLF-ended reply first;
 - every chunking gives the same client bytes, backend bytes, actions and log line;
@@ -19,6 +21,7 @@ segment, one byte per read and cut at every offset:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastmail._core import (
@@ -59,6 +62,7 @@ CREDS = (
     (b"bo\x00b", b"pw"),
 )
 METHODS = (b"plain", b"login", b"none", b"cram-md5", b"external", b"xoauth2")
+LITERAL = re.compile(rb"\{(\d+)\+?\}$")
 HEADER_V1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 143\r\n"
 CONFS: dict[bytes, LoginConf] = {}
 # the engine's defaults per protocol (the debuglog target's backend logins)
@@ -175,6 +179,22 @@ def run(knobs: bytes, segs: list[tuple[int, bytes]], cuts: Any) -> tuple[Outcome
     return o, login
 
 
+def command_text(back: bytes, imap: bool) -> list[bytes]:
+    """The backend's bytes line by line, without an IMAP literal's bytes (data, not text)."""
+    lines = []
+    pos = 0
+    while pos < len(back):
+        eol = back.find(b"\r\n", pos)
+        if eol < 0:
+            lines.append(back[pos:])
+            break
+        lines.append(back[pos:eol])
+        pos = eol + 2
+        if imap and (m := LITERAL.search(lines[-1])):
+            pos += int(m.group(1))
+    return lines
+
+
 def check_outcome(knobs: bytes, o: Outcome, login: BackendLogin) -> None:
     proto = knobs[0] & 3
     back = bytes(o.backend)
@@ -182,7 +202,7 @@ def check_outcome(knobs: bytes, o: Outcome, login: BackendLogin) -> None:
         back = back[len(HEADER_V1) :]
     if back:
         common.check(back.endswith(b"\r\n"), "a partial line to the backend", back)
-        for line in back[:-2].split(b"\r\n"):
+        for line in command_text(back, imap=proto == 0):
             common.check(b"\r" not in line and b"\n" not in line, "CR/LF in a command", back)
             common.check(b"\0" not in line, "NUL in a backend command", back)
     client = bytes(o.client)
