@@ -93,4 +93,10 @@ def check_splits(data: bytes) -> None:
         if whole[0] == P.R_HEAD and whole[3] == "close" and split[3] == "drain":
             # the header block came first: the body is still owed, so it drains
             continue
+        if whole[3] == "keep" and split[3] == "close" and not data[k:].strip(b"\r\n"):
+            # stray CR/LF after a whole answer: in the same read httptools skips it as HTTP
+            # allows between messages; read later, on the idle connection, it closes that
+            # connection (_auth.pyx: bytes nobody asked for). Both are safe (found by
+            # tests/fuzz, authanswer; not a bug)
+            continue
         assert split == whole, k
