@@ -98,7 +98,11 @@ def seeds() -> list[bytes]:
     for name in files:
         for node in ast.walk(ast.parse((common.TESTS / name).read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
-                v = node.value.encode() if isinstance(node.value, str) else node.value
+                v = (
+                    node.value.encode("utf-8", "surrogateescape")
+                    if isinstance(node.value, str)
+                    else node.value
+                )
                 if b";" in v and len(v) > 8:
                     # fragments too, inside the blocks they are written for
                     out += [v, b"events {}\nmail {\n" + v + b"\n}\n"]
