@@ -129,7 +129,10 @@ class Outcome:
 
 
 def react(login: BackendLogin, acts: int, o: Outcome) -> bool:
-    """The engine's up_actions; True when the rest of the segment is dropped (STARTTLS)."""
+    """The engine's up_actions; True when the rest of the segment is dropped: after a close,
+    or after the STARTTLS go-ahead (plain bytes behind it are dropped by the machine in the
+    same read, eaten by the handshake in a later one), even when on_tls_done sent more."""
+    tls = False
     while True:
         common.check(acts & ~VALID == 0, "unknown action bits", acts)
         back = login.take_backend_output()
@@ -146,6 +149,7 @@ def react(login: BackendLogin, acts: int, o: Outcome) -> bool:
             o.end = ("close", login.close_reason, login.log_level)
             return True
         if acts & ACT_STARTTLS:
+            tls = True
             acts = login.on_tls_done()
             if acts:
                 continue
@@ -155,7 +159,7 @@ def react(login: BackendLogin, acts: int, o: Outcome) -> bool:
             o.end = ("done",)
             o.relaying = True
             return False
-        return False
+        return tls
 
 
 def run(knobs: bytes, segs: list[tuple[int, bytes]], cuts: Any) -> tuple[Outcome, BackendLogin]:
