@@ -68,7 +68,10 @@ def check_answer(data: bytes) -> None:
     ref = ResponseReader()
     done = ref.feed(data)
     if code == P.R_MORE:
-        assert not done and ref.error is None
+        # httptools may refuse a header line before its end (a Content-Length that is no
+        # number); the C reader, as nginx, judges whole lines, so it waits for the line's end
+        # (found by tests/fuzz, authanswer; whole, both refuse it: test_auth_proto)
+        assert not done or ref.error == "invalid header"
         return
     assert done
     if code == P.R_ERROR:

@@ -364,3 +364,11 @@ def test_server_address_rules_agree(text: bytes) -> None:
 @given(st.text(alphabet="0123456789abcdef.:x%\x00 []", max_size=20).map(str.encode))
 def test_server_address_agrees_on_generated_text(text: bytes) -> None:
     assert P.parse_server_addr(text) == parse_server_addr(text)
+
+
+def test_a_content_length_that_is_no_number_is_an_invalid_header_at_its_line_end() -> None:
+    # found by tests/fuzz (authanswer): httptools refuses it before its CRLF; the C reader,
+    # judging whole lines as nginx does, waits for the line, then refuses it the same way
+    head = b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nContent-Length: a"
+    assert read_whole(head)[0] == P.R_MORE
+    assert read_whole(head + b"\r\n\r\n")[:3] == (P.R_ERROR, None, "invalid header")
