@@ -83,6 +83,12 @@ cdef class Machine:
         """Bytes to write to the client, in order; empties the output."""
         return ba_take(self._out)
 
+    @property
+    def buffered(self):
+        """Client bytes held (received, not yet consumed): what the fuzz harnesses hold to
+        the configured client buffer."""
+        return len(self.buf)
+
     cpdef bytes take_input(self):
         """Client bytes received but not consumed (pipelined after the login)."""
         return ba_take(self.buf)

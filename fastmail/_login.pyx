@@ -277,10 +277,12 @@ cdef class BackendLogin:
         self.rbuf += data
         while True:
             end = _reply_end(self.stls_proto, self.tls_stage, self.rbuf)
+            # a reply longer than proxy_buffer is refused whether it came in one read or in
+            # many (found by tests/fuzz: one read used to let it through)
+            if end > self.limit or (end < 0 and len(self.rbuf) > self.limit):
+                return act | self._internal(
+                    "upstream sent too long response line during STARTTLS", "error")
             if end < 0:
-                if len(self.rbuf) > self.limit:
-                    return self._internal(
-                        "upstream sent too long response line during STARTTLS", "error")
                 return act
             reply = bytes(self.rbuf[:end])
             del self.rbuf[:end]
@@ -314,9 +316,11 @@ cdef class BackendLogin:
             self.tls_stage = TLS_WAIT
             self.phase = "SSL handshaking to upstream"
             return act | ACT_STARTTLS
-        self._bout = b""
-        return self._internal('upstream refused STARTTLS: "%s"'
-                              % reply.strip().decode("latin-1"), "error")
+        # a command the last reply called for still goes (act keeps ACT_BACKEND): had that
+        # reply come in a read of its own it would have gone already, and the backend sees
+        # the same bytes however its replies were cut (found by tests/fuzz)
+        return act | self._internal('upstream refused STARTTLS: "%s"'
+                                    % reply.strip().decode("latin-1"), "error")
 
     cpdef int on_error(self, str reason=None):
         """The backend failed outside a reply (connect refused, EOF, timeout, write error):

@@ -302,11 +302,6 @@ cdef class Pop3Session(Machine):
             return "input"
         return {S_AUTH: "auth", S_TLS: "tls", S_DONE: "done"}.get(self.state, "closed")
 
-    @property
-    def buffered(self):
-        """Bytes received and not yet consumed."""
-        return len(self.buf)
-
     # --- events ------------------------------------------------------------------------------
 
     cpdef int start(self):

@@ -257,9 +257,11 @@ cdef object _parse_v2(const unsigned char *p, Py_ssize_t n, bint final, Py_ssize
     cdef ProxyHeader h
     if ver_cmd >> 4 != 2:
         return _error(f"unknown PROXY protocol version: {ver_cmd >> 4}")
+    # a header longer than the read size never fits nginx's buffer, whole or not (checked
+    # first: found by tests/fuzz, a caller giving more than `limit` bytes had it accepted)
+    if total > limit or (n < total and final):
+        return _error("header is too large")
     if n < total:
-        if total > limit or final:
-            return _error("header is too large")
         return None
     h = _header(2, total)
     # Other commands (LOCAL), transports and families are consumed and ignored (nginx).

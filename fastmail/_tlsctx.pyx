@@ -64,6 +64,13 @@ cdef size_t _cpy(char *dst, const char *src, size_t n) noexcept:
     return i
 
 
+cdef inline bytes _path(str p):
+    """A file name from the config as the bytes it was written in (the lexer decodes with
+    surrogateescape; found by tests/fuzz: utf-8 alone raised on them); a NUL ends it for
+    OpenSSL as it ends nginx's C string."""
+    return p.encode("utf-8", "surrogateescape")
+
+
 cdef str ssl_error(str text):
     """`text (SSL: error:0A0000B9:SSL routines::no cipher match ...)` from OpenSSL's error
     queue (emptied), byte for byte as ngx_ssl_error writes it."""
@@ -374,7 +381,7 @@ cdef class ServerContext:
         cdef unsigned int mdlen
         cdef Py_ssize_t i, tries
         cdef bytes pw
-        bio = BIO_new_file(cert.encode(), b"r")
+        bio = BIO_new_file(_path(cert), b"r")
         if bio == NULL:
             raise TlsConfigError(ssl_error(
                 f'cannot load certificate "{cert}": BIO_new_file() failed'))
@@ -408,7 +415,7 @@ cdef class ServerContext:
         if SSL_CTX_set0_chain(self.ctx, chain) == 0:
             _free_x509_stack(chain)
             raise TlsConfigError(ssl_error(f'SSL_CTX_set0_chain("{cert}") failed'))
-        bio = BIO_new_file(key.encode(), b"r")
+        bio = BIO_new_file(_path(key), b"r")
         if bio == NULL:
             raise TlsConfigError(ssl_error(
                 f'cannot load certificate key "{key}": BIO_new_file() failed'))
@@ -441,7 +448,7 @@ cdef class ServerContext:
         SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, _accept_any)
         SSL_CTX_set_verify_depth(self.ctx, depth)
         if client_certificate:
-            path = client_certificate.encode()
+            path = _path(client_certificate)
             if SSL_CTX_load_verify_locations(self.ctx, path, NULL) == 0:
                 raise TlsConfigError(ssl_error(
                     f'SSL_CTX_load_verify_locations("{client_certificate}") failed'))
@@ -452,7 +459,7 @@ cdef class ServerContext:
                     f'SSL_load_client_CA_file("{client_certificate}") failed'))
             SSL_CTX_set_client_CA_list(self.ctx, names)
         if trusted_certificate:
-            if SSL_CTX_load_verify_locations(self.ctx, trusted_certificate.encode(), NULL) == 0:
+            if SSL_CTX_load_verify_locations(self.ctx, _path(trusted_certificate), NULL) == 0:
                 raise TlsConfigError(ssl_error(
                     f'SSL_CTX_load_verify_locations("{trusted_certificate}") failed'))
             ERR_clear_error()
@@ -460,13 +467,13 @@ cdef class ServerContext:
             lookup = X509_STORE_add_lookup(SSL_CTX_get_cert_store(self.ctx), X509_LOOKUP_file())
             if lookup == NULL:
                 raise TlsConfigError(ssl_error("X509_STORE_add_lookup() failed"))
-            if X509_LOOKUP_load_file(lookup, crl.encode(), X509_FILETYPE_PEM) == 0:
+            if X509_LOOKUP_load_file(lookup, _path(crl), X509_FILETYPE_PEM) == 0:
                 raise TlsConfigError(ssl_error(f'X509_LOOKUP_load_file("{crl}") failed'))
             X509_STORE_set_flags(SSL_CTX_get_cert_store(self.ctx),
                                  X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL)
 
     def set_dhparam(self, str path):
-        cdef BIO *bio = BIO_new_file(path.encode(), b"r")
+        cdef BIO *bio = BIO_new_file(_path(path), b"r")
         cdef DH *dh
         if bio == NULL:
             raise TlsConfigError(ssl_error(f'BIO_new_file("{path}") failed'))
@@ -693,7 +700,7 @@ cdef class ClientContext:
             return
         SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, _accept_any)
         if cafile:
-            if SSL_CTX_load_verify_locations(self.ctx, cafile.encode(), NULL) == 0:
+            if SSL_CTX_load_verify_locations(self.ctx, _path(cafile), NULL) == 0:
                 raise TlsConfigError(ssl_error(
                     f'SSL_CTX_load_verify_locations("{cafile}") failed'))
         elif SSL_CTX_set_default_verify_paths(self.ctx) == 0:

@@ -112,7 +112,9 @@ class Loader:
             self.lex = saved
 
     def include(self, pattern: str, ctx: Ctx) -> None:
-        path = self.conf_path(pattern)
+        # nginx's open() and glob() see a C string, which ends at the first NUL (found by
+        # tests/fuzz: open() raised ValueError on it)
+        path = self.conf_path(pattern.split("\0", 1)[0])
         if not any(c in path for c in "*?["):
             self.parse_file(path, ctx)
             return

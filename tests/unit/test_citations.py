@@ -15,8 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
-# Third-party files kept verbatim (their headers cite their own sources).
-VERBATIM = ("tests/data/",)
+# Third-party files kept verbatim (their headers cite their own sources); the fuzzers' inputs
+# (whatever bytes they mutated into).
+VERBATIM = ("tests/data/", "tests/fuzz/corpus/", "tests/fuzz/crashes/")
 
 PATTERNS = [
     (re.compile(r"/work/"), "a path on the development machine"),

@@ -475,7 +475,8 @@ def test_backend_starttls_refused_is_an_internal_error(make, greeting, refusal):
     m.tls_mode = 2
     b = Backend(m)
     b.reply(greeting)
-    assert b.reply(refusal) == ACT_SEND | ACT_CLOSE
+    # (SMTP's STARTTLS, called for by the 250 in the same read, still goes: ACT_BACKEND)
+    assert b.reply(refusal) & ~ACT_BACKEND == ACT_SEND | ACT_CLOSE
     assert m.close_reason.startswith('upstream refused STARTTLS: "')
     assert b.client in (
         IMAP_INTERNAL_ERROR,
@@ -483,6 +484,61 @@ def test_backend_starttls_refused_is_an_internal_error(make, greeting, refusal):
         SMTP_INTERNAL_ERROR,
         SIEVE_INTERNAL_ERROR,
     )
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 40])
+def test_backend_starttls_greeting_longer_than_proxy_buffer_is_refused_however_it_arrives(
+    pieces: int,
+) -> None:
+    # found by tests/fuzz (login): in one read such a greeting used to pass the size check
+    greeting = b"* OK " + b"x" * 30 + b"\r\n"
+    m = ImapLogin(req(b"imap", tag=b"a1 "), proxy_buffer=16)
+    m.tls_mode = 2
+    m.start()
+    step = -(-len(greeting) // pieces)
+    acts = 0
+    for i in range(0, len(greeting), step):
+        acts = m.feed(greeting[i : i + step])
+        if acts:
+            break
+    assert acts == ACT_SEND | ACT_CLOSE
+    assert m.close_reason == "upstream sent too long response line during STARTTLS"
+    assert m.take_output() == IMAP_INTERNAL_ERROR
+    assert m.take_backend_output() == b""
+
+
+@pytest.mark.parametrize(
+    ("make", "replies", "commands"),
+    [
+        (
+            lambda: ImapLogin(req(b"imap", tag=b"a1 ")),
+            [b"* OK hi\r\n", b"S0 NO no\r\n"],
+            b"S0 STARTTLS\r\n",
+        ),
+        (lambda: Pop3Login(req(b"pop3")), [b"+OK hi\r\n", b"-ERR no\r\n"], b"STLS\r\n"),
+        (lambda: smtp(), [b"220 hi\r\n", b"+\r\n"], b"EHLO fastmail\r\n"),
+        (
+            lambda: smtp(),
+            [b"220 hi\r\n", b"250 ok\r\n", b"454 4.7.0 TLS not available\r\n"],
+            b"EHLO fastmail\r\nSTARTTLS\r\n",
+        ),
+    ],
+)
+@pytest.mark.parametrize("together", [False, True])
+def test_backend_starttls_refusal_sends_the_same_commands_however_the_replies_arrive(
+    make, replies: list[bytes], commands: bytes, together: bool
+) -> None:
+    # found by tests/fuzz (login): replies in one read used to drop the commands the
+    # earlier replies called for, which replies read one by one had sent already
+    m = make()
+    m.tls_mode = 2
+    b = Backend(m)
+    for r in [b"".join(replies)] if together else replies:
+        b.reply(r)
+    assert b.act & (ACT_SEND | ACT_CLOSE) == ACT_SEND | ACT_CLOSE
+    assert m.close_reason.startswith('upstream refused STARTTLS: "')
+    assert b.client in (IMAP_INTERNAL_ERROR, POP3_INTERNAL_ERROR, SMTP_INTERNAL_ERROR)
+    assert b"".join(b.sent) == commands
 
 
 def test_backend_tls_on_starts_tls_after_the_proxy_header():

@@ -178,8 +178,17 @@ def test_v2_errors() -> None:
     mid = v2(0x21, 0x11, bytes(12) + tlv(0xE0, bytes(77)))
     assert len(mid) == 108
     assert parse(mid[:107], limit=107) == ProxyError("header is too large")
-    assert parse(mid, limit=107).consumed == 108
+    assert parse(mid, limit=108).consumed == 108
     assert parse(V2_INET[:20], final=True) == ProxyError("header is too large")
+
+
+def test_v2_header_longer_than_the_read_size_is_too_large_even_handed_whole() -> None:
+    # found by tests/fuzz (proxy): handed more than `limit` bytes, such a header was
+    # accepted, though its prefixes had been refused; v1 is cut at the limit likewise
+    mid = v2(0x21, 0x11, bytes(12) + tlv(0xE0, bytes(77)))
+    assert parse(mid, limit=107) == ProxyError("header is too large")
+    assert parse(mid + b"a1 NOOP\r\n", limit=107) == ProxyError("header is too large")
+    assert parse(mid, limit=107, final=True) == ProxyError("header is too large")
 
 
 def test_realip_trusted_networks() -> None:

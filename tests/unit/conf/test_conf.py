@@ -239,6 +239,17 @@ def test_include_errors(tmp_path: Path) -> None:
     assert err(tmp_path, EV + "include bad.conf;") == f'unknown directive "foo" in {bad}:3'
 
 
+def test_include_path_ends_at_a_nul_as_nginxs_c_string(tmp_path: Path) -> None:
+    # found by tests/fuzz (conf): open() raised ValueError past the loader
+    missing = tmp_path / "nope.conf"
+    assert (
+        err(tmp_path, EV + '\ninclude "nope.conf\0.d/*";')
+        == f'open() "{missing}" failed (2: No such file or directory) in F:3'
+    )
+    write(tmp_path, "worker_processes 3;", "inc.conf")
+    assert ok(tmp_path, EV + "include inc.conf\0x;").main.worker_processes == 3
+
+
 @pytest.mark.parametrize(
     "params,expected",
     [

@@ -232,6 +232,24 @@ def test_backend_contexts_are_made_at_load(files: Path) -> None:
     )
 
 
+def test_a_ca_file_named_in_non_utf8_bytes_is_opened_by_those_bytes(files: Path) -> None:
+    # found by tests/fuzz (conf): such a name raised UnicodeEncodeError past the loader
+    (files / os.fsdecode(b"garbage\xff.pem")).write_text("hello\n")
+    conf = _config(
+        files,
+        "server { listen 127.0.0.1:19143; protocol imap; proxy_ssl_verify on; "
+        "proxy_ssl_trusted_certificate D/garbage@@.pem; }",
+    )
+    conf.write_bytes(conf.read_bytes().replace(b"@@", b"\xff"))
+    with pytest.raises(ConfigError) as e:
+        load(str(conf), f"{files}/")
+    # the file was read (its content is refused, not its name); the message shows U+FFFD
+    assert str(e.value) == (
+        f'SSL_CTX_load_verify_locations("{files}/garbage\ufffd.pem") failed '
+        "(SSL: error:05800088:x509 certificate routines::no certificate or crl found)"
+    )
+
+
 def test_a_zone_declared_twice_with_two_sizes(files: Path) -> None:
     servers = (
         f"server {{ listen 127.0.0.1:19993 ssl; protocol imap; {CERT} "
