@@ -81,6 +81,22 @@ def children(pid: int) -> set[int]:
     return {int(k) for k in kids if not gone(int(k))}
 
 
+def started_on(directory: Path) -> set[int]:
+    """Every running process whose command line names `directory` (a master a USR2 started,
+    a respawned worker, one that outlived its master), and their children (nginx's workers
+    are retitled and name nothing)."""
+    mark = f"{directory}/".encode()
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if mark in Path(f"/proc/{name}/cmdline").read_bytes():
+                    found.add(int(name))
+    for pid in list(found):
+        found |= children(pid)
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -185,6 +201,7 @@ class Master:
         lines = self.log().splitlines()
         keep = [x for x in lines if "[info]" not in x and "SIGCHLD" not in x][-80:]
         print(f"--- {self.kind}'s log ---", *keep, "--- last lines ---", *lines[-10:], sep="\n")
+        self.seen |= started_on(self.dir)  # also what the test did not watch
         for pid in sorted(self.seen):
             if not gone(pid):
                 with contextlib.suppress(ProcessLookupError):
