@@ -22,6 +22,7 @@ from support import MissingPackage
 from support.certs import TestCerts, make_certs
 from support.clients import LineClient
 from support.dovecot import Dovecot, managesieve_installed
+from support.fastmail import running_authd
 from support.haproxy import HAProxy
 from support.nginx import Nginx
 from support.ports import free_port as _free_port
@@ -92,14 +93,15 @@ def fake_backend(loop_thread: LoopThread) -> Iterator[BackendServer]:
 def authd(loop_thread: LoopThread, tmp_path: Path) -> Iterator[AuthServer]:
     """The reference auth_http server on a fresh SQLite DB (no users: add them through
     `authd.db.add_user`). `authd.url` goes after `auth_http`; `authd.requests` is its log."""
-    db = UserDB(tmp_path / "users.sqlite")
-    server = AuthServer(db, fail_wait=1)
-    loop_thread.run(server.start())
-    try:
+    with running_authd(loop_thread, UserDB(tmp_path / "users.sqlite"), 1) as server:
         yield server
-    finally:
-        loop_thread.run(server.stop())
-        db.close()
+
+
+@pytest.fixture
+def authd0(loop_thread: LoopThread, tmp_path: Path) -> Iterator[AuthServer]:
+    """authd answering failures without Auth-Wait: the proxy closes."""
+    with running_authd(loop_thread, UserDB(tmp_path / "users.sqlite"), 0) as server:
+        yield server
 
 
 @pytest.fixture

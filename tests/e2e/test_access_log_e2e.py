@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmail.testing.authd import AuthServer, UserDB
+from fastmail.testing.authd import AuthServer
 from fastmail.testing.backend import BackendServer
 from support.clients import LineClient
 from support.fastmail import Fastmail, add_user, config_test
@@ -34,19 +34,6 @@ from support.ports import free_port
 
 PASSWORD = "Pw-9q7Zx"  # distinctive: found nowhere in a log line unless leaked
 TOKEN = "ya29.Tok3n-abcdef"
-
-
-@pytest.fixture
-def authd0(loop_thread, tmp_path: Path) -> Iterator[AuthServer]:
-    """The reference auth server; failures without Auth-Wait (the proxy closes)."""
-    db = UserDB(tmp_path / "users.sqlite")
-    server = AuthServer(db, fail_wait=0)
-    loop_thread.run(server.start())
-    try:
-        yield server
-    finally:
-        loop_thread.run(server.stop())
-        db.close()
 
 
 @pytest.fixture

@@ -13,13 +13,12 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmail.testing.authd import AuthServer, UserDB
+from fastmail.testing.authd import AuthServer
 from support.clients import LineClient
 from support.fastmail import add_user, listening_ports
 from support.masters import gone, wait_for
@@ -57,19 +56,6 @@ def all_closed(port: int, servers: list[dict[str, str]]) -> Samples | None:
     if all(val(m, "fastmail_connections_open", **s) == 0 for s in servers):
         return m
     return None
-
-
-@pytest.fixture
-def authd0(loop_thread, tmp_path: Path) -> Iterator[AuthServer]:
-    """The reference auth server answering failures without Auth-Wait: the proxy closes."""
-    db = UserDB(tmp_path / "users.sqlite")
-    server = AuthServer(db, fail_wait=0)
-    loop_thread.run(server.start())
-    try:
-        yield server
-    finally:
-        loop_thread.run(server.stop())
-        db.close()
 
 
 class Setup:

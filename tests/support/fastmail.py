@@ -8,6 +8,7 @@ Never touches the source tree or system paths; everything lives in the runner's 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,8 @@ from .nginx import Nginx
 from .process import Runner, wait_text
 
 if TYPE_CHECKING:
-    from fastmail.testing.authd import AuthServer
+    from fastmail.testing import LoopThread
+    from fastmail.testing.authd import AuthServer, UserDB
 
 CONF = """\
 daemon off;
@@ -340,6 +342,21 @@ def mail_block(authd: AuthServer, servers: str, extra: str = "") -> str:
 
 def server(port: int, protocol: str, extra: str = "") -> str:
     return f"server {{ listen 127.0.0.1:{port}; protocol {protocol}; {extra} }}\n"
+
+
+@contextlib.contextmanager
+def running_authd(loop_thread: LoopThread, db: UserDB, fail_wait: int) -> Iterator[AuthServer]:
+    """The reference auth_http server on `db` (closed with it), its failures answered with
+    Auth-Wait: `fail_wait` (0: none, the proxy closes)."""
+    from fastmail.testing.authd import AuthServer
+
+    server = AuthServer(db, fail_wait=fail_wait)
+    loop_thread.run(server.start())
+    try:
+        yield server
+    finally:
+        loop_thread.run(server.stop())
+        db.close()
 
 
 def add_user(

@@ -13,6 +13,7 @@ from fastmail import _auth, _tls
 from fastmail.testing import LoopThread
 from fastmail.testing.authd import AuthServer, Backend, UserDB
 from support.authclient import Harness, RawServer, open_fds
+from support.fastmail import running_authd
 
 
 @pytest.fixture
@@ -40,13 +41,8 @@ def users(loop_thread: LoopThread, tmp_path: Path) -> Iterator[AuthServer]:
     """authd with alice/secret (IMAP 127.0.0.1:1143) and a cheap password hash."""
     db = UserDB(tmp_path / "users.sqlite")
     db.add_user("alice", "secret", {"imap": Backend("127.0.0.1", 1143)}, scrypt_ln=4)
-    server = AuthServer(db, fail_wait=2)
-    loop_thread.run(server.start())
-    try:
+    with running_authd(loop_thread, db, 2) as server:
         yield server
-    finally:
-        loop_thread.run(server.stop())
-        db.close()
 
 
 @pytest.fixture
