@@ -11,33 +11,9 @@ from libc.string cimport memset, memcpy
 
 import os
 
+from fastmail._conn cimport (sockaddr_in, sockaddr_in6, sockaddr_un, inet_pton, htons,
+                             AF_INET, AF_INET6, AF_UNIX)
 from fastmail._tlsctx cimport ClientContext
-
-cdef extern from *:
-    """
-    #include <arpa/inet.h>
-    #include <netinet/in.h>
-    #include <sys/socket.h>
-    #include <sys/un.h>
-    """
-    struct in_addr:
-        pass
-    struct in6_addr:
-        pass
-    struct sockaddr_in:
-        int sin_family
-        unsigned short sin_port
-        in_addr sin_addr
-    struct sockaddr_in6:
-        int sin6_family
-        unsigned short sin6_port
-        in6_addr sin6_addr
-    struct sockaddr_un:
-        int sun_family
-        char sun_path[108]
-    int inet_pton(int af, const char *src, void *dst) nogil
-    unsigned short htons(unsigned short v) nogil
-    int AF_INET, AF_INET6, AF_UNIX
 
 
 cdef class Target:

@@ -9,12 +9,32 @@ cdef extern from *:
     #include <sys/socket.h>
     #include <sys/un.h>
     #include <netinet/in.h>
+    #include <arpa/inet.h>
     """
     ctypedef unsigned int socklen_t
     struct sockaddr:
         unsigned short sa_family
     struct sockaddr_storage:
         unsigned short ss_family
+    struct in_addr:
+        pass
+    struct in6_addr:
+        pass
+    struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        unsigned short sin6_family
+        unsigned short sin6_port
+        in6_addr sin6_addr
+    struct sockaddr_un:
+        unsigned short sun_family
+        char sun_path[108]
+    int inet_pton(int af, const char *src, void *dst) nogil
+    unsigned short ntohs(unsigned short v) nogil
+    unsigned short htons(unsigned short v) nogil
+    int AF_INET, AF_INET6, AF_UNIX
 
 
 # One side of a session. `out` holds what the socket did not take yet (malloc'd, freed once

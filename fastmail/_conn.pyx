@@ -30,28 +30,13 @@ cdef extern from *:
     #include <netinet/in.h>
     #include <netinet/tcp.h>
     """
-    struct in_addr:
-        pass
-    struct in6_addr:
-        pass
-    struct sockaddr_in:
-        unsigned short sin_family
-        unsigned short sin_port
-        in_addr sin_addr
-    struct sockaddr_in6:
-        unsigned short sin6_family
-        unsigned short sin6_port
-        in6_addr sin6_addr
     int socket(int domain, int type, int protocol) nogil
     int accept4(int fd, sockaddr *addr, socklen_t *len, int flags) nogil
     int connect(int fd, const sockaddr *addr, socklen_t len) nogil
     ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
     ssize_t send(int fd, const void *buf, size_t n, int flags) nogil
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len) nogil
-    int inet_pton(int af, const char *src, void *dst) nogil
-    unsigned short ntohs(unsigned short v) nogil
-    unsigned short htons(unsigned short v) nogil
-    int AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL
+    int SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL
     int MSG_PEEK
     int IPPROTO_TCP, TCP_NODELAY
 
